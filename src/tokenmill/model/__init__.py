@@ -1,0 +1,72 @@
+"""Models: LLaMA-style presets built with transformers' LlamaForCausalLM, or a local HF checkpoint.
+
+Models are used as transformers builds them (no subclass); the trainer wraps them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from tokenmill.schema import StrictModel
+
+# Shapes follow the LLaMA recipe (SwiGLU width ~8/3 x hidden, GQA). "1b" is TinyLlama-1.1B's shape.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8,
+                  num_key_value_heads=4, max_position_embeddings=1024),
+    "125m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=4, max_position_embeddings=2048),
+    "350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
+                 num_key_value_heads=8, max_position_embeddings=2048),
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+               num_key_value_heads=4, max_position_embeddings=2048),
+}
+
+
+class ModelConfig(StrictModel):
+    preset: str | None = Field("tiny", description=f"size preset: {', '.join(PRESETS)}; None with init_from")
+    init_from: str | None = Field(None, description="local HF causal-LM folder to continue pre-training from")
+    hidden_size: int | None = Field(None, gt=0)
+    intermediate_size: int | None = Field(None, gt=0)
+    num_hidden_layers: int | None = Field(None, gt=0)
+    num_attention_heads: int | None = Field(None, gt=0)
+    num_key_value_heads: int | None = Field(None, gt=0)
+    max_position_embeddings: int | None = Field(None, gt=0, description="longest sequence (tokens)")
+    vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's size")
+    tie_word_embeddings: bool = True
+    rope_theta: float = Field(10_000.0, gt=0)
+
+    def shape(self) -> dict:
+        """The preset with the explicit keys laid over it."""
+        if self.preset is None:
+            return {}
+        if self.preset not in PRESETS:
+            raise ValueError(f"model.preset: unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        overrides = self.model_dump(include=set(PRESETS["tiny"]), exclude_none=True)
+        return {**PRESETS[self.preset], **overrides}
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int) -> PreTrainedModel:
+    if cfg.init_from:
+        return load_model(cfg.init_from)
+    config = LlamaConfig(**cfg.shape(), vocab_size=cfg.vocab_size or vocab_size, tie_word_embeddings=cfg.tie_word_embeddings,
+                         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config)
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

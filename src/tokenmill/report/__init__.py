@@ -1,0 +1,84 @@
+"""Report: one self-contained HTML page for a run folder: loss curves, learning rate, the data funnel.
+
+    tokenmill report runs/x        # writes runs/x/report.html
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from tokenmill.atomic import atomic_write_text
+from tokenmill.report import plots
+from tokenmill.stage import read_manifest
+
+DATA_STAGES = [("ingest", "00_raw"), ("filter", "10_filtered"), ("dedup", "20_dedup")]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    for path in (run_dir / "metrics.jsonl", run_dir / "40_checkpoints" / "metrics.jsonl"):
+        if path.is_file():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return []
+
+
+def funnel_rows(run_dir: Path) -> tuple[list, list, dict]:
+    docs, chars, drops = [], [], {}
+    for name, folder in DATA_STAGES:
+        m = read_manifest(run_dir / folder)
+        if not m:
+            continue
+        c = m["counts"]
+        docs.append((name, c.get("docs_in", c.get("docs_out", 0)), c.get("docs_out", 0)))
+        chars.append((name, c.get("chars_in", c.get("chars_out", 0)), c.get("chars_out", 0)))
+        drops.update(c.get("drops", {}))
+    return docs, chars, drops
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(v) -> str:
+    return f"{v:,.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _img(b64: str | None, alt: str) -> str:
+    return f'<img alt="{alt}" src="data:image/png;base64,{b64}">' if b64 else f"<p><em>No {alt} data.</em></p>"
+
+
+def render(run_dir: Path) -> str:
+    rows = read_metrics(run_dir)
+    docs, chars, drops = funnel_rows(run_dir)
+    shards = read_manifest(run_dir / "30_shards")
+    evals_path = run_dir / "50_eval" / "results.json"
+    evals = json.loads(evals_path.read_text())["results"] if evals_path.is_file() else []
+    unigram = evals[0]["unigram_entropy_nats"] if evals else None
+    sections = [f"<h1>tokenmill run: {html.escape(run_dir.name)}</h1>", "<h2>Training</h2>",
+                _img(plots.loss_curves(rows, unigram), "loss"), _img(plots.learning_rate(rows), "learning rate")]
+    if evals:
+        sections += ["<h2>Evaluation</h2>", _table(
+            [(e["split"], e["loss"], e["perplexity"], e["bits_per_byte"], e["unigram_entropy_nats"]) for e in evals],
+            ("split", "loss (nats)", "perplexity", "bits/byte", "unigram entropy"))]
+    sections += ["<h2>Data funnel</h2>", _img(plots.funnel(docs, "documents"), "document funnel"),
+                 _img(plots.funnel(chars, "characters"), "character funnel"), _img(plots.drops(drops), "drop"),
+                 _table([(n, i, o, i - o) for n, i, o in docs], ("stage", "docs in", "docs out", "removed"))]
+    if shards:
+        c = shards["counts"]
+        sections.append(_table([(s, c[f"{s}_n_docs"], c[f"{s}_n_tokens"]) for s in ("train", "val")],
+                               ("split", "documents", "tokens")))
+    style = ("body{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;color:#222}"
+             "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;"
+             "text-align:right}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>tokenmill report</title>" \
+           f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"
+
+
+def run(run_dir: Path, out_path: Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    out_path = out_path or run_dir / "report.html"
+    atomic_write_text(out_path, render(run_dir))
+    return out_path

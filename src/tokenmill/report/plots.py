@@ -1,0 +1,68 @@
+"""Plots for the report, as base64 PNGs to inline in one self-contained HTML file."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def loss_curves(rows: list[dict], unigram_entropy: float | None) -> str | None:
+    train = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+    val = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(*zip(*train), label="train")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    if unigram_entropy:
+        ax.axhline(unigram_entropy, color="grey", ls="--", label="unigram entropy")
+    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title="Loss")
+    ax.legend()
+    return _png(fig)
+
+
+def learning_rate(rows: list[dict]) -> str | None:
+    lr = [(r["step"], r["train/lr"]) for r in rows if "train/lr" in r]
+    if not lr:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    ax.plot(*zip(*lr))
+    ax.set(xlabel="optimizer step", ylabel="learning rate", title="Learning rate")
+    return _png(fig)
+
+
+def funnel(stages: list[tuple[str, int, int]], unit: str) -> str | None:
+    """Horizontal bars of (stage, in, out)."""
+    if not stages:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * len(stages)))
+    names = [s[0] for s in stages][::-1]
+    ax.barh(names, [s[1] for s in stages][::-1], color="#c8d6e5", label="in")
+    ax.barh(names, [s[2] for s in stages][::-1], color="#2e86de", label="out")
+    ax.set(xlabel=unit, title=f"Data funnel ({unit})")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def drops(drop_counts: dict[str, int]) -> str | None:
+    if not drop_counts:
+        return None
+    items = sorted(drop_counts.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.4 * len(items)))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#ee5253")
+    ax.set(xlabel="documents dropped", title="Drops by filter and reason")
+    return _png(fig)

@@ -1,0 +1,77 @@
+"""Tokenize: train or load a tokenizer, split documents into train/val, pack them into token shards.
+
+    tokenmill tokenize runs/x/20_dedup -o runs/x/30_shards --vocab-size 4096
+    tokenmill tokenize runs/x/20_dedup -o runs/x/30_shards --tokenizer path/to/hf_model_dir
+
+Output: tokenizer/ (HF format), train/ and val/ (see tokenize/shards.py). The split is by document, so
+no document has tokens on both sides, and seeded by document id, so it does not depend on input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import Field
+
+from tokenmill.documents import read_documents
+from tokenmill.schema import StrictModel
+from tokenmill.tokenize.shards import ShardWriter
+from tokenmill.tokenize.tokenizer import load_tokenizer, train_bpe
+
+
+class TokenizeConfig(StrictModel):
+    tokenizer: str | None = Field(None, description="tokenizer.json or HF folder to reuse; None trains a BPE")
+    vocab_size: int = Field(4096, ge=260, le=1 << 20, description="BPE vocabulary size when training (tokens)")
+    min_frequency: int = Field(2, ge=1, description="BPE: merges must occur at least this often")
+    eos_token: str | None = Field(None, description="EOS token of a reused tokenizer, if it names none")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of documents held out for validation")
+    seed: int = Field(0, description="seed of the document-level split")
+    tokens_per_shard: int = Field(1 << 28, gt=0, description="tokens per shard file")
+    batch_docs: int = Field(256, gt=0, description="documents encoded per batch (Rust threads)")
+
+
+def split_of(doc_id: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, doc id)."""
+    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+def validation_ids(in_dir: Path, cfg: TokenizeConfig) -> set[str]:
+    """The documents whose split number is among the lowest val_fraction: at least one, never all."""
+    ids = sorted((split_of(d.id, cfg.seed), d.id) for d in read_documents(in_dir))
+    if len(ids) < 2:
+        raise ValueError(f"{in_dir}: {len(ids)} document(s) left; a train/validation split needs at least 2")
+    n_val = min(len(ids) - 1, max(1, round(len(ids) * cfg.val_fraction)))
+    return {doc_id for _, doc_id in ids[:n_val]}
+
+
+def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
+    if cfg.tokenizer:
+        tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
+    else:
+        tok = train_bpe((d.text for d in read_documents(in_dir)), cfg.vocab_size, cfg.min_frequency)
+    tok.save_pretrained(out_dir / "tokenizer")
+    val_ids = validation_ids(in_dir, cfg)
+    writers = {split: ShardWriter(out_dir / split, len(tok), tok.eos_token_id, cfg.tokens_per_shard)
+               for split in ("train", "val")}
+    batch = []
+    for doc in read_documents(in_dir):
+        batch.append(doc)
+        if len(batch) == cfg.batch_docs:
+            _encode_into(tok, batch, writers, val_ids)
+            batch = []
+    _encode_into(tok, batch, writers, val_ids)
+    metas = {split: w.close() for split, w in writers.items()}
+    return {"vocab_size": len(tok), "eos_id": tok.eos_token_id,
+            **{f"{s}_{k}": m[k] for s, m in metas.items() for k in ("n_docs", "n_tokens", "n_bytes")},
+            "docs_in": sum(m["n_docs"] for m in metas.values()),
+            "tokens_out": sum(m["n_tokens"] for m in metas.values())}
+
+
+def _encode_into(tok, docs, writers, val_ids) -> None:
+    if not docs:
+        return
+    encodings = tok.backend_tokenizer.encode_batch([d.text for d in docs], add_special_tokens=False)
+    for doc, enc in zip(docs, encodings):
+        writers["val" if doc.id in val_ids else "train"].add(enc.ids, len(doc.text.encode("utf-8")))

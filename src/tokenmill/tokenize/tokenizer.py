@@ -1,0 +1,43 @@
+"""Train a byte-level BPE tokenizer, or load an existing one; always returned as a HF fast tokenizer.
+
+Saved with `save_pretrained`, so `AutoTokenizer.from_pretrained(dir)` loads it next to the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+EOS = "<|endoftext|>"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS,
+                                   clean_up_tokenization_spaces=False)
+
+
+def load_tokenizer(path: str | Path, eos_token: str | None = None) -> PreTrainedTokenizerFast:
+    """A `tokenizer.json` file or a HF tokenizer folder (a base model's, for continued pre-training)."""
+    path = Path(path)
+    if path.is_file():
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(path), clean_up_tokenization_spaces=False)
+    elif path.is_dir():
+        tok = AutoTokenizer.from_pretrained(path)
+    else:
+        raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer folder here (tokenize.tokenizer)")
+    if eos_token:
+        tok.eos_token = eos_token
+    if tok.eos_token_id is None:
+        raise ValueError(f"{path}: tokenizer has no EOS token; set tokenize.eos_token to one of its tokens")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,68 @@
+"""Batches of fixed-length windows cut from packed token shards, with a position that checkpoints.
+
+A window is seq_len + 1 tokens (inputs and shifted targets). Windows never cross shard files. Each
+epoch visits every window once in an order fixed by (seed, epoch); with several ranks, rank r takes
+every world_size-th window of that order, so the global batch is the same for any number of ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tokenmill.tokenize.shards import TokenShard
+
+
+class WindowSampler:
+    def __init__(self, shards: list[TokenShard], seq_len: int, micro_batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.shards, self.seq_len, self.micro_batch_size = shards, seq_len, micro_batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        per_shard = [max(0, (len(s.tokens) - 1) // seq_len) for s in shards]
+        self._shard_of = np.repeat(np.arange(len(shards)), per_shard)
+        self._first = np.concatenate([[0], np.cumsum(per_shard)[:-1]]) if shards else np.array([])
+        self.n_windows = int(sum(per_shard))
+        if self.n_windows < micro_batch_size * world_size:
+            raise ValueError(f"{self.n_windows} windows of {seq_len + 1} tokens in the train split: too little data "
+                             f"for a batch of {micro_batch_size * world_size}; lower train.seq_len or add text")
+        self.epoch, self.cursor = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n_windows)
+
+    def _window(self, index: int) -> np.ndarray:
+        shard = int(self._shard_of[index])
+        start = (index - int(self._first[shard])) * self.seq_len
+        return self.shards[shard].tokens[start:start + self.seq_len + 1]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        global_batch = self.micro_batch_size * self.world_size
+        if self.cursor + global_batch > self.n_windows:  # the epoch's last partial batch is skipped
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = self._permutation()
+        picks = self._order[self.cursor + self.rank:self.cursor + global_batch:self.world_size]
+        self.cursor += global_batch
+        windows = torch.from_numpy(np.stack([self._window(int(i)) for i in picks]).astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "n_windows": self.n_windows}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n_windows"] != self.n_windows or state["seed"] != self.seed:
+            raise ValueError("checkpoint was taken on other data (window count or seed differs); cannot resume exactly")
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
+        self._order = self._permutation()
+
+
+def eval_windows(shards: list[TokenShard], seq_len: int, max_tokens: int | None) -> list[np.ndarray]:
+    """Consecutive windows from the start of each shard: the same windows at every evaluation."""
+    windows, budget = [], max_tokens or float("inf")
+    for shard in shards:
+        for start in range(0, len(shard.tokens) - seq_len, seq_len):
+            if budget < seq_len:
+                return windows
+            windows.append(shard.tokens[start:start + seq_len + 1])
+            budget -= seq_len
+    return windows

@@ -1,0 +1,74 @@
+"""Metric sinks: one interface for console, JSONL and whatever comes next. Rank 0 only.
+
+Keys are namespaced: train/loss, train/lr, train/grad_norm, val/loss, perf/tokens_per_s, perf/mfu,
+mem/peak_gib, plus step and tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Protocol
+
+from tqdm import tqdm
+
+
+class MetricSink(Protocol):
+    def log(self, metrics: dict, step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends one JSON row per log call. On resume, rows past the resumed step are dropped first, so
+    the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if self.path.is_file():
+            rows = [r for r in map(json.loads, self.path.read_text().splitlines()) if r.get("step", 0) <= resume_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self._file = open(self.path, "a")
+
+    def log(self, metrics: dict, step: int) -> None:
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ConsoleSink:
+    """A progress bar over optimizer steps (its ETA is tqdm's) with loss, lr and tokens/s."""
+
+    def __init__(self, max_steps: int, start_step: int = 0):
+        self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.bar.update(step - self.bar.n)
+        if "train/loss" in metrics:
+            self.bar.set_postfix({"loss": f"{metrics['train/loss']:.3f}", "lr": f"{metrics['train/lr']:.2e}",
+                                  "tok/s": f"{metrics['perf/tokens_per_s']:.0f}"}, refresh=False)
+        if "val/loss" in metrics:
+            self.bar.write(f"step {step}: val/loss {metrics['val/loss']:.4f} "
+                           f"(ppl {math.exp(min(metrics['val/loss'], 50)):.1f})")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Sinks:
+    """Fans one log call out to every sink."""
+
+    def __init__(self, sinks: list[MetricSink]):
+        self.sinks = sinks
+
+    def log(self, metrics: dict, step: int) -> None:
+        for sink in self.sinks:
+            sink.log(metrics, step)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

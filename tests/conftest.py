@@ -1,0 +1,66 @@
+"""Fixtures the tests make themselves: a small English-like corpus and a tiny pipeline config."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = ("the king and queen of the realm have gone to the castle with their loyal men that night "
+         "a storm came over the sea and the ship was lost to the waves of fortune while the bells rang "
+         "my lord said to his son be brave for the war is near and honour must be kept").split()
+
+
+def make_text(rng: random.Random, n_sentences: int) -> str:
+    sentences = []
+    for _ in range(n_sentences):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(6, 14))]
+        sentences.append(" ".join(words).capitalize() + rng.choice([".", ".", "!", "?"]))
+    lines = [" ".join(sentences[i:i + 3]) for i in range(0, len(sentences), 3)]
+    return "\n".join(lines) + "\n"
+
+
+def write_corpus(root: Path, n_docs: int = 40, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        (root / f"doc{i:03d}.txt").write_text(make_text(rng, rng.randint(15, 30)))
+    return root
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+def tiny_pipeline(corpus: Path) -> dict:
+    """A config that runs the whole pipeline in seconds on the fixture corpus."""
+    return {
+        "ingest": {"paths": [str(corpus)]},
+        "filter": {"steps": [{"name": "length", "min_chars": 100}, {"name": "gopher_quality"}]},
+        "tokenize": {"vocab_size": 320, "val_fraction": 0.15},
+        "model": {"preset": "tiny", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64},
+        "train": {"seq_len": 32, "micro_batch_size": 4, "max_steps": 60, "warmup_steps": 2, "lr_max": 1e-2,
+                  "lr_min": 1e-3, "eval_every": 20, "save_every": 20, "log_every": 5, "eval_tokens": 512},
+        "eval": {"max_tokens": 1024},
+        "generate": {"prompt": "The king", "max_new_tokens": 8},
+    }
+
+
+@pytest.fixture
+def tiny_config(corpus) -> dict:
+    return tiny_pipeline(corpus)
+
+
+@pytest.fixture
+def shards(tmp_path, corpus) -> Path:
+    """Token shards (train/val/tokenizer) of the fixture corpus."""
+    from tokenmill.ingest import IngestConfig
+    from tokenmill.ingest import run as ingest
+    from tokenmill.tokenize import TokenizeConfig
+    from tokenmill.tokenize import run as tokenize
+    ingest(IngestConfig(paths=[str(corpus)]), tmp_path / "docs")
+    tokenize(TokenizeConfig(vocab_size=320, val_fraction=0.15), tmp_path / "docs", tmp_path / "shards")
+    return tmp_path / "shards"

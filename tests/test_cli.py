@@ -1,0 +1,47 @@
+import pytest
+import yaml
+
+from tokenmill.cli import EXAMPLES, main
+
+COMMANDS = ["ingest", "filter", "dedup", "tokenize", "train", "eval", "generate", "export", "report", "run", "shards"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert EXAMPLES[command] in capsys.readouterr().out
+
+
+def test_stage_commands_chain_by_hand(corpus, tmp_path, capsys, tiny_config):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    d = tmp_path / "run"
+    steps = [["ingest", str(corpus), "-o", str(d / "00_raw")],
+             ["filter", str(d / "00_raw"), "-o", str(d / "10_filtered")],
+             ["dedup", str(d / "10_filtered"), "-o", str(d / "20_dedup")],
+             ["tokenize", str(d / "20_dedup"), "-o", str(d / "30_shards"), "--vocab-size", "300"],
+             ["train", str(d / "30_shards"), "-o", str(d / "40_checkpoints"), "--config", str(config)],
+             ["export", str(d), "-o", str(d / "60_export")],
+             ["eval", str(d / "60_export"), str(d / "30_shards"), "--config", str(config)],
+             ["generate", str(d / "60_export"), "--prompt", "The queen", "--max-new-tokens", "5"],
+             ["shards", "check", str(d / "30_shards" / "train")],
+             ["report", str(d)]]
+    for argv in steps:
+        assert main(argv) == 0, argv
+    out = capsys.readouterr().out
+    assert "bits/byte" in out and "The queen" in out and '"n_tokens"' in out and "report.html" in out
+
+
+def test_bad_config_exits_2_listing_every_problem(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"train": {"lr_max": -1, "nope": 2}, "model": {"preset": "huge"}}))
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: 3 problem(s)" in err and "train.lr_max" in err and "train.nope" in err and "huge" in err
+
+
+def test_unknown_config_name_says_what_exists(capsys):
+    assert main(["run", "no-such-config"]) == 2
+    assert "demo" in capsys.readouterr().err

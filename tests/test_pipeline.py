@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import yaml
+
+from tokenmill.cli import main
+from tokenmill.stage import read_manifest
+
+STAGES = ["00_raw", "10_filtered", "20_dedup", "30_shards", "40_checkpoints", "50_eval", "60_export"]
+
+
+def started(run_dir):
+    return {s: read_manifest(run_dir / s)["started_at"] + read_manifest(run_dir / s)["key"] for s in STAGES}
+
+
+def test_run_end_to_end_then_skip_then_rerun_downstream(tiny_config, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(config), "-o", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "unigram entropy" in out and "sample:" in out
+    for stage in STAGES:
+        assert read_manifest(run_dir / stage), stage
+    assert (run_dir / "config.resolved.yaml").is_file() and (run_dir / "60_export" / "model.safetensors").is_file()
+    report = (run_dir / "report.html").read_text()
+    assert report.count("data:image/png;base64") >= 4
+    results = json.loads((run_dir / "50_eval" / "results.json").read_text())["results"][0]
+    assert results["loss"] < results["unigram_entropy_nats"]  # the model learnt more than token frequencies
+
+    first = started(run_dir)
+    assert main(["run", str(config), "-o", str(run_dir)]) == 0
+    assert capsys.readouterr().out.count("up to date") == len(STAGES)
+    assert started(run_dir) == first
+
+    assert main(["run", str(config), "-o", str(run_dir), "--set", "train.lr_max=5e-3"]) == 0
+    after = started(run_dir)
+    changed = [s for s in STAGES if after[s] != first[s]]
+    assert changed == ["40_checkpoints", "50_eval", "60_export"]
+
+
+KILLED_STAGE = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from tokenmill.dedup import DedupConfig
+    from tokenmill.stage import run_stage
+
+    def half_written(out):
+        (out / "docs-00000.jsonl.gz").write_bytes(b"partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    run_stage("dedup", DedupConfig(), [], Path(sys.argv[1]), half_written)
+""")
+
+
+def test_a_stage_killed_mid_write_is_rerun_not_taken_as_done(tmp_path):
+    from tokenmill.dedup import DedupConfig
+    from tokenmill.stage import run_stage
+    out = tmp_path / "20_dedup"
+    proc = subprocess.run([sys.executable, "-c", KILLED_STAGE, str(out)])
+    assert proc.returncode == -9
+    assert read_manifest(out) is None and not out.exists()
+
+    calls = []
+    manifest = run_stage("dedup", DedupConfig(), [], out, lambda o: calls.append(o) or {"docs_out": 0})
+    assert calls and read_manifest(out) == manifest
+    assert not (tmp_path / ".20_dedup.partial").exists()
+    run_stage("dedup", DedupConfig(), [], out, lambda o: calls.append(o) or {})
+    assert len(calls) == 1  # second call: up to date
+
+
+def test_a_killed_rerun_leaves_the_previous_output_whole(tmp_path):
+    from tokenmill.dedup import DedupConfig
+    from tokenmill.stage import run_stage
+    out = tmp_path / "20_dedup"
+    run_stage("dedup", DedupConfig(), [], out, lambda o: (o / "keep.txt").write_text("v1") and {})
+    # Same key, forced: the child writes a new version and dies before finishing.
+    script = KILLED_STAGE.replace('Path(sys.argv[1]), half_written)', 'Path(sys.argv[1]), half_written, force=True)')
+    assert subprocess.run([sys.executable, "-c", script, str(out)]).returncode == -9
+    assert (out / "keep.txt").read_text() == "v1" and read_manifest(out)

@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from safetensors.torch import load_model
+
+from conftest import tiny_pipeline
+from tokenmill import export, train
+from tokenmill.config import validate
+from tokenmill.tokenize.shards import open_split
+from tokenmill.train.checkpoint import checkpoint_dirs
+from tokenmill.train.data import WindowSampler
+from tokenmill.train.metrics import JsonlSink
+
+
+def configs(corpus, **train_overrides):
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(train_overrides)
+    cfg = validate(raw)
+    return cfg.model, cfg.train
+
+
+def losses(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["step"], r.get("train/loss", r.get("val/loss"))) for r in rows]
+
+
+def test_training_lowers_the_loss_and_keeps_the_last_checkpoints(shards, corpus, tmp_path):
+    model_cfg, train_cfg = configs(corpus, max_steps=30, save_every=6, keep_last=2)
+    counts = train.run(model_cfg, train_cfg, shards, tmp_path / "ck")
+    rows = [r for r in losses(tmp_path / "ck" / "metrics.jsonl") if r[1] is not None]
+    assert rows[-1][1] < rows[0][1] - 1.0, rows
+    assert counts["steps"] == 30 and counts["tokens"] == 30 * 32 * 4
+    assert [p.name for p in checkpoint_dirs(tmp_path / "ck")] == ["step-00000024", "step-00000030"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "ck" / "final").eos_token == "<|endoftext|>"
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_continues_exactly(shards, corpus, tmp_path, monkeypatch):
+    model_cfg, train_cfg = configs(corpus, max_steps=12, save_every=6, log_every=1, eval_every=3)
+    train.run(model_cfg, train_cfg, shards, tmp_path / "straight")
+
+    class CrashingSink(JsonlSink):  # dies at step 9: after the step-6 checkpoint, before the next one
+        def log(self, metrics, step):
+            if step == 9:
+                raise Crash
+            super().log(metrics, step)
+
+    monkeypatch.setattr(train, "JsonlSink", CrashingSink)
+    with pytest.raises(Crash):
+        train.run(model_cfg, train_cfg, shards, tmp_path / "resumed")
+    monkeypatch.undo()
+    assert checkpoint_dirs(tmp_path / "resumed")[-1].name == "step-00000006"
+    train.run(model_cfg, train_cfg, shards, tmp_path / "resumed")
+
+    straight, resumed = losses(tmp_path / "straight" / "metrics.jsonl"), losses(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r[0] for r in resumed] == [r[0] for r in straight]
+    for a, b in zip(straight, resumed):
+        assert a == pytest.approx(b, rel=1e-6), (a, b)
+
+
+def test_ranks_split_the_global_batch(shards):
+    split = open_split(shards / "train")
+    whole = WindowSampler(split, seq_len=16, micro_batch_size=4, seed=3)
+    ranks = [WindowSampler(split, seq_len=16, micro_batch_size=2, seed=3, rank=r, world_size=2) for r in range(2)]
+    for _ in range(5):
+        x, y = whole.next_batch()
+        parts = [s.next_batch() for s in ranks]
+        assert torch.equal(torch.sort(x, dim=0).values, torch.sort(torch.cat([p[0] for p in parts]), dim=0).values)
+        assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_sampler_refuses_a_checkpoint_from_other_data(shards):
+    split = open_split(shards / "train")
+    state = WindowSampler(split, 16, 2, seed=0).state_dict()
+    with pytest.raises(ValueError, match="other data"):
+        WindowSampler(split, 8, 2, seed=0).load_state_dict(state)
+
+
+def test_export_gives_the_same_logits_as_the_trained_weights(shards, corpus, tmp_path):
+    model_cfg, train_cfg = configs(corpus, max_steps=6, save_every=6)
+    train.run(model_cfg, train_cfg, shards, tmp_path / "ck")
+    last = checkpoint_dirs(tmp_path / "ck")[-1]
+    trained = LlamaForCausalLM(LlamaConfig.from_pretrained(last))
+    load_model(trained, str(last / "model.safetensors"))
+
+    export.run(export.ExportConfig(), tmp_path / "ck", tmp_path / "hf")
+    export.run(export.ExportConfig(), last, tmp_path / "hf_from_checkpoint")
+    ids = torch.from_numpy(open_split(shards / "val")[0].tokens[:32].astype(np.int64))[None]
+    with torch.no_grad():
+        expected = trained.eval()(ids).logits
+        for folder in ("hf", "hf_from_checkpoint"):
+            exported = AutoModelForCausalLM.from_pretrained(tmp_path / folder).eval()
+            torch.testing.assert_close(exported(ids).logits, expected, rtol=0, atol=0)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.decode(tok("The king was brave.").input_ids) == "The king was brave."
