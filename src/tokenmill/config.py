@@ -20,7 +20,7 @@ from tokenmill.ingest import IngestConfig
 from tokenmill.model import PRESETS, ModelConfig
 from tokenmill.schema import StrictModel
 from tokenmill.tokenize import TokenizeConfig
-from tokenmill.train import TrainConfig
+from tokenmill.train.config import TrainConfig
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
@@ -126,6 +126,10 @@ def _cross_checks(s: dict) -> list[str]:
             if train.seq_len > max_len:
                 problems.append(f"train.seq_len: {train.seq_len} exceeds model max_position_embeddings {max_len}; "
                                 f"lower train.seq_len or raise model.max_position_embeddings")
+    tokenize = s.get("tokenize")
+    if model and model.init_from and tokenize and not tokenize.tokenizer:
+        problems.append("tokenize.tokenizer: continued pre-training (model.init_from) needs the base model's own "
+                        f"tokenizer; set tokenize.tokenizer: {model.init_from}")
     if train and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
     return problems

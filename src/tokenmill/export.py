@@ -13,6 +13,7 @@ from pydantic import Field
 from safetensors.torch import load_model as load_weights
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from tokenmill.model.lora import merge
 from tokenmill.schema import StrictModel
 from tokenmill.train.checkpoint import latest_checkpoint
 
@@ -44,9 +45,15 @@ def resolve_source(path: Path) -> Path:
 
 def run(cfg: ExportConfig, source: Path, out_dir: Path) -> dict:
     source = resolve_source(source)
-    config = AutoConfig.from_pretrained(source)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    if (source / "adapter_config.json").is_file():  # a LoRA checkpoint: rebuild the adapters, then merge
+        from peft import PeftConfig, get_peft_model
+        model = get_peft_model(model, PeftConfig.from_pretrained(source))
+    if (source / "dcp").is_dir():
+        raise ValueError(f"{source}: a sharded FSDP checkpoint; export the run's final/ folder, or resume and "
+                         "finish the run, which gathers the shards")
     load_weights(model, str(source / "model.safetensors"))
+    model = merge(model)
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(find_tokenizer(source)).save_pretrained(out_dir)
     return {"source": str(source), "params": sum(p.numel() for p in model.parameters())}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -73,8 +74,13 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
 
     `resumable` stages (training) write in place so that a killed run resumes from its checkpoints; a key
     file marks whose checkpoints they are, so a changed config never resumes from another run's state.
+    Under torchrun only rank 0 manages the folder and manifest; the other ranks run `fn`, which meets rank 0
+    at the process-group rendezvous, after the folder is ready.
     """
     out_dir = Path(out_dir)
+    main_process = os.environ.get("RANK", "0") == "0"
+    if not main_process:
+        log = lambda message: None  # noqa: E731
     keys = {str(p): input_key(p) for p in inputs}
     key = stage_key(name, cfg, keys)
     manifest = read_manifest(out_dir)
@@ -85,14 +91,16 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
     log(f"[{name}] running → {out_dir}")
     if resumable:
         key_file = out_dir / ".stage_key"
-        if force or not key_file.is_file() or key_file.read_text() != key:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-        atomic_write_text(key_file, key)
+        if main_process:
+            if force or not key_file.is_file() or key_file.read_text() != key:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / MANIFEST).unlink(missing_ok=True)
+            atomic_write_text(key_file, key)
         counts = fn(out_dir)
         manifest = _manifest(name, key, cfg, keys, counts, started)
-        atomic_write_json(out_dir / MANIFEST, manifest)
+        if main_process:
+            atomic_write_json(out_dir / MANIFEST, manifest)
     else:
         with staging_dir(out_dir) as staging:
             counts = fn(staging)

@@ -11,6 +11,8 @@ import torch
 from pydantic import Field
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from tokenmill.model.lora import LoraConfig
+from tokenmill.model.resolve import resolve_model_path
 from tokenmill.schema import StrictModel
 
 # Shapes follow the LLaMA recipe (SwiGLU width ~8/3 x hidden, GQA). "1b" is TinyLlama-1.1B's shape.
@@ -30,7 +32,8 @@ PRESETS: dict[str, dict] = {
 
 class ModelConfig(StrictModel):
     preset: str | None = Field("tiny", description=f"size preset: {', '.join(PRESETS)}; None with init_from")
-    init_from: str | None = Field(None, description="local HF causal-LM folder to continue pre-training from")
+    init_from: str | None = Field(None, description="HF causal-LM folder (or hf://org/name) to continue pre-training")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of all weights")
     hidden_size: int | None = Field(None, gt=0)
     intermediate_size: int | None = Field(None, gt=0)
     num_hidden_layers: int | None = Field(None, gt=0)
@@ -62,11 +65,11 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int) -> PreTrainedMod
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    path = Path(path)
+    path = resolve_model_path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: torch.nn.Module, trainable: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)

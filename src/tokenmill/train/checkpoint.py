@@ -1,18 +1,20 @@
 """Checkpoints: everything that decides the next batch, saved together and atomically.
 
     40_checkpoints/step-00000200/
-        model.safetensors   weights (no pickle)
-        config.json         the model's HF config, so a checkpoint exports on its own
-        optimizer.pt        optimizer state (tensors and numbers only; loaded with weights_only=True)
-        rng.pt              torch RNG states
+        model.safetensors   weights (no pickle), or dcp/ for FSDP: sharded torch.distributed.checkpoint
+                            files (model and optimizer) that load on any number of ranks
+        optimizer.pt        optimizer state (tensors and numbers; loaded with weights_only=True); not with dcp/
+        config.json         the model's HF config (+ adapter_config.json for LoRA), so a checkpoint exports alone
+        rng-R.pt            torch RNG states of rank R
         state.json          step, tokens seen, loader position
-A checkpoint is built in a `.partial` folder and renamed when whole, so a killed save never replaces a
-good checkpoint; only the newest `keep_last` are kept.
+A checkpoint is built in a `.partial` folder and renamed when whole, so a killed save never replaces a good
+checkpoint; only the newest `keep_last` are kept.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from tokenmill.atomic import staging_dir
+from tokenmill.train.distributed import World, is_fsdp, unwrap
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -38,27 +40,66 @@ def latest_checkpoint(root: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int) -> Path:
+def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int, world: World = World()) -> Path:
     final = Path(root) / f"step-{state['step']:08d}"
-    with staging_dir(final) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
-        model.config.save_pretrained(tmp)
+    tmp = final.with_name(f".{final.name}.partial")
+    if world.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    world.barrier()
+    if is_fsdp(model):
+        _save_sharded(tmp, model, optimizer)
+    elif world.is_main:
+        save_model(unwrap(model), str(tmp / "model.safetensors"))  # handles tied embeddings
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save({"cpu": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
+    torch.save({"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / f"rng-{world.rank}.pt")
+    world.barrier()
+    if world.is_main:
+        _save_model_description(unwrap(model), tmp)
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    for old in checkpoint_dirs(root)[:-keep_last]:
-        shutil.rmtree(old)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(root)[:-keep_last]:
+            shutil.rmtree(old)
+    world.barrier()
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
+def load_checkpoint(path: Path, model, optimizer, world: World = World()) -> dict:
     """Restore model, optimizer and RNG in place; returns the loop state."""
     path = Path(path)
-    load_model(model, str(path / "model.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["cpu"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if (path / "dcp").is_dir():
+        _load_sharded(path, model, optimizer)
+    else:
+        load_model(unwrap(model), str(path / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    rng_file = path / f"rng-{world.rank}.pt"
+    if rng_file.is_file():  # absent when resuming on more ranks than saved: those start from the seed
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / "state.json").read_text())
+
+
+def _save_model_description(model, folder: Path) -> None:
+    model.config.save_pretrained(folder)
+    if hasattr(model, "peft_config"):
+        model.peft_config["default"].save_pretrained(folder)
+
+
+def _save_sharded(folder: Path, model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / "dcp"))
+
+
+def _load_sharded(folder: Path, model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(folder / "dcp"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -15,8 +15,9 @@ from tokenmill.tokenize.shards import TokenShard
 
 class WindowSampler:
     def __init__(self, shards: list[TokenShard], seq_len: int, micro_batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, mask_documents_at: int | None = None):
         self.shards, self.seq_len, self.micro_batch_size = shards, seq_len, micro_batch_size
+        self.mask_documents_at = mask_documents_at  # the EOS id, when packed documents must not see each other
         self.seed, self.rank, self.world_size = seed, rank, world_size
         per_shard = [max(0, (len(s.tokens) - 1) // seq_len) for s in shards]
         self._shard_of = np.repeat(np.arange(len(shards)), per_shard)
@@ -36,7 +37,7 @@ class WindowSampler:
         start = (index - int(self._first[shard])) * self.seq_len
         return self.shards[shard].tokens[start:start + self.seq_len + 1]
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> dict[str, torch.Tensor]:
         global_batch = self.micro_batch_size * self.world_size
         if self.cursor + global_batch > self.n_windows:  # the epoch's last partial batch is skipped
             self.epoch, self.cursor = self.epoch + 1, 0
@@ -44,7 +45,10 @@ class WindowSampler:
         picks = self._order[self.cursor + self.rank:self.cursor + global_batch:self.world_size]
         self.cursor += global_batch
         windows = torch.from_numpy(np.stack([self._window(int(i)) for i in picks]).astype(np.int64))
-        return windows[:, :-1], windows[:, 1:]
+        batch = {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
+        if self.mask_documents_at is not None:
+            batch.update(document_mask(batch["input_ids"], self.mask_documents_at))
+        return batch
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "n_windows": self.n_windows}
@@ -54,6 +58,20 @@ class WindowSampler:
             raise ValueError("checkpoint was taken on other data (window count or seed differs); cannot resume exactly")
         self.epoch, self.cursor = state["epoch"], state["cursor"]
         self._order = self._permutation()
+
+
+def document_mask(input_ids: torch.Tensor, eos_id: int) -> dict[str, torch.Tensor]:
+    """A 4-D boolean attention mask that is causal within each packed document and blocks the others,
+    and position ids that restart at each document (so RoPE sees every document from position 0)."""
+    is_eos = input_ids == eos_id
+    doc = torch.cumsum(is_eos, dim=1) - is_eos.long()  # an EOS belongs to the document it ends
+    t = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+    starts = torch.ones_like(is_eos)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    position_ids = t - torch.cummax(t * starts, dim=1).values
+    causal = torch.tril(torch.ones(t.shape[1], t.shape[1], dtype=torch.bool))
+    mask = (doc[:, :, None] == doc[:, None, :]) & causal
+    return {"attention_mask": mask[:, None], "position_ids": position_ids}
 
 
 def eval_windows(shards: list[TokenShard], seq_len: int, max_tokens: int | None) -> list[np.ndarray]:

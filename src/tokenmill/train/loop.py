@@ -1,6 +1,7 @@
 """The training loop: get batch, forward, backward, clip, step, schedule, log, evaluate, checkpoint.
 
-Everything that varies (model, optimizer, schedule, batches, sinks, evaluation, saving) is handed in.
+Everything that varies (model, optimizer, schedule, batches, sinks, evaluation, saving, the world of
+ranks) is handed in.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable
 import torch
 
 from tokenmill.losses import next_token_loss
+from tokenmill.train.distributed import World, grad_sync
 
 
 @dataclass
@@ -31,9 +33,30 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+class LossGuard:
+    """Stops a run whose loss is NaN/inf, or jumps above `spike_factor` x its running mean."""
+
+    def __init__(self, spike_factor: float | None = None):
+        self.spike_factor, self.mean = spike_factor, None
+
+    def check(self, loss: float, step: int) -> None:
+        advice = "the last good checkpoint is kept; lower train.lr_max or train.grad_clip and resume"
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss} at step {step}; {advice}")
+        if self.spike_factor and self.mean is not None and loss > self.spike_factor * self.mean:
+            raise TrainingDiverged(f"loss spiked to {loss:.4f} at step {step} (running mean {self.mean:.4f}, "
+                                   f"train.spike_factor {self.spike_factor}); {advice}")
+        self.mean = loss if self.mean is None else 0.9 * self.mean + 0.1 * loss
+
+
+def _grad_norm(norm) -> float:
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2 returns a DTensor
+
+
 def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate, sinks, save,
           loop: LoopSettings, state: dict, device: torch.device, autocast=contextlib.nullcontext,
-          flops_per_token: float = 0.0, peak_flops: float = float("inf"), on_log=None) -> dict:
+          flops_per_token: float = 0.0, peak_flops: float = float("inf"), on_log=None,
+          world: World = World(), guard: LossGuard = LossGuard()) -> dict:
     """Train from `state` (step, tokens) to loop.max_steps; returns the final state with last losses."""
     model.train()
     loss_sum, window_start, window_steps = torch.zeros((), device=device), time.perf_counter(), 0
@@ -41,10 +64,11 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
         lr = lr_at(state["step"])
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        for _ in range(loop.grad_accum_steps):
-            inputs, targets = next_batch()
-            loss = next_token_loss(model, inputs.to(device), targets.to(device), autocast) / loop.grad_accum_steps
-            loss.backward()
+        for micro in range(loop.grad_accum_steps):
+            batch = {k: v.to(device, non_blocking=True) for k, v in next_batch().items()}
+            with grad_sync(model, enabled=micro == loop.grad_accum_steps - 1):
+                loss = next_token_loss(model, batch, autocast) / loop.grad_accum_steps
+                loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         optimizer.step()
@@ -54,15 +78,13 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
         window_steps += 1
         step, last = state["step"], state["step"] == loop.max_steps
 
-        if step % loop.log_every == 0 or last:  # the only host sync of the loop
-            train_loss = (loss_sum / window_steps).item()
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(f"loss is {train_loss} at step {step}; the last good checkpoint is kept. "
-                                       "Lower train.lr_max or train.grad_clip and resume.")
+        if step % loop.log_every == 0 or last:  # the only host syncs of the loop
+            train_loss = world.mean(loss_sum / window_steps).item()
+            guard.check(train_loss, step)
             tokens_per_s = window_steps * loop.tokens_per_step / (time.perf_counter() - window_start)
             metrics = {"tokens": state["tokens"], "train/loss": train_loss, "train/lr": lr,
-                       "train/grad_norm": float(grad_norm), "perf/tokens_per_s": tokens_per_s,
-                       "perf/mfu": tokens_per_s * flops_per_token / peak_flops}
+                       "train/grad_norm": _grad_norm(grad_norm), "perf/tokens_per_s": tokens_per_s,
+                       "perf/mfu": tokens_per_s * flops_per_token / (peak_flops * world.size)}
             if on_log:
                 metrics.update(on_log())
             sinks.log(metrics, step)
@@ -71,7 +93,8 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
             window_start, window_steps = time.perf_counter(), 0
         if step % loop.eval_every == 0 or last:
             state["val_loss"] = evaluate(model)
-            sinks.log({"tokens": state["tokens"], "val/loss": state["val_loss"]}, step)
+            sinks.log({"tokens": state["tokens"], "val/loss": state["val_loss"],
+                       "val/perplexity": math.exp(min(state["val_loss"], 50))}, step)
             model.train()
             window_start = time.perf_counter()  # evaluation time is not training throughput
         if step % loop.save_every == 0 or last:

@@ -1,13 +1,14 @@
-"""Metric sinks: one interface for console, JSONL and whatever comes next. Rank 0 only.
+"""Metric sinks: one interface for console, JSONL, TensorBoard and Weights & Biases. Rank 0 only.
 
-Keys are namespaced: train/loss, train/lr, train/grad_norm, val/loss, perf/tokens_per_s, perf/mfu,
-mem/peak_gib, plus step and tokens.
+Keys are namespaced: train/loss, train/lr, train/grad_norm, val/loss, val/perplexity, perf/tokens_per_s,
+perf/mfu, mem/peak_gib, plus step and tokens.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -57,6 +58,41 @@ class ConsoleSink:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError("the tensorboard logger needs tensorboard: pip install tensorboard") from e
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, metrics: dict, step: int) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """Offline (files under the run folder, `wandb sync` later) unless WANDB_API_KEY is set. The key is
+    read by wandb itself from the environment; tokenmill never prints or stores it."""
+
+    def __init__(self, project: str, run_dir: Path, config: dict):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError("the wandb logger needs wandb: pip install wandb") from e
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        self.run = wandb.init(project=project, dir=str(run_dir), config=config, mode=mode, name=Path(run_dir).name)
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 class Sinks:

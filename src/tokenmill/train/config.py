@@ -1,0 +1,67 @@
+"""TrainConfig: everything the training stage is told, with units in the names or the docs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tokenmill.schema import StrictModel
+
+Logger = Literal["console", "jsonl", "tensorboard", "wandb"]
+
+
+class TrainConfig(StrictModel):
+    seq_len: int = Field(256, gt=1, description="tokens per training sequence")
+    micro_batch_size: int = Field(8, gt=0, description="sequences per forward pass, per rank")
+    grad_accum_steps: int = Field(1, gt=0, description="micro-steps per optimizer step")
+    batch_tokens: int | None = Field(None, gt=0, description="global tokens per optimizer step; sets grad_accum_steps")
+    max_steps: int = Field(1000, gt=0, description="optimizer steps")
+    lr_max: float = Field(3e-3, gt=0)
+    lr_min: float = Field(3e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0, description="optimizer steps of linear warmup")
+    schedule: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of max_steps spent decaying")
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+    log_every: int = Field(10, gt=0, description="optimizer steps between metric rows")
+    eval_every: int = Field(100, gt=0, description="optimizer steps between validation losses")
+    eval_tokens: int = Field(65_536, gt=0, description="validation tokens per evaluation")
+    save_every: int = Field(200, gt=0, description="optimizer steps between checkpoints")
+    keep_last: int = Field(2, gt=0, description="checkpoints kept")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = Field("auto", description="under torchrun; auto: ddp")
+    fsdp_cpu_offload: bool = Field(False, description="FSDP: keep parameters and optimizer state in CPU memory")
+    activation_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    document_masking: bool = Field(False, description="packed documents do not attend to each other")
+    compile: bool = Field(False, description="torch.compile the model")
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice)")
+    loggers: list[Logger] = Field(default_factory=lambda: ["console", "jsonl"], description="metric sinks (rank 0)")
+    wandb_project: str = Field("tokenmill", description="W&B project; offline unless WANDB_API_KEY is set")
+    spike_factor: float | None = Field(None, gt=1, description="stop when a logged loss exceeds this x its running mean")
+
+    @model_validator(mode="after")
+    def _check(self):
+        problems = []
+        if self.lr_min > self.lr_max:
+            problems.append(f"lr_min ({self.lr_min}) is above lr_max ({self.lr_max})")
+        if self.warmup_steps >= self.max_steps:
+            problems.append(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if self.batch_tokens is not None and self.batch_tokens % (self.seq_len * self.micro_batch_size):
+            problems.append(f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len x micro_batch_size "
+                            f"({self.seq_len * self.micro_batch_size})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def accum_steps(self, world_size: int = 1) -> int:
+        if self.batch_tokens is None:
+            return self.grad_accum_steps
+        per_micro_step = self.seq_len * self.micro_batch_size * world_size
+        if self.batch_tokens % per_micro_step:
+            raise ValueError(f"train.batch_tokens ({self.batch_tokens}) is not a multiple of seq_len x micro_batch_size"
+                             f" x ranks ({per_micro_step}); change it or the number of ranks")
+        return self.batch_tokens // per_micro_step

@@ -1,0 +1,125 @@
+"""Document masking, LoRA continued pre-training, metric sinks, the loss guard, hub-cache resolution."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from conftest import tiny_pipeline
+from tokenmill import export, train
+from tokenmill.config import ConfigError, validate
+from tokenmill.model.resolve import resolve_model_path
+from tokenmill.train.data import document_mask
+from tokenmill.train.loop import LossGuard, TrainingDiverged
+
+
+def tiny_llama(vocab=64):
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_document_mask_makes_packed_documents_independent():
+    model, eos = tiny_llama(), 0
+    a, b = torch.tensor([5, 6, 7, eos]), torch.tensor([9, 10, 11, 12, 13])
+    packed = torch.cat([a, b])[None]
+    extra = document_mask(packed, eos)
+    assert extra["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 4]]
+    with torch.no_grad():
+        masked = model(input_ids=packed, **extra).logits[0]
+        alone_a, alone_b = model(input_ids=a[None]).logits[0], model(input_ids=b[None]).logits[0]
+        unmasked = model(input_ids=packed).logits[0]
+    torch.testing.assert_close(masked[:4], alone_a)
+    torch.testing.assert_close(masked[4:], alone_b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(unmasked[4:], alone_b, atol=1e-3)  # without the mask b sees a
+
+
+def base_model_dir(tmp_path, shards):
+    """A 'pretrained' model folder with the corpus's tokenizer, to continue pre-training from."""
+    from transformers import AutoTokenizer
+    model = tiny_llama(vocab=320)
+    model.save_pretrained(tmp_path / "base")
+    AutoTokenizer.from_pretrained(shards / "tokenizer").save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def test_lora_cpt_trains_adapters_and_embeddings_then_merges(shards, corpus, tmp_path):
+    base = base_model_dir(tmp_path, shards)
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"preset": None, "init_from": str(base), "lora": {"r": 4, "alpha": 8, "embedding_lr_ratio": 0.5}}
+    raw["tokenize"]["tokenizer"] = str(base)
+    raw["train"].update(max_steps=8, save_every=4, eval_every=4)
+    cfg = validate(raw)
+    train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+
+    before = AutoModelForCausalLM.from_pretrained(base)
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "ck" / "final")
+    assert not any("lora" in k for k in after.state_dict())
+    changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
+    assert "model.embed_tokens.weight" in changed and "model.layers.0.self_attn.q_proj.weight" in changed
+    assert "model.norm.weight" not in changed  # frozen under LoRA
+    adapter = json.loads((tmp_path / "ck" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4
+
+    # A LoRA checkpoint exports on its own, merged, to the same weights as final/.
+    export.run(export.ExportConfig(), tmp_path / "ck" / "step-00000008", tmp_path / "exported")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    for key, value in after.state_dict().items():
+        torch.testing.assert_close(exported.state_dict()[key], value)
+
+
+def test_cpt_without_the_base_tokenizer_is_a_config_error(corpus):
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"preset": None, "init_from": "some/base"}
+    with pytest.raises(ConfigError, match="tokenize.tokenizer: continued pre-training"):
+        validate(raw)
+
+
+def test_tensorboard_sink_writes_events(shards, corpus, tmp_path):
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=4, loggers=["jsonl", "tensorboard"])
+    cfg = validate(raw)
+    train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "ck" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "val/loss", "perf/tokens_per_s", "train/lr"} <= set(events.Tags()["scalars"])
+
+
+def test_loss_guard_stops_on_nan_and_spikes():
+    guard = LossGuard(spike_factor=2.0)
+    for loss in [4.0, 3.9, 3.8]:
+        guard.check(loss, 1)
+    with pytest.raises(TrainingDiverged, match="spiked"):
+        guard.check(9.0, 4)
+    with pytest.raises(TrainingDiverged, match="nan"):
+        LossGuard().check(float("nan"), 5)
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_checkpoint(shards, corpus, tmp_path):
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=40, lr_max=1e4, lr_min=1e3, grad_clip=1e9, save_every=1, log_every=1, eval_every=50)
+    cfg = validate(raw)
+    with pytest.raises(TrainingDiverged):
+        train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    from tokenmill.train.checkpoint import checkpoint_dirs
+    assert checkpoint_dirs(tmp_path / "ck") and not (tmp_path / "ck" / "final").exists()
+
+
+def test_hf_urls_resolve_through_the_hub_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--tiny" / "snapshots" / "abc123"
+    tiny_llama().save_pretrained(snapshot)
+    (cache / "models--org--tiny" / "refs").mkdir()
+    (cache / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    assert resolve_model_path("hf://org/tiny") == snapshot
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download org/missing"):
+        resolve_model_path("hf://org/missing")
