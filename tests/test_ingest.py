@@ -60,3 +60,49 @@ def test_truncated_gzip_keeps_what_was_read(tmp_path):
 def test_missing_input_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         ingest([tmp_path / "nowhere"], tmp_path)
+
+
+def test_csv_tsv_json_parquet_and_zstd(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.csv").write_text('id,body,lang\nr1,"first, with comma",en\nr2,"multi\nline",fr\n')
+    (src / "b.tsv").write_text("body\tlang\ntab separated\tde\n")
+    (src / "c.json").write_text(json.dumps([{"body": "in an array", "lang": "en"}]))
+    (src / "d.json").write_text(json.dumps({"k1": {"body": "in an object"}}))
+    pq.write_table(pa.table({"body": ["from parquet", "second row"], "lang": ["en", "nl"]}), src / "e.parquet")
+    (src / "f.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b'{"body": "zstd line"}\n'))
+    counts, docs = ingest([src], tmp_path, text_field="body", id_field="id", metadata_fields=["lang"])
+    texts = {d.text: d for d in docs.values()}
+    assert set(texts) == {"first, with comma", "multi\nline", "tab separated", "in an array", "in an object",
+                          "from parquet", "second row", "zstd line"}
+    assert "r1" in docs and texts["multi\nline"].metadata == {"lang": "fr"}
+    assert "d.json:k1" in docs and "e.parquet#1" in docs
+    assert counts["bad_records"] == 0
+
+
+def test_html_extraction_drops_boilerplate_and_keeps_title(tmp_path):
+    body = " ".join(f"The castle stood on the hill for a hundred years, sentence {i}." for i in range(20))
+    (tmp_path / "page.html").write_text(
+        f"<html><head><title>Castle history</title></head><body><nav><a href='/'>Home</a> | <a href='/x'>Login"
+        f"</a></nav><article><h1>Castle history</h1><p>{body}</p></article><footer>Copyright 2024 Cookie "
+        f"settings</footer></body></html>")
+    _, docs = ingest([tmp_path / "page.html"], tmp_path)
+    doc = docs["page.html"]
+    assert "hundred years, sentence 19" in doc.text
+    assert "Login" not in doc.text and "Cookie settings" not in doc.text
+    assert doc.metadata["title"] == "Castle history"
+
+
+def test_bad_csv_json_and_parquet_are_named(tmp_path, caplog):
+    (tmp_path / "no_text.csv").write_text("title,author\nx,y\n")
+    (tmp_path / "broken.json").write_text('[{"text": "a"},\n {"text": ')
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "ok.txt").write_text("still read")
+    counts, docs = ingest([tmp_path], tmp_path)
+    assert [d.text for d in docs.values()] == ["still read"] and counts["bad_records"] == 3
+    assert "no_text.csv: no column 'text'" in caplog.text
+    assert "broken.json:2: malformed JSON" in caplog.text
+    assert "corrupt.parquet: not a readable Parquet file" in caplog.text

@@ -100,3 +100,45 @@ def test_export_gives_the_same_logits_as_the_trained_weights(shards, corpus, tmp
             torch.testing.assert_close(exported(ids).logits, expected, rtol=0, atol=0)
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok.decode(tok("The king was brave.").input_ids) == "The king was brave."
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, corpus, tmp_path):
+    """A real SIGKILL in the middle of training; started again, the run continues exactly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=300, save_every=25, log_every=25, eval_every=100, keep_last=3, loggers=["jsonl"])
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cfg = validate(raw)
+    train.run(cfg.model, cfg.train, shards, tmp_path / "straight")
+
+    argv = [sys.executable, "-m", "tokenmill", "train", str(shards), "-o", str(tmp_path / "killed"), "--config", str(config)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint_dirs(tmp_path / "killed") and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -9
+    assert not (tmp_path / "killed" / "final").exists(), "the run finished before it was killed"
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+
+    straight, resumed = losses(tmp_path / "straight" / "metrics.jsonl"), losses(tmp_path / "killed" / "metrics.jsonl")
+    assert [r[0] for r in resumed] == [r[0] for r in straight]
+    for a, b in zip(straight, resumed):
+        assert a == pytest.approx(b, rel=1e-6), (a, b)
+
+
+def test_activation_checkpointing_changes_memory_not_math(shards, corpus, tmp_path):
+    results = {}
+    for flag in (False, True):
+        model_cfg, train_cfg = configs(corpus, max_steps=5, log_every=1, eval_every=5, activation_checkpointing=flag)
+        train.run(model_cfg, train_cfg, shards, tmp_path / str(flag))
+        results[flag] = losses(tmp_path / str(flag) / "metrics.jsonl")
+    for a, b in zip(results[False], results[True]):
+        assert a == pytest.approx(b, rel=1e-5)

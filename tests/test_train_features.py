@@ -123,3 +123,15 @@ def test_hf_urls_resolve_through_the_hub_cache(tmp_path, monkeypatch):
     assert resolve_model_path("hf://org/tiny") == snapshot
     with pytest.raises(FileNotFoundError, match="huggingface-cli download org/missing"):
         resolve_model_path("hf://org/missing")
+
+
+def test_wandb_sink_runs_offline_without_a_key(shards, corpus, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=4, loggers=["wandb"], wandb_project="tokenmill-test")
+    cfg = validate(raw)
+    train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    runs = list((tmp_path / "ck" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    recorded = runs[0].read_bytes()
+    assert b"train/loss" in recorded and b"val/loss" in recorded and b"perf/mfu" in recorded

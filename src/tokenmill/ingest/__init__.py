@@ -1,5 +1,8 @@
 """Ingest: files, folders and globs of raw text → document shards (`00_raw/`).
 
+Formats: .txt .md, .jsonl(.gz/.zst), .json (array or object of records), .csv .tsv, .parquet, .html .htm
+(main text extracted with trafilatura). Bad records are counted and named (file, line or row); --strict stops.
+
     tokenmill ingest corpus/ 'more/*.jsonl.gz' -o runs/x/00_raw
 """
 
@@ -21,7 +24,8 @@ log = logging.getLogger(__name__)
 class IngestConfig(StrictModel):
     paths: list[str] = Field(default_factory=list, description="files, folders, globs or pkg://PACKAGE/sub/glob")
     text_field: str = Field("text", description="JSON key holding a record's text")
-    id_field: str | None = Field(None, description="JSON key holding a record's id (default: file and line)")
+    id_field: str | None = Field(None, description="JSON key / column holding a record's id (default: file and line)")
+    metadata_fields: list[str] | None = Field(None, description="JSON keys / columns kept as metadata (default: all)")
     docs_per_shard: int = Field(50_000, gt=0, description="documents per output shard")
     strict: bool = Field(False, description="stop at the first bad record instead of counting and skipping it")
 

