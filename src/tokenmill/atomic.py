@@ -30,18 +30,29 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def staging_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty folder beside `final`; on success it replaces `final`, on failure it is removed."""
+def staging_dir(final: Path, key: str | None = None) -> Iterator[Path]:
+    """Yield a folder beside `final`; on success it replaces `final`.
+
+    Without a key the folder starts empty and is removed on failure. With a key, a partial folder left by
+    an interrupted run of the same key is kept, so work split into tasks with completion markers (the
+    datatrove executors) resumes where it stopped; any other partial folder is discarded.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.with_name(f".{final.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    key_file = staging / ".stage_key"
+    if key is None or not key_file.is_file() or key_file.read_text() != key:
+        shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(exist_ok=True)
+    if key is not None:
+        key_file.write_text(key)
     try:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as e:
+        if key is None or type(e).__name__ == "ConfigError":
+            shutil.rmtree(staging, ignore_errors=True)
         raise
+    key_file.unlink(missing_ok=True)
     # The old output goes first; a kill between the two calls leaves no output, which reads as "not done".
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)

@@ -68,6 +68,10 @@ def stage_key(name: str, cfg: StageConfig, inputs: dict[str, str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+class StagePending(Exception):
+    """Raised by a stage whose work was handed to a cluster (Slurm): run the same command again to collect it."""
+
+
 def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn: StageFn,
               force: bool = False, resumable: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run `fn` unless `out_dir` already holds this exact stage; returns the manifest.
@@ -102,7 +106,7 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
         if main_process:
             atomic_write_json(out_dir / MANIFEST, manifest)
     else:
-        with staging_dir(out_dir) as staging:
+        with staging_dir(out_dir, key=None if force else key) as staging:
             counts = fn(staging)
             manifest = _manifest(name, key, cfg, keys, counts, started)
             atomic_write_json(staging / MANIFEST, manifest)

@@ -1,27 +1,36 @@
-"""Filter: run the configured filters in order; count every drop by filter and reason (`10_filtered/`).
+"""Filter: the configured filters as a datatrove pipeline; every drop counted by filter and reason.
 
-    tokenmill filter runs/x/00_raw -o runs/x/10_filtered
+    tokenmill filter runs/x/00_raw -o runs/x/10_filtered [--executor local|slurm|ray] [--set filter.executor.tasks=8]
 
-Dropped documents go to `dropped/` beside the kept ones (metadata.drop = "filter/reason") so a person can
-look at what was removed and why. Adding a filter: one module with a config class that is callable, and
-one line in FILTER_TYPES.
+Pipeline: reader → tally(in) → filter 1 … filter n → tally(out) → writer. Dropped documents go to
+`dropped/<filter>/` (metadata.filter_reason says why) so a person can look at what was removed.
+Adding a filter: a module with a config class whose `block()` returns a datatrove step (or that is
+callable, doc → Document | Drop), and one entry in FILTER_TYPES.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Union
 
 from pydantic import Field
 
-from tokenmill.documents import Document, read_documents, write_documents
-from tokenmill.filters.base import Drop
+from tokenmill import engine
+from tokenmill.documents import Document
+from tokenmill.filters.bad_words import BadWordsFilter
+from tokenmill.filters.base import as_block
+from tokenmill.filters.datatrove_blocks import C4Filter, FineWebFilter, GopherRepetitionFilter
 from tokenmill.filters.gopher import GopherQualityFilter
+from tokenmill.filters.language import LanguageFilter
 from tokenmill.filters.length import LengthFilter
+from tokenmill.filters.pii import PIIRedaction
+from tokenmill.filters.url import URLBlocklistFilter
 from tokenmill.schema import StrictModel
 
-FILTER_TYPES = (LengthFilter, GopherQualityFilter)
+FILTER_TYPES = (LengthFilter, LanguageFilter, GopherQualityFilter, GopherRepetitionFilter, C4Filter, FineWebFilter,
+                URLBlocklistFilter, BadWordsFilter, PIIRedaction)
 FilterStep = Annotated[Union[FILTER_TYPES], Field(discriminator="name")]
 
 
@@ -29,11 +38,12 @@ class FilterConfig(StrictModel):
     steps: list[FilterStep] = Field(
         default_factory=lambda: [LengthFilter(min_chars=200), GopherQualityFilter()],
         description="filters in the order they run; each is {name: ..., its parameters}")
-    write_dropped: bool = Field(True, description="write dropped documents to dropped/ for inspection")
+    write_dropped: bool = Field(True, description="write dropped documents to dropped/<filter>/ for inspection")
+    executor: engine.ExecutorConfig = Field(default_factory=engine.ExecutorConfig)
 
 
 class FunnelCounter:
-    """Documents and characters in and out, and drops by 'filter/reason'."""
+    """Documents and characters in and out, and drops by 'filter/reason' (in-process stages)."""
 
     def __init__(self):
         self.counts = Counter()
@@ -52,27 +62,29 @@ class FunnelCounter:
                 "drops": dict(sorted(self.drops.items()))}
 
 
-def apply_filters(docs, steps, counter: FunnelCounter, dropped: list | None = None):
-    for doc in docs:
-        counter.seen(doc)
-        for step in steps:
-            result = step(doc)
-            if isinstance(result, Drop):
-                label = f"{step.name}/{result.reason}"
-                counter.drops[label] += 1
-                if dropped is not None:
-                    dropped.append(Document(doc.id, doc.text, doc.source, {**doc.metadata, "drop": label}))
-                break
-            doc = result
-        else:
-            counter.kept(doc)
-            yield doc
+def pipeline(cfg: FilterConfig, in_dir: Path, out_dir: Path) -> list:
+    blocks = []
+    for step in cfg.steps:
+        dropped = engine.writer(out_dir / "dropped" / step.name) if cfg.write_dropped else None
+        blocks.append(as_block(step, dropped))
+    return [engine.reader(in_dir), engine.Tally("in"), *blocks, engine.Tally("out"), engine.writer(out_dir)]
 
 
 def run(cfg: FilterConfig, in_dir: Path, out_dir: Path) -> dict:
-    counter = FunnelCounter()
-    dropped: list[Document] | None = [] if cfg.write_dropped else None
-    write_documents(apply_filters(read_documents(in_dir), cfg.steps, counter, dropped), out_dir)
-    if dropped:
-        write_documents(dropped, out_dir / "dropped")
-    return counter.as_dict()
+    logs = out_dir / "logs"
+    engine.run_pipeline(cfg.executor, pipeline(cfg, in_dir, out_dir), logs)
+    stats = [s["stats"] for s in engine.step_stats(logs)]
+    tally_in, filters, tally_out = stats[1], stats[2:-2], stats[-2]
+    drops = {}
+    for step, counts in zip(cfg.steps, filters):
+        for key, value in counts.items():
+            if key.startswith("dropped_"):
+                drops[f"{step.name}/{key[len('dropped_'):]}"] = engine.total(counts, key)
+        unexplained = engine.total(counts, "dropped") - sum(v for k, v in drops.items() if k.startswith(f"{step.name}/"))
+        if unexplained:
+            drops[f"{step.name}/unspecified"] = unexplained
+    rewrites = {step.name: engine.total(counts, "rewritten") for step, counts in zip(cfg.steps, filters)
+                if engine.total(counts, "rewritten")}
+    return {"docs_in": engine.total(tally_in, "docs"), "docs_out": engine.total(tally_out, "docs"),
+            "chars_in": engine.total(tally_in, "chars"), "chars_out": engine.total(tally_out, "chars"),
+            "drops": dict(sorted(drops.items())), "rewrites": rewrites, "tasks": cfg.executor.tasks}

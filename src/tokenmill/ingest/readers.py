@@ -153,11 +153,12 @@ def read_html(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Docume
     import trafilatura
     html = _decode(path.read_bytes(), str(path), stats, cfg.strict)
     result = trafilatura.bare_extraction(html, with_metadata=True, include_comments=False)
-    if result is None or not (result.text or "").strip():
+    fields = result if isinstance(result, dict) or result is None else vars(result)  # a dict before trafilatura 2
+    if not fields or not (fields.get("text") or "").strip():
         stats.empty += 1
         return
-    metadata = {k: v for k, v in {"title": result.title, "url": result.url}.items() if v}
-    yield from _emit(Document(id=doc_id, text=result.text, source=str(path), metadata=metadata), stats)
+    metadata = {k: fields[k] for k in ("title", "url") if fields.get(k)}
+    yield from _emit(Document(id=doc_id, text=fields["text"], source=str(path), metadata=metadata), stats)
 
 
 Reader = Callable[[Path, str, object, ReadStats], Iterator[Document]]

@@ -1,0 +1,157 @@
+"""The data engine: tokenmill's data stages run as datatrove pipelines on datatrove executors.
+
+One module knows datatrove: our document shards as its reader/writer (adapters keep `id`, `text`, `source`,
+`metadata`), the executor choice (local processes, Slurm, Ray), a tally step for the data funnel, and the
+per-step stats that datatrove writes (`logs/stats.json`), which become our manifests' counts.
+
+Work is split into `tasks` (input shards are dealt out by rank); each finished task leaves a completion
+marker, so a killed stage re-runs only its unfinished tasks. `workers` only sets how many run at once: the
+output does not depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from datatrove.data import Document as DtDocument
+from datatrove.pipeline.base import PipelineStep
+from pydantic import Field
+
+from tokenmill.documents import SHARD_GLOB
+from tokenmill.schema import StrictModel
+
+
+class SlurmConfig(StrictModel):
+    partition: str | None = None
+    time: str = Field("24:00:00", description="per job array task, HH:MM:SS")
+    cpus_per_task: int = Field(1, gt=0)
+    mem_per_cpu_gb: float = Field(2, gt=0)
+    job_name: str = "tokenmill"
+    sbatch_args: dict[str, str] = Field(default_factory=dict, description="extra #SBATCH options")
+
+
+class ExecutorConfig(StrictModel):
+    kind: Literal["local", "slurm", "ray"] = Field("local", description="datatrove executor")
+    tasks: int = Field(1, gt=0, description="units of work: input shards are dealt out across them")
+    workers: int = Field(-1, description="tasks run at once (local: processes; -1: all)")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    ray_address: str | None = Field(None, description="Ray cluster address; None starts or joins a local one")
+
+
+def _from_shard(self, data: dict, path: str, id_in_file: int | str) -> dict:
+    metadata = data.pop("metadata", None) or {}
+    metadata["source"] = data.pop("source", "")
+    return {"text": data["text"], "id": data["id"], "metadata": metadata}
+
+
+def _to_shard(self, document: DtDocument) -> dict:
+    metadata = dict(document.metadata)
+    source = metadata.pop("source", "")
+    metadata.pop("file_path", None)
+    return {"id": document.id, "text": document.text, "source": source, "metadata": metadata}
+
+
+def reader(in_dir: Path) -> PipelineStep:
+    from datatrove.pipeline.readers import JsonlReader
+    return JsonlReader(str(in_dir), glob_pattern=SHARD_GLOB, adapter=_from_shard, add_file_path=False)
+
+
+def writer(out_dir: Path) -> PipelineStep:
+    from datatrove.pipeline.writers import JsonlWriter
+    return JsonlWriter(str(out_dir), output_filename="docs-${rank}.jsonl.gz", adapter=_to_shard, compression="gzip")
+
+
+class Tally(PipelineStep):
+    """Counts documents and characters passing this point (the data funnel's in and out)."""
+
+    type = "📊 - TALLY"
+
+    def __init__(self, label: str):
+        self.name = label  # before the base class names this step's stats
+        super().__init__()
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        for doc in data:
+            self.stat_update("docs")
+            self.stat_update("chars", value=len(doc.text))
+            yield doc
+
+
+def build_executor(cfg: ExecutorConfig, pipeline: list, logging_dir: Path, depends=None):
+    common = {"pipeline": pipeline, "tasks": cfg.tasks, "logging_dir": str(logging_dir), "depends": depends}
+    if cfg.kind == "local":
+        workers = cfg.workers if cfg.workers > 0 else cfg.tasks
+        return _local(common, workers)
+    if cfg.kind == "ray":
+        from datatrove.executor import RayPipelineExecutor
+        _ensure_ray(cfg.ray_address)
+        return RayPipelineExecutor(**common, workers=cfg.workers, cpus_per_task=cfg.slurm.cpus_per_task)
+    from datatrove.executor import SlurmPipelineExecutor
+    s = cfg.slurm
+    return SlurmPipelineExecutor(**common, time=s.time, partition=s.partition or "", cpus_per_task=s.cpus_per_task,
+                                 mem_per_cpu_gb=s.mem_per_cpu_gb, job_name=s.job_name, sbatch_args=s.sbatch_args,
+                                 workers=cfg.workers, venv_path=None)
+
+
+def _local(common: dict, workers: int):
+    from datatrove.executor import LocalPipelineExecutor
+    # fork: the tasks inherit our imports instead of re-importing torch/transformers in every worker.
+    return LocalPipelineExecutor(**common, workers=workers, start_method="fork")
+
+
+def _ensure_ray(address: str | None) -> None:
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("the ray executor needs ray: pip install 'ray[default]'") from e
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+
+
+def step_stats(logging_dir: Path) -> list[dict]:
+    """The merged per-step stats of a finished pipeline, in pipeline order: [{"name", "stats": {...}}]."""
+    path = Path(logging_dir) / "stats.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the data pipeline left no stats; did every task finish? "
+                                f"(see {Path(logging_dir) / 'logs'})")
+    return json.loads(path.read_text())
+
+
+def total(stats: dict, key: str) -> int:
+    value = stats.get(key, 0)
+    return int(value["total"] if isinstance(value, dict) else value)
+
+
+def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None:
+    """Run to completion (local, Ray), or submit and raise StagePending (Slurm: run again to collect)."""
+    from tokenmill.stage import StagePending
+    executor = build_executor(cfg, pipeline, logging_dir)
+    if cfg.kind != "slurm":
+        executor.run()
+        _merge_stats(logging_dir, cfg.tasks)
+        return
+    if len(executor.get_incomplete_ranks()) == 0:
+        _merge_stats(logging_dir, cfg.tasks)
+        return
+    executor.run()  # writes logs/launch_script.slurm and calls sbatch
+    raise StagePending(f"submitted {cfg.tasks} Slurm task(s); script: {Path(logging_dir) / 'launch_script.slurm'}. "
+                       "Run the same command again when they have finished to collect the stage.")
+
+
+def slurm_script(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> str:
+    """The sbatch script the Slurm executor would submit (for review, or to submit by hand)."""
+    executor = build_executor(cfg, pipeline, logging_dir)
+    return executor.get_launch_file_contents(executor.get_sbatch_args(min(cfg.tasks, executor.max_array_size)),
+                                             f"srun -l launch_pickled_pipeline {Path(logging_dir) / 'executor.pik'}")
+
+
+def _merge_stats(logging_dir: Path, tasks: int) -> None:
+    """stats.json from the per-task files (Ray and Slurm leave merging to a separate job)."""
+    from datatrove.utils.stats import PipelineStats
+    files = sorted((Path(logging_dir) / "stats").glob("*.json"))
+    if len(files) != tasks:
+        raise RuntimeError(f"{logging_dir}: {len(files)} of {tasks} tasks left stats; the stage is incomplete")
+    merged = sum((PipelineStats.from_json(json.loads(f.read_text())) for f in files), start=PipelineStats())
+    (Path(logging_dir) / "stats.json").write_text(merged.to_json())
