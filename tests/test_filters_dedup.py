@@ -48,7 +48,7 @@ def test_exact_dedup_on_normalised_text_keeps_first(tmp_path):
     docs = [Document("a", "Hello  World\n"), Document("b", "hello world"), Document("c", "Hello, world"),
             Document("d", "ＨＥＬＬＯ world")]
     write_documents(docs, tmp_path / "in")
-    counts = dedup(DedupConfig(), tmp_path / "in", tmp_path / "out")
+    counts = dedup(DedupConfig(minhash=None), tmp_path / "in", tmp_path / "out")
     assert [d.id for d in read_documents(tmp_path / "out")] == ["a", "c"]
     assert counts["drops"] == {"exact/duplicate": 2} and counts["docs_out"] == 2
     assert normalise(" A\tB \n") == "a b"

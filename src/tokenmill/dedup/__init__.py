@@ -1,53 +1,55 @@
-"""Dedup: drop exact duplicates of normalised text, keeping the first occurrence (`20_dedup/`).
+"""Dedup: exact duplicates, MinHash-LSH near-duplicates (datatrove), and boilerplate lines (`20_dedup/`).
 
-    tokenmill dedup runs/x/10_filtered -o runs/x/20_dedup
+    tokenmill dedup runs/x/10_filtered -o runs/x/20_dedup [--set dedup.minhash.num_buckets=20]
 
-Normalisation (NFKC, lower case, collapsed whitespace) makes copies that differ only in layout or case
-count as the same document.
+Steps run in this order, each optional: exact → minhash → lines. Results do not depend on the order of the
+input or on the number of workers: exact dedup keeps the smallest id of each group, line dedup counts
+lines over the whole corpus before removing any, and MinHash clusters are resolved by datatrove to the
+document that comes first in its (fixed) task layout.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import unicodedata
+import shutil
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
-from tokenmill.documents import read_documents, write_documents
-from tokenmill.filters import FunnelCounter
+from tokenmill import engine
+from tokenmill.dedup.exact import exact_dedup, normalise
+from tokenmill.dedup.lines import LineDedupConfig, line_dedup
+from tokenmill.dedup.minhash import MinhashConfig, minhash_dedup
+from tokenmill.documents import read_documents
 from tokenmill.schema import StrictModel
 
-_SPACE = re.compile(r"\s+")
+__all__ = ["DedupConfig", "normalise", "run"]
 
 
 class DedupConfig(StrictModel):
-    method: Literal["exact"] = Field("exact", description="exact: hash of normalised text")
-
-
-def normalise(text: str) -> str:
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
-
-
-def exact_key(text: str) -> bytes:
-    return hashlib.blake2b(normalise(text).encode(), digest_size=16).digest()
+    exact: bool = Field(True, description="drop exact duplicates of normalised text")
+    minhash: MinhashConfig | None = Field(default_factory=MinhashConfig, description="near-duplicates; null disables")
+    lines: LineDedupConfig | None = Field(None, description="remove lines repeated across many documents")
+    executor: engine.ExecutorConfig = Field(default_factory=engine.ExecutorConfig)
 
 
 def run(cfg: DedupConfig, in_dir: Path, out_dir: Path) -> dict:
-    counter, seen = FunnelCounter(), set()
-
-    def unique():
-        for doc in read_documents(in_dir):
-            counter.seen(doc)
-            key = exact_key(doc.text)
-            if key in seen:
-                counter.drops["exact/duplicate"] += 1
-                continue
-            seen.add(key)
-            counter.kept(doc)
-            yield doc
-
-    write_documents(unique(), out_dir)
-    return counter.as_dict()
+    counts = {"docs_in": 0, "chars_in": 0}
+    for doc in read_documents(in_dir):
+        counts["docs_in"] += 1
+        counts["chars_in"] += len(doc.text)
+    drops, current, work = {}, Path(in_dir), out_dir / "work"
+    steps = [("exact", cfg.exact and (lambda i, o: exact_dedup(i, o))),
+             ("minhash", cfg.minhash and (lambda i, o: minhash_dedup(cfg.minhash, cfg.executor, i, o, work / "minhash"))),
+             ("lines", cfg.lines and (lambda i, o: line_dedup(cfg.lines, i, o)))]
+    enabled = [(name, fn) for name, fn in steps if fn]
+    for index, (name, fn) in enumerate(enabled):
+        target = out_dir if index == len(enabled) - 1 else work / name
+        step_counts = fn(current, target)
+        drops.update(step_counts.pop("drops"))
+        counts.update(step_counts)
+        current = target
+    if not enabled:
+        shutil.copytree(in_dir, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json", "logs"))
+    shutil.rmtree(work, ignore_errors=True)
+    out = list(read_documents(out_dir))
+    return {**counts, "docs_out": len(out), "chars_out": sum(len(d.text) for d in out), "drops": dict(sorted(drops.items()))}

@@ -1,0 +1,42 @@
+"""Exact duplicates of normalised text (NFKC, lower case, collapsed whitespace); the smallest id of each
+group is kept, so the result does not depend on the input order."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from pathlib import Path
+
+from tokenmill.documents import read_documents, write_documents
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+
+
+def exact_key(text: str) -> bytes:
+    return hashlib.blake2b(normalise(text).encode(), digest_size=16).digest()
+
+
+def exact_dedup(in_dir: Path, out_dir: Path) -> dict:
+    keeper: dict[bytes, str] = {}
+    for doc in read_documents(in_dir):  # pass 1: the smallest id per normalised text
+        key = exact_key(doc.text)
+        if key not in keeper or doc.id < keeper[key]:
+            keeper[key] = doc.id
+    kept_ids = set(keeper.values())
+    n_in = 0
+
+    def keep():
+        nonlocal n_in
+        for doc in read_documents(in_dir):
+            n_in += 1
+            if doc.id in kept_ids:
+                kept_ids.discard(doc.id)  # a repeated id keeps only its first copy
+                yield doc
+
+    n_out = write_documents(keep(), out_dir)
+    return {"drops": {"exact/duplicate": n_in - n_out}} if n_in > n_out else {"drops": {}}
