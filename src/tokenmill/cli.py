@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tokenmill import dedup, evaluation, export, filters, ingest, report, tokenize, train
 from tokenmill.config import ConfigError, PipelineConfig, load_config, resolve_config_path
-from tokenmill.stage import run_stage
+from tokenmill.stage import StagePending, run_stage
 from tokenmill.tokenize.shards import check_split
 
 EXAMPLES = {
@@ -54,10 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("-o", "--output", required=True, type=Path)
     for name, text in [("filter", "Drop low-quality documents; count each drop by filter and reason."),
-                       ("dedup", "Drop exact duplicates (normalised text).")]:
+                       ("dedup", "Drop exact and near duplicates (MinHash-LSH) and boilerplate lines.")]:
         p = stage(name, text)
         p.add_argument("input", type=Path, metavar="DIR")
         p.add_argument("-o", "--output", required=True, type=Path)
+        p.add_argument("--executor", choices=["local", "slurm", "ray"], help="datatrove executor (default: local)")
+        p.add_argument("--tasks", type=int, help="units of work the input is split into")
     p = stage("tokenize", "Train or load a tokenizer; pack documents into train/val token shards.")
     p.add_argument("input", type=Path, metavar="DIR")
     p.add_argument("-o", "--output", required=True, type=Path)
@@ -117,6 +119,10 @@ def _flag_overrides(args) -> list[str]:
                  f"tokenize.tokenizer={json.dumps(str(args.model))}"]
     if args.command == "ingest":
         sets.append(f"ingest.paths={json.dumps(args.paths)}")
+    for flag in ("executor", "tasks"):
+        if getattr(args, flag, None) is not None:
+            key = "kind" if flag == "executor" else flag
+            sets.append(f"{args.command}.executor.{key}={json.dumps(getattr(args, flag))}")
     if args.command == "generate":
         sets.append(f"generate.prompt={json.dumps(args.prompt)}")
     return sets
@@ -192,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
         _dispatch(args)
+    except StagePending as pending:
+        print(f"pending: {pending}")
+        return 0
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         if os.environ.get("TOKENMILL_DEBUG"):
             raise

@@ -135,6 +135,13 @@ def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None
     if len(executor.get_incomplete_ranks()) == 0:
         _merge_stats(logging_dir, cfg.tasks)
         return
+    import shutil
+    if shutil.which("sbatch") is None:
+        script = Path(logging_dir) / "launch_script.slurm"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(slurm_script(cfg, pipeline, logging_dir))
+        raise FileNotFoundError(f"the slurm executor submits with sbatch, which is not on PATH here; run the same "
+                                f"command on a Slurm login node (the job script it would submit: {script})")
     executor.run()  # writes logs/launch_script.slurm and calls sbatch
     raise StagePending(f"submitted {cfg.tasks} Slurm task(s); script: {Path(logging_dir) / 'launch_script.slurm'}. "
                        "Run the same command again when they have finished to collect the stage.")

@@ -1,0 +1,42 @@
+"""The datatrove executors behind the data stages: the Slurm job script, and a real local Ray cluster."""
+
+import pytest
+
+from tokenmill import engine
+from tokenmill.cli import main
+from tokenmill.documents import Document, read_documents, write_documents
+from tokenmill.filters import FilterConfig, pipeline
+from tokenmill.filters import run as filter_run
+
+TEXT = ("The king and the queen have gone to the castle with their men, and that was the end of it. " * 8).strip()
+
+
+def test_slurm_job_script(tmp_path):
+    cfg = FilterConfig(executor={"kind": "slurm", "tasks": 40, "workers": 8,
+                                 "slurm": {"partition": "cpu", "time": "02:00:00", "cpus_per_task": 2,
+                                           "job_name": "tm-filter", "sbatch_args": {"account": "lm"}}})
+    script = engine.slurm_script(cfg.executor, pipeline(cfg, tmp_path / "in", tmp_path / "out"), tmp_path / "logs")
+    assert script.startswith("#!/bin/bash")
+    for line in ["#SBATCH --partition=cpu", "#SBATCH --time=02:00:00", "#SBATCH --cpus-per-task=2",
+                 "#SBATCH --job-name=tm-filter", "#SBATCH --array=0-39%8", "#SBATCH --account=lm"]:
+        assert line in script, line
+    assert "launch_pickled_pipeline" in script and str(tmp_path / "logs" / "executor.pik") in script
+
+
+def test_slurm_without_sbatch_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on this machine either way
+    write_documents([Document("a", TEXT)], tmp_path / "in")
+    code = main(["filter", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--executor", "slurm"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sbatch, which is not on PATH" in err
+    assert "#SBATCH --array=0-0" in (tmp_path / ".out.partial" / "logs" / "launch_script.slurm").read_text()
+
+
+def test_ray_executor_on_a_local_cluster(tmp_path):
+    pytest.importorskip("ray")
+    docs = [Document(f"d{i}", TEXT + f" Number {i}.") for i in range(6)] + [Document("short", "tiny")]
+    write_documents(docs, tmp_path / "in", docs_per_shard=2)
+    cfg = FilterConfig(executor={"kind": "ray", "tasks": 2, "workers": 2})
+    counts = filter_run(cfg, tmp_path / "in", tmp_path / "out")
+    assert counts["docs_in"] == 7 and counts["docs_out"] == 6 and counts["drops"] == {"length/too_short": 1}
+    assert sorted(d.id for d in read_documents(tmp_path / "out")) == [f"d{i}" for i in range(6)]
