@@ -106,3 +106,57 @@ def test_bad_csv_json_and_parquet_are_named(tmp_path, caplog):
     assert "no_text.csv: no column 'text'" in caplog.text
     assert "broken.json:2: malformed JSON" in caplog.text
     assert "corrupt.parquet: not a readable Parquet file" in caplog.text
+
+
+def make_pdf(pages: list[str]) -> bytes:
+    """A minimal valid PDF with one Helvetica text line per page (built by hand, offsets computed)."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>",
+               "<< /Type /Pages /Kids [" + " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages))) + f"] /Count {len(pages)} >>",
+               "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    for i, text in enumerate(pages):
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+                       f"/Contents {5 + 2 * i} 0 R >>")
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    out, offsets = b"%PDF-1.4\n", []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+def test_pdf_pages_are_joined_and_a_corrupt_pdf_is_counted(tmp_path):
+    (tmp_path / "book.pdf").write_bytes(make_pdf(["First page of the book.", "Second page follows here."]))
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not a pdf body")
+    counts, docs = ingest([tmp_path], tmp_path)
+    assert docs["book.pdf"].text == "First page of the book.\n\nSecond page follows here."
+    assert docs["book.pdf"].metadata["pages"] == 2 and counts["bad_records"] == 1
+
+
+def test_warc_html_records_without_identified_type_are_kept(tmp_path):
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+    body = " ".join(f"The castle library holds old maps and letters, shelf {i}." for i in range(30))
+    page = f"<html><head><title>Library</title></head><body><nav>Menu Login</nav><p>{body}</p></body></html>"
+    with open(tmp_path / "crawl.warc.gz", "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+
+        def response(url, payload, content_type):
+            headers = StatusAndHeaders("200 OK", [("Content-Type", content_type)], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(payload), http_headers=headers))
+
+        response("https://example.org/library", page.encode(), "text/html")
+        response("https://example.org/sniffed", page.replace("Library", "Sniffed").encode(), "application/octet-stream")
+        response("https://example.org/logo.png", b"\x89PNG\r\n binary", "image/png")
+        writer.write_record(writer.create_warc_record("https://example.org/", "request", payload=io.BytesIO(b"GET /")))
+    counts, docs = ingest([tmp_path / "crawl.warc.gz"], tmp_path)
+    urls = sorted(d.metadata["url"] for d in docs.values())
+    assert urls == ["https://example.org/library", "https://example.org/sniffed"]
+    assert counts["skipped_not_html"] == 1
+    assert all("shelf 29" in d.text and "Login" not in d.text for d in docs.values())

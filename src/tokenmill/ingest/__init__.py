@@ -1,7 +1,7 @@
 """Ingest: files, folders and globs of raw text → document shards (`00_raw/`).
 
 Formats: .txt .md, .jsonl(.gz/.zst), .json (array or object of records), .csv .tsv, .parquet, .html .htm
-(main text extracted with trafilatura). Bad records are counted and named (file, line or row); --strict stops.
+(main text extracted with trafilatura), .pdf (pages joined), .warc(.gz) (HTML response records). Bad records are counted and named (file, line or row); --strict stops.
 
     tokenmill ingest corpus/ 'more/*.jsonl.gz' -o runs/x/00_raw
 """
@@ -47,4 +47,5 @@ def run(cfg: IngestConfig, out_dir: Path) -> dict:
 
     n_docs = write_documents(all_documents(), out_dir, cfg.docs_per_shard)
     return {"files": len(files), "docs_out": n_docs, "chars_out": stats.chars,
-            "bad_records": stats.bad_records, "decode_errors": stats.decode_errors, "empty": stats.empty}
+            "bad_records": stats.bad_records, "decode_errors": stats.decode_errors, "empty": stats.empty,
+            "skipped_not_html": stats.skipped_not_html}

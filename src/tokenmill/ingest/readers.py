@@ -23,6 +23,7 @@ class ReadStats:
     bad_records: int = 0
     decode_errors: int = 0
     empty: int = 0
+    skipped_not_html: int = 0  # WARC response records whose payload is not HTML
 
 
 def _decode(raw: bytes, where: str, stats: ReadStats, strict: bool) -> str:
@@ -148,23 +149,74 @@ def read_parquet(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Doc
             row += 1
 
 
-def read_html(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
-    """Main text without navigation and boilerplate (trafilatura); title and URL kept as metadata."""
+def extract_html(html: str) -> tuple[str, dict]:
+    """Main text without navigation and boilerplate (trafilatura), and the page's title and URL."""
     import trafilatura
-    html = _decode(path.read_bytes(), str(path), stats, cfg.strict)
     result = trafilatura.bare_extraction(html, with_metadata=True, include_comments=False)
     fields = result if isinstance(result, dict) or result is None else vars(result)  # a dict before trafilatura 2
-    if not fields or not (fields.get("text") or "").strip():
-        stats.empty += 1
+    if not fields:
+        return "", {}
+    return fields.get("text") or "", {k: fields[k] for k in ("title", "url") if fields.get(k)}
+
+
+def read_html(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    text, metadata = extract_html(_decode(path.read_bytes(), str(path), stats, cfg.strict))
+    yield from _emit(Document(id=doc_id, text=text, source=str(path), metadata=metadata), stats)
+
+
+def read_pdf(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    """One document per PDF, its pages' text joined by blank lines; an unreadable PDF is counted and skipped."""
+    from pypdf import PdfReader
+    try:
+        reader = PdfReader(path)
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except Exception as e:  # pypdf raises many types for broken, truncated or encrypted files
+        _bad(str(path), f"unreadable PDF ({type(e).__name__}: {e})", stats, cfg.strict)
         return
-    metadata = {k: fields[k] for k in ("title", "url") if fields.get(k)}
-    yield from _emit(Document(id=doc_id, text=fields["text"], source=str(path), metadata=metadata), stats)
+    title = (reader.metadata or {}).get("/Title") if reader.metadata else None
+    metadata = {"pages": len(pages), **({"title": str(title)} if title else {})}
+    yield from _emit(Document(id=doc_id, text="\n\n".join(p.strip() for p in pages if p.strip()), source=str(path),
+                              metadata=metadata), stats)
+
+
+def _is_html(record, payload: bytes) -> bool:
+    """HTML by the HTTP Content-Type, the WARC identified type, or the payload itself. Common Crawl marks
+    pages with WARC-Identified-Payload-Type, but other crawlers often write none (datatrove's WarcReader
+    then skips the page)."""
+    declared = " ".join(filter(None, [record.http_headers.get_header("Content-Type") if record.http_headers else None,
+                                      record.rec_headers.get_header("WARC-Identified-Payload-Type")])).lower()
+    if "html" in declared:
+        return True
+    head = payload[:2048].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html")) or b"<body" in head
+
+
+def read_warc(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    """Response records with HTML → extracted main text; other records are counted, not read."""
+    from warcio.archiveiterator import ArchiveIterator
+    try:
+        with open(path, "rb") as f:
+            for index, record in enumerate(ArchiveIterator(f)):
+                if record.rec_type != "response":
+                    continue
+                payload = record.content_stream().read()
+                if not _is_html(record, payload):
+                    stats.skipped_not_html += 1
+                    continue
+                url = record.rec_headers.get_header("WARC-Target-URI") or ""
+                text, metadata = extract_html(_decode(payload, f"{path}#record{index}", stats, cfg.strict))
+                metadata = {**metadata, "url": url, "date": record.rec_headers.get_header("WARC-Date")}
+                rid = record.rec_headers.get_header("WARC-Record-ID") or f"{doc_id}#{index}"
+                yield from _emit(Document(id=rid, text=text, source=url or str(path), metadata=metadata), stats)
+    except Exception as e:  # warcio's ArchiveLoadFailed and gzip errors for truncated files
+        _bad(str(path), f"unreadable WARC ({type(e).__name__}: {e})", stats, cfg.strict)
 
 
 Reader = Callable[[Path, str, object, ReadStats], Iterator[Document]]
 READERS: dict[str, Reader] = {
     ".txt": read_text, ".md": read_text, ".jsonl": read_jsonl, ".jsonl.gz": read_jsonl, ".jsonl.zst": read_jsonl,
     ".json": read_json, ".csv": read_csv, ".tsv": read_csv, ".parquet": read_parquet, ".html": read_html, ".htm": read_html,
+    ".pdf": read_pdf, ".warc": read_warc, ".warc.gz": read_warc,
 }
 
 
