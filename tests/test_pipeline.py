@@ -26,7 +26,7 @@ def test_run_end_to_end_then_skip_then_rerun_downstream(tiny_config, tmp_path, c
         assert read_manifest(run_dir / stage), stage
     assert (run_dir / "config.resolved.yaml").is_file() and (run_dir / "60_export" / "model.safetensors").is_file()
     report = (run_dir / "report.html").read_text()
-    assert report.count("data:image/png;base64") >= 4
+    assert report.count("data:image/png;base64") >= 5 and 'alt="length histogram"' in report
     results = json.loads((run_dir / "50_eval" / "results.json").read_text())["results"][0]
     assert results["loss"] < results["unigram_entropy_nats"]  # the model learnt more than token frequencies
 
@@ -80,3 +80,20 @@ def test_a_killed_rerun_leaves_the_previous_output_whole(tmp_path):
     script = KILLED_STAGE.replace('Path(sys.argv[1]), half_written)', 'Path(sys.argv[1]), half_written, force=True)')
     assert subprocess.run([sys.executable, "-c", script, str(out)]).returncode == -9
     assert (out / "keep.txt").read_text() == "v1" and read_manifest(out)
+
+
+def test_report_shows_dropped_samples_and_languages(tiny_config, tmp_path):
+    from tokenmill.report import dropped_samples, kept_documents_profile
+    (tmp_path / "corpus2").mkdir()
+    tiny_config["ingest"]["paths"].append(str(tmp_path / "corpus2"))
+    (tmp_path / "corpus2" / "short.txt").write_text("Too short to keep.")
+    tiny_config["filter"]["steps"].insert(0, {"name": "language"})
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    assert main(["run", str(config), "-o", str(tmp_path / "run")]) == 0
+    samples = dropped_samples(tmp_path / "run" / "10_filtered")
+    assert samples["length/too_short"] == ["[short.txt] Too short to keep."]
+    lengths, languages = kept_documents_profile(tmp_path / "run" / "20_dedup")
+    assert languages == {"en": len(lengths)} and min(lengths) > 100
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "Too short to keep." in report and 'alt="language"' in report

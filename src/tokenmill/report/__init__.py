@@ -9,7 +9,10 @@ import html
 import json
 from pathlib import Path
 
+from collections import Counter
+
 from tokenmill.atomic import atomic_write_text
+from tokenmill.documents import read_documents
 from tokenmill.report import plots
 from tokenmill.stage import read_manifest
 
@@ -34,6 +37,27 @@ def funnel_rows(run_dir: Path) -> tuple[list, list, dict]:
         chars.append((name, c.get("chars_in", c.get("chars_out", 0)), c.get("chars_out", 0)))
         drops.update(c.get("drops", {}))
     return docs, chars, drops
+
+
+def kept_documents_profile(folder: Path) -> tuple[list[int], Counter]:
+    """Lengths (characters) and languages of the documents that reach training."""
+    lengths, languages = [], Counter()
+    if (folder / "manifest.json").is_file():
+        for doc in read_documents(folder):
+            lengths.append(len(doc.text))
+            languages[doc.metadata.get("language", "not identified")] += 1
+    return lengths, languages
+
+
+def dropped_samples(filtered: Path, per_reason: int = 3, chars: int = 300) -> dict[str, list[str]]:
+    """A few dropped documents per 'filter/reason', cut to `chars`, for a person to judge the filters."""
+    samples: dict[str, list[str]] = {}
+    for folder in sorted((filtered / "dropped").glob("*")) if (filtered / "dropped").is_dir() else []:
+        for doc in read_documents(folder):
+            key = f"{folder.name}/{doc.metadata.get('filter_reason', 'unspecified')}"
+            if len(samples.setdefault(key, [])) < per_reason:
+                samples[key].append(f"[{doc.id}] {doc.text[:chars]}")
+    return samples
 
 
 def _table(rows: list[tuple], header: tuple) -> str:
@@ -66,13 +90,21 @@ def render(run_dir: Path) -> str:
     sections += ["<h2>Data funnel</h2>", _img(plots.funnel(docs, "documents"), "document funnel"),
                  _img(plots.funnel(chars, "characters"), "character funnel"), _img(plots.drops(drops), "drop"),
                  _table([(n, i, o, i - o) for n, i, o in docs], ("stage", "docs in", "docs out", "removed"))]
+    lengths, languages = kept_documents_profile(run_dir / "20_dedup")
+    sections += [_img(plots.histogram(lengths, "Document length after dedup", "characters"), "length histogram"),
+                 _img(plots.bars(dict(languages), "Languages after dedup", "documents"), "language")]
+    samples = dropped_samples(run_dir / "10_filtered")
+    if samples:
+        sections.append("<h3>Dropped documents, a few per reason</h3>" + "".join(
+            f"<h4>{html.escape(reason)}</h4>" + "".join(f"<pre>{html.escape(t)}</pre>" for t in texts)
+            for reason, texts in samples.items()))
     if shards:
         c = shards["counts"]
         sections.append(_table([(s, c[f"{s}_n_docs"], c[f"{s}_n_tokens"]) for s in ("train", "val")],
                                ("split", "documents", "tokens")))
     style = ("body{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;color:#222}"
              "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;"
-             "text-align:right}img{max-width:100%}")
+             "text-align:right}img{max-width:100%}pre{white-space:pre-wrap;background:#f4f4f4;padding:.5rem}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>tokenmill report</title>" \
            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>"
 

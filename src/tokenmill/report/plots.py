@@ -66,3 +66,24 @@ def drops(drop_counts: dict[str, int]) -> str | None:
     ax.barh([k for k, _ in items], [v for _, v in items], color="#ee5253")
     ax.set(xlabel="documents dropped", title="Drops by filter and reason")
     return _png(fig)
+
+
+def histogram(values: list[int], title: str, xlabel: str) -> str | None:
+    if not values:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    ax.hist(values, bins=40, color="#10ac84", log=True)
+    ax.set(xlabel=xlabel, ylabel="documents (log)", title=title)
+    if min(values) > 0 and max(values) / max(1, min(values)) > 100:
+        ax.set_xscale("log")
+    return _png(fig)
+
+
+def bars(counts: dict[str, int], title: str, xlabel: str) -> str | None:
+    if not counts:
+        return None
+    items = sorted(counts.items(), key=lambda kv: kv[1])[-20:]
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * len(items)))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#5f27cd")
+    ax.set(xlabel=xlabel, title=title)
+    return _png(fig)
