@@ -1,7 +1,8 @@
 """Ingest: files, folders and globs of raw text → document shards (`00_raw/`).
 
 Formats: .txt .md, .jsonl(.gz/.zst), .json (array or object of records), .csv .tsv, .parquet, .html .htm
-(main text extracted with trafilatura), .pdf (pages joined), .warc(.gz) (HTML response records). Bad records are counted and named (file, line or row); --strict stops.
+(main text extracted with trafilatura), .pdf (pages joined), .warc(.gz) (HTML response records), .urls
+(a list of URLs, scraped politely: see scrape.py). Bad records are counted and named (file, line or row); --strict stops.
 
     tokenmill ingest corpus/ 'more/*.jsonl.gz' -o runs/x/00_raw
 """
@@ -15,6 +16,7 @@ from pydantic import Field
 
 from tokenmill.documents import write_documents
 from tokenmill.ingest.readers import READERS, ReadStats, read_file
+from tokenmill.ingest.scrape import ScrapeConfig
 from tokenmill.ingest.sources import resolve_inputs
 from tokenmill.schema import StrictModel
 
@@ -28,6 +30,7 @@ class IngestConfig(StrictModel):
     metadata_fields: list[str] | None = Field(None, description="JSON keys / columns kept as metadata (default: all)")
     docs_per_shard: int = Field(50_000, gt=0, description="documents per output shard")
     strict: bool = Field(False, description="stop at the first bad record instead of counting and skipping it")
+    scrape: ScrapeConfig = Field(default_factory=ScrapeConfig, description="politeness of .urls fetching")
 
 
 def input_files(cfg: IngestConfig) -> list[tuple[Path, str]]:

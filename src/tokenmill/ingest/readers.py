@@ -212,11 +212,23 @@ def read_warc(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Docume
         _bad(str(path), f"unreadable WARC ({type(e).__name__}: {e})", stats, cfg.strict)
 
 
+def read_url_list(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    """A `.urls` file: each URL fetched politely (see scrape.py), its main text extracted."""
+    from tokenmill.ingest.scrape import scrape
+    for outcome in scrape(path, cfg.scrape):
+        if "html" not in outcome:
+            _bad(f"{path}: {outcome['url']}", outcome["error"], stats, strict=False)
+            continue
+        text, metadata = extract_html(outcome["html"])
+        yield from _emit(Document(id=outcome["url"], text=text, source=outcome["url"],
+                                  metadata={**metadata, "url": outcome["url"]}), stats)
+
+
 Reader = Callable[[Path, str, object, ReadStats], Iterator[Document]]
 READERS: dict[str, Reader] = {
     ".txt": read_text, ".md": read_text, ".jsonl": read_jsonl, ".jsonl.gz": read_jsonl, ".jsonl.zst": read_jsonl,
     ".json": read_json, ".csv": read_csv, ".tsv": read_csv, ".parquet": read_parquet, ".html": read_html, ".htm": read_html,
-    ".pdf": read_pdf, ".warc": read_warc, ".warc.gz": read_warc,
+    ".pdf": read_pdf, ".warc": read_warc, ".warc.gz": read_warc, ".urls": read_url_list,
 }
 
 
