@@ -160,3 +160,32 @@ def test_warc_html_records_without_identified_type_are_kept(tmp_path):
     assert urls == ["https://example.org/library", "https://example.org/sniffed"]
     assert counts["skipped_not_html"] == 1
     assert all("shelf 29" in d.text and "Login" not in d.text for d in docs.values())
+
+
+def test_hf_dataset_saved_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"content": ["first row", "second row"], "lang": ["en", "fr"]}),
+        "test": datasets.Dataset.from_dict({"content": ["held out"], "lang": ["en"]})})
+    data.save_to_disk(str(tmp_path / "ds"))
+    counts, docs = ingest([f"hf://{tmp_path / 'ds'}:train"], tmp_path, text_field="content")
+    assert sorted(d.text for d in docs.values()) == ["first row", "second row"]
+    assert {d.metadata["lang"] for d in docs.values()} == {"en", "fr"}
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        ingest([f"hf://{tmp_path / 'ds'}:validation"], tmp_path)
+    with pytest.raises(ValueError, match="expected hf://NAME"):
+        ingest(["hf://just-a-name"], tmp_path)
+
+
+def test_hf_spec_parsing():
+    from tokenmill.ingest.hf_datasets import parse
+    spec = parse("hf://HuggingFaceFW/fineweb-edu/sample-10BT@v1.2:train")
+    assert (spec.name, spec.config, spec.revision, spec.split) == ("HuggingFaceFW/fineweb-edu", "sample-10BT", "v1.2", "train")
+    assert parse("hf://wikitext:test").name == "wikitext" and parse("hf://wikitext:test").config is None
+
+
+def test_a_50_mb_single_line_and_an_empty_file(tmp_path):
+    (tmp_path / "huge.txt").write_text("word " * 10_000_000)
+    (tmp_path / "empty.txt").write_text("")
+    counts, docs = ingest([tmp_path], tmp_path)
+    assert len(docs["huge.txt"].text) == 50_000_000 and counts["empty"] == 1

@@ -146,8 +146,7 @@ def _dispatch(args) -> None:
     cfg = _load(args)
     c = args.command
     if c == "ingest":
-        files = [p for p, _ in ingest.input_files(cfg.ingest)]
-        run_stage(c, cfg.ingest, files, args.output, lambda out: ingest.run(cfg.ingest, out), args.force)
+        run_stage(c, cfg.ingest, ingest.input_keys(cfg.ingest), args.output, lambda out: ingest.run(cfg.ingest, out), args.force)
     elif c == "filter":
         run_stage(c, cfg.filter, [args.input], args.output, lambda out: filters.run(cfg.filter, args.input, out), args.force)
     elif c == "dedup":

@@ -28,7 +28,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
     d = {name: run_dir / folder for name, folder in STAGE_DIRS.items()}
-    raw_files = [path for path, _ in ingest.input_files(cfg.ingest)]
+    raw_files = ingest.input_keys(cfg.ingest)
 
     run_stage("ingest", cfg.ingest, raw_files, d["ingest"], lambda out: ingest.run(cfg.ingest, out), force)
     run_stage("filter", cfg.filter, [d["ingest"]], d["filter"], lambda out: filters.run(cfg.filter, d["ingest"], out), force)

@@ -40,8 +40,11 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def input_key(path: Path) -> str:
-    """An upstream stage's key if `path` is a stage output, else a hash of the file(s) it holds."""
+def input_key(path: Path | str) -> str:
+    """An upstream stage's key if `path` is a stage output, else a hash of the file(s) it holds; a remote
+    source (hf://...) is keyed by its spec."""
+    if str(path).startswith("hf://"):
+        return hashlib.sha256(str(path).encode()).hexdigest()
     path = Path(path)
     manifest = read_manifest(path) if path.is_dir() else None
     if manifest:

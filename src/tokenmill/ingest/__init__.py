@@ -2,7 +2,7 @@
 
 Formats: .txt .md, .jsonl(.gz/.zst), .json (array or object of records), .csv .tsv, .parquet, .html .htm
 (main text extracted with trafilatura), .pdf (pages joined), .warc(.gz) (HTML response records), .urls
-(a list of URLs, scraped politely: see scrape.py). Bad records are counted and named (file, line or row); --strict stops.
+(a list of URLs, scraped politely: see scrape.py); and hf://NAME[/CONFIG]:SPLIT datasets (hf_datasets.py). Bad records are counted and named (file, line or row); --strict stops.
 
     tokenmill ingest corpus/ 'more/*.jsonl.gz' -o runs/x/00_raw
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 from pydantic import Field
 
 from tokenmill.documents import write_documents
-from tokenmill.ingest.readers import READERS, ReadStats, read_file
+from tokenmill.ingest.hf_datasets import is_dataset_spec, parse, read_dataset
+from tokenmill.ingest.readers import READERS, ReadStats, _record, read_file
 from tokenmill.ingest.scrape import ScrapeConfig
 from tokenmill.ingest.sources import resolve_inputs
 from tokenmill.schema import StrictModel
@@ -34,10 +35,21 @@ class IngestConfig(StrictModel):
 
 
 def input_files(cfg: IngestConfig) -> list[tuple[Path, str]]:
-    """(file, stable id prefix) for every readable input, in a deterministic order."""
+    """(file, stable id prefix) for every readable input file, in a deterministic order."""
     if not cfg.paths:
-        raise ValueError("ingest.paths is empty: give files, folders or globs to read")
-    return resolve_inputs(cfg.paths, suffixes=tuple(READERS))
+        raise ValueError("ingest.paths is empty: give files, folders, globs or hf:// datasets to read")
+    file_specs = [p for p in cfg.paths if not is_dataset_spec(p)]
+    return resolve_inputs(file_specs, suffixes=tuple(READERS)) if file_specs else []
+
+
+def dataset_specs(cfg: IngestConfig) -> list[str]:
+    return [p for p in cfg.paths if is_dataset_spec(p)]
+
+
+def input_keys(cfg: IngestConfig) -> list[Path | str]:
+    """What the ingest stage's key hashes: the files, a saved dataset's folder, or a hub dataset's spec."""
+    datasets = [str(parse(s).local_dir) if parse(s).local_dir else s for s in dataset_specs(cfg)]
+    return [path for path, _ in input_files(cfg)] + datasets
 
 
 def run(cfg: IngestConfig, out_dir: Path) -> dict:
@@ -47,6 +59,8 @@ def run(cfg: IngestConfig, out_dir: Path) -> dict:
     def all_documents():
         for path, doc_id in files:
             yield from read_file(path, doc_id, cfg, stats)
+        for spec in dataset_specs(cfg):
+            yield from read_dataset(spec, cfg, stats, _record)
 
     n_docs = write_documents(all_documents(), out_dir, cfg.docs_per_shard)
     return {"files": len(files), "docs_out": n_docs, "chars_out": stats.chars,
