@@ -1,0 +1,156 @@
+"""Data stage speed: tokenmill's filter stage vs the same datatrove blocks run directly; per-filter rates;
+trafilatura vs resiliparse extraction; MinHash cost as the corpus grows.
+
+    apt-get install python3.11-doc      # real HTML pages with navigation boilerplate
+    .venv/bin/python bench/data_stage_vs_datatrove.py [--minhash-sizes 10000 50000]
+
+Prints tables and writes bench/results/data_stage_vs_datatrove.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "runs" / "bench_data"
+PY_DOCS = Path("/usr/share/doc/python3.11/html")
+
+
+def extract_pages() -> tuple[list, dict]:
+    """The Python docs pages through trafilatura and resiliparse: speed and how much text each keeps."""
+    from resiliparse.extract.html2text import extract_plain_text
+    from tokenmill.ingest.readers import extract_html
+    pages = sorted(PY_DOCS.rglob("*.html"))
+    if not pages:
+        raise SystemExit(f"no HTML under {PY_DOCS}: apt-get install python3.11-doc")
+    html = [p.read_text(encoding="utf-8", errors="replace") for p in pages]
+    started = time.perf_counter()
+    trafilatura_text = [extract_html(h)[0] for h in html]
+    t_traf = time.perf_counter() - started
+    started = time.perf_counter()
+    resiliparse_text = [extract_plain_text(h, main_content=True) for h in html]
+    t_res = time.perf_counter() - started
+    overlap = []
+    for a, b in zip(trafilatura_text, resiliparse_text):
+        wa, wb = set(a.split()), set(b.split())
+        if wa or wb:
+            overlap.append(len(wa & wb) / len(wa | wb))
+    stats = {"pages": len(pages), "trafilatura_pages_per_s": len(pages) / t_traf,
+             "resiliparse_pages_per_s": len(pages) / t_res,
+             "trafilatura_chars": sum(map(len, trafilatura_text)), "resiliparse_chars": sum(map(len, resiliparse_text)),
+             "mean_word_jaccard": sum(overlap) / len(overlap)}
+    return [(str(p.relative_to(PY_DOCS)), t) for p, t in zip(pages, trafilatura_text) if t.strip()], stats
+
+
+def write_corpus(pages, copies: int) -> Path:
+    from tokenmill.documents import Document, write_documents
+    folder = WORK / "docs"
+    shutil.rmtree(folder, ignore_errors=True)
+    docs = [Document(f"{name}#{c}", text, source=name) for c in range(copies) for name, text in pages]
+    write_documents(docs, folder, docs_per_shard=max(1, len(docs) // 4))
+    return folder
+
+
+BLOCKS = [{"name": "c4", "min_num_sentences": 1}, {"name": "fineweb"}, {"name": "gopher_repetition"}]
+
+
+def run_ours(docs: Path) -> float:
+    from tokenmill.filters import FilterConfig, run
+    out = WORK / "ours"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    run(FilterConfig(steps=BLOCKS, write_dropped=False, executor={"tasks": 1}), docs, out)
+    return time.perf_counter() - started
+
+
+def run_direct(docs: Path) -> float:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    out = WORK / "direct"
+    shutil.rmtree(out, ignore_errors=True)
+    pipeline = [JsonlReader(str(docs), glob_pattern="docs-*.jsonl.gz"), C4QualityFilter(min_num_sentences=1),
+                FineWebQualityFilter(), GopherRepetitionFilter(), JsonlWriter(str(out / "data"))]
+    started = time.perf_counter()
+    LocalPipelineExecutor(pipeline, tasks=1, logging_dir=str(out / "logs"), start_method="fork").run()
+    return time.perf_counter() - started
+
+
+def filter_rates(pages) -> dict:
+    """Documents per second on one core, each filter alone, over the same documents."""
+    from datatrove.data import Document as DtDocument
+    from tokenmill.filters import FilterConfig
+    from tokenmill.filters.base import as_block
+    cfg = FilterConfig(steps=[{"name": n} for n in ("length", "language", "gopher_quality", "url_blocklist", "pii",
+                                                    "bad_words")] + BLOCKS)
+    rates = {}
+    for step in cfg.steps:
+        block = as_block(step)
+        docs = [DtDocument(text=t, id=n, metadata={"url": f"https://docs.python.org/{n}"}) for n, t in pages]
+        block.filter(docs[0])  # load models once, outside the clock
+        started = time.perf_counter()
+        for doc in docs:
+            block.filter(doc)
+        rates[step.name] = len(docs) / (time.perf_counter() - started)
+    return rates
+
+
+def minhash_cost(sizes: list[int]) -> dict:
+    from conftest import make_text  # tests/conftest.py: the seeded text the tests use
+    from tokenmill.dedup.minhash import MinhashConfig, minhash_dedup
+    from tokenmill.documents import Document, write_documents
+    from tokenmill.engine import ExecutorConfig
+    costs = {}
+    for n in sizes:
+        rng = random.Random(n)
+        folder = WORK / f"minhash_{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        write_documents((Document(f"d{i}", make_text(rng, 12)) for i in range(n)), folder / "in", docs_per_shard=n // 2)
+        started = time.perf_counter()
+        minhash_dedup(MinhashConfig(), ExecutorConfig(tasks=2), folder / "in", folder / "out", folder / "work")
+        costs[n] = time.perf_counter() - started
+        shutil.rmtree(folder, ignore_errors=True)
+    return costs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--copies", type=int, default=4, help="the pages are repeated to make the corpus")
+    parser.add_argument("--minhash-sizes", type=int, nargs="*", default=[10_000, 50_000])
+    args = parser.parse_args()
+    import sys
+    sys.path.insert(0, str(ROOT / "tests"))
+    WORK.mkdir(parents=True, exist_ok=True)
+    pages, extraction = extract_pages()
+    docs = write_corpus(pages, args.copies)
+    n_docs = len(pages) * args.copies
+    ours, direct = [], []
+    for _ in range(2):  # alternate, keep the best of each
+        direct.append(run_direct(docs))
+        ours.append(run_ours(docs))
+    results = {"extraction": extraction, "documents": n_docs,
+               "stage_s": {"tokenmill": min(ours), "datatrove_direct": min(direct),
+                           "overhead": min(ours) / min(direct) - 1},
+               "filter_docs_per_s_one_core": filter_rates(pages), "minhash_s": minhash_cost(args.minhash_sizes)}
+    e = extraction
+    print(f"\nextraction of {e['pages']} Python-docs pages: trafilatura {e['trafilatura_pages_per_s']:.1f} pages/s, "
+          f"resiliparse {e['resiliparse_pages_per_s']:.1f} pages/s ({e['resiliparse_pages_per_s'] / e['trafilatura_pages_per_s']:.1f}x); "
+          f"characters kept {e['trafilatura_chars']:,} vs {e['resiliparse_chars']:,}; mean word-set Jaccard {e['mean_word_jaccard']:.2f}")
+    s = results["stage_s"]
+    print(f"filter stage (c4, fineweb, gopher_repetition) on {n_docs} docs, 1 task: tokenmill {s['tokenmill']:.1f}s, "
+          f"datatrove direct {s['datatrove_direct']:.1f}s, overhead {s['overhead']:+.1%}")
+    print("documents/s on one core: " + ", ".join(f"{k} {v:,.0f}" for k, v in results["filter_docs_per_s_one_core"].items()))
+    print("MinHash dedup (2 tasks): " + ", ".join(f"{n:,} docs {t:.1f}s ({n / t:,.0f} docs/s)" for n, t in results["minhash_s"].items()))
+    out = ROOT / "bench" / "results" / "data_stage_vs_datatrove.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
