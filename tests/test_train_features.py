@@ -135,3 +135,19 @@ def test_wandb_sink_runs_offline_without_a_key(shards, corpus, tmp_path, monkeyp
     assert len(runs) == 1
     recorded = runs[0].read_bytes()
     assert b"train/loss" in recorded and b"val/loss" in recorded and b"perf/mfu" in recorded
+
+
+def test_any_transformers_config_trains_from_scratch(shards, corpus, tmp_path):
+    from transformers import Qwen2Config
+    Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, max_position_embeddings=64).save_pretrained(tmp_path / "qwen2")
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"config": str(tmp_path / "qwen2")}  # the default preset gives way
+    raw["train"].update(max_steps=6, eval_every=6, save_every=6)
+    cfg = validate(raw)
+    counts = train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ck" / "final")
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.vocab_size == 320
+    assert counts["val_loss"] < 6.0
+    with pytest.raises(ConfigError, match="one of preset, init_from or config"):
+        validate({"model": {"preset": "tiny", "config": str(tmp_path / "qwen2")}})

@@ -117,8 +117,9 @@ def _cross_checks(s: dict) -> list[str]:
     problems = []
     model, train = s.get("model"), s.get("train")
     if model:
-        if model.preset is None and not model.init_from:
-            problems.append("model: give model.preset or model.init_from")
+        if not (model.preset or model.init_from or model.config):
+            problems.append("model: give model.preset, model.init_from (continued pre-training) or model.config "
+                            "(any transformers causal-LM config)")
         elif model.preset is not None and model.preset not in PRESETS:
             problems.append(f"model.preset: unknown preset (got {model.preset!r}); choose one of {', '.join(PRESETS)}")
         elif model.preset is not None and train:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import Field
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from pydantic import Field, model_validator
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from tokenmill.model.lora import LoraConfig
 from tokenmill.model.resolve import resolve_model_path
@@ -31,8 +31,11 @@ PRESETS: dict[str, dict] = {
 
 
 class ModelConfig(StrictModel):
-    preset: str | None = Field("tiny", description=f"size preset: {', '.join(PRESETS)}; None with init_from")
+    preset: str | None = Field("tiny", description=f"size preset: {', '.join(PRESETS)} (the default when neither "
+                                                   "init_from nor config is given)")
     init_from: str | None = Field(None, description="HF causal-LM folder (or hf://org/name) to continue pre-training")
+    config: str | None = Field(None, description="any transformers causal-LM config.json (or folder) to train from "
+                                                 "scratch, instead of a preset; vocab_size is set from the tokenizer")
     lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of all weights")
     hidden_size: int | None = Field(None, gt=0)
     intermediate_size: int | None = Field(None, gt=0)
@@ -43,6 +46,17 @@ class ModelConfig(StrictModel):
     vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's size")
     tie_word_embeddings: bool = True
     rope_theta: float = Field(10_000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        """The default preset gives way to init_from or config; an explicit preset beside them is a mistake."""
+        if (self.init_from or self.config) and self.preset is not None:
+            if "preset" in self.model_fields_set:
+                raise ValueError("give one of preset, init_from or config, not several")
+            object.__setattr__(self, "preset", None)  # not validate_assignment: this is the validator
+        if self.init_from and self.config:
+            raise ValueError("give one of preset, init_from or config, not several")
+        return self
 
     def shape(self) -> dict:
         """The preset with the explicit keys laid over it."""
@@ -57,6 +71,10 @@ class ModelConfig(StrictModel):
 def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int) -> PreTrainedModel:
     if cfg.init_from:
         return load_model(cfg.init_from)
+    if cfg.config:
+        config = AutoConfig.from_pretrained(cfg.config, vocab_size=cfg.vocab_size or vocab_size,
+                                            bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     config = LlamaConfig(**cfg.shape(), vocab_size=cfg.vocab_size or vocab_size, tie_word_embeddings=cfg.tie_word_embeddings,
                          rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
                          bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
