@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
 from pydantic import Field
 
 from tokenmill.atomic import atomic_write_json

@@ -10,15 +10,12 @@ callable, doc → Document | Drop), and one entry in FILTER_TYPES.
 
 from __future__ import annotations
 
-import shutil
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Union
 
 from pydantic import Field
 
 from tokenmill import engine
-from tokenmill.documents import Document
 from tokenmill.filters.bad_words import BadWordsFilter
 from tokenmill.filters.base import as_block
 from tokenmill.filters.datatrove_blocks import C4Filter, FineWebFilter, GopherRepetitionFilter
@@ -40,26 +37,6 @@ class FilterConfig(StrictModel):
         description="filters in the order they run; each is {name: ..., its parameters}")
     write_dropped: bool = Field(True, description="write dropped documents to dropped/<filter>/ for inspection")
     executor: engine.ExecutorConfig = Field(default_factory=engine.ExecutorConfig)
-
-
-class FunnelCounter:
-    """Documents and characters in and out, and drops by 'filter/reason' (in-process stages)."""
-
-    def __init__(self):
-        self.counts = Counter()
-        self.drops = Counter()
-
-    def seen(self, doc: Document) -> None:
-        self.counts["docs_in"] += 1
-        self.counts["chars_in"] += len(doc.text)
-
-    def kept(self, doc: Document) -> None:
-        self.counts["docs_out"] += 1
-        self.counts["chars_out"] += len(doc.text)
-
-    def as_dict(self) -> dict:
-        return {"docs_in": 0, "docs_out": 0, "chars_in": 0, "chars_out": 0, **self.counts,
-                "drops": dict(sorted(self.drops.items()))}
 
 
 def pipeline(cfg: FilterConfig, in_dir: Path, out_dir: Path) -> list:

@@ -95,7 +95,7 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def is_fsdp(model: torch.nn.Module) -> bool:
-    return any(type(m).__name__.startswith("FSDP") for m in [model])
+    return type(model).__name__.startswith("FSDP")  # fully_shard swaps in an FSDP<Class> subclass
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
