@@ -1,7 +1,8 @@
 """The one record type of the data stages, and its on-disk form.
 
 A document folder holds `docs-NNNNN.jsonl.gz` shards, one JSON object per line:
-{"id": ..., "text": ..., "source": ..., "metadata": {...}} (datatrove's JSONL reader takes these as they are).
+{"id": ..., "text": ..., "source": ..., "metadata": {...}}. The data engine (engine.py) reads and writes the
+same shards through datatrove, with `source` carried in datatrove's metadata.
 """
 
 from __future__ import annotations

@@ -33,10 +33,7 @@ class DedupConfig(StrictModel):
 
 
 def run(cfg: DedupConfig, in_dir: Path, out_dir: Path) -> dict:
-    counts = {"docs_in": 0, "chars_in": 0}
-    for doc in read_documents(in_dir):
-        counts["docs_in"] += 1
-        counts["chars_in"] += len(doc.text)
+    counts = dict(zip(("docs_in", "chars_in"), _size(in_dir)))
     drops, current, work = {}, Path(in_dir), out_dir / "work"
     steps = [("exact", cfg.exact and (lambda i, o: exact_dedup(i, o))),
              ("minhash", cfg.minhash and (lambda i, o: minhash_dedup(cfg.minhash, cfg.executor, i, o, work / "minhash"))),
@@ -51,5 +48,13 @@ def run(cfg: DedupConfig, in_dir: Path, out_dir: Path) -> dict:
     if not enabled:
         shutil.copytree(in_dir, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json", "logs"))
     shutil.rmtree(work, ignore_errors=True)
-    out = list(read_documents(out_dir))
-    return {**counts, "docs_out": len(out), "chars_out": sum(len(d.text) for d in out), "drops": dict(sorted(drops.items()))}
+    docs_out, chars_out = _size(out_dir)
+    return {**counts, "docs_out": docs_out, "chars_out": chars_out, "drops": dict(sorted(drops.items()))}
+
+
+def _size(folder: Path) -> tuple[int, int]:
+    """Documents and characters in a document folder, streamed (never the whole corpus in memory)."""
+    docs = chars = 0
+    for doc in read_documents(folder):
+        docs, chars = docs + 1, chars + len(doc.text)
+    return docs, chars

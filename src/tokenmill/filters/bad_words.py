@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from tokenmill.documents import Document
-from tokenmill.filters.base import Drop
+from tokenmill.filters.base import Drop, read_list
 from tokenmill.schema import StrictModel
 
 
 @functools.lru_cache(maxsize=8)
-def _pattern(words: tuple[str, ...]) -> re.Pattern | None:
+def _pattern(words: tuple[str, ...], words_file: str | None) -> re.Pattern | None:
+    """One case-insensitive whole-word pattern, built once per list (the file is read once, not per document)."""
+    words = {w.strip().lower() for w in words if w.strip()} | (read_list(words_file) if words_file else frozenset())
     if not words:
         return None
     return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b", re.I)
@@ -27,10 +28,7 @@ class BadWordsFilter(StrictModel):
     words_file: str | None = Field(None, description="file with one word or phrase per line")
 
     def __call__(self, doc: Document) -> Document | Drop:
-        words = set(self.words)
-        if self.words_file:
-            words |= {w.strip() for w in Path(self.words_file).read_text(encoding="utf-8").splitlines() if w.strip()}
-        pattern = _pattern(tuple(sorted(words)))
+        pattern = _pattern(tuple(self.words), self.words_file)
         if pattern is not None and pattern.search(doc.text):
             return Drop("bad_word")
         return doc

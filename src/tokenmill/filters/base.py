@@ -6,7 +6,9 @@ filter step. Filters that datatrove already has return its block from `block()` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from datatrove.pipeline.filters.base_filter import BaseFilter
@@ -17,6 +19,13 @@ from tokenmill.documents import Document
 @dataclass(frozen=True)
 class Drop:
     reason: str
+
+
+@functools.lru_cache(maxsize=16)
+def read_list(path: str) -> frozenset[str]:
+    """A user's list file (one entry per line, `#` comments), lower-cased; read once per process."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip().lower() for line in lines if line.strip() and not line.startswith("#"))
 
 
 class DocumentFilter(Protocol):
