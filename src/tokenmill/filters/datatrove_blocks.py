@@ -25,10 +25,23 @@ class GopherRepetitionFilter(_DatatroveFilter):
     dup_para_frac: float | None = Field(0.3, description="share of duplicated paragraphs")
     dup_line_char_frac: float | None = Field(0.2, description="share of characters in duplicated lines")
     dup_para_char_frac: float | None = Field(0.2, description="share of characters in duplicated paragraphs")
+    top_n_grams: list[tuple[int, float]] = Field(
+        [(2, 0.2), (3, 0.18), (4, 0.16)], description="[n, max share of characters in the most frequent n-gram]")
+    dup_n_grams: list[tuple[int, float]] = Field(
+        [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)],
+        description="[n, max share of characters in repeated n-grams]")
+    language: str = Field("en", description="language of datatrove's word tokenizer")
+    implementation: Literal["memoised", "datatrove"] = Field(
+        "memoised", description="memoised: same decisions as datatrove's block, several times faster "
+                                "(tokenmill.filters.gopher_repetition); datatrove: its block as it is")
 
     def block(self, exclusion_writer=None):
-        from datatrove.pipeline.filters import GopherRepetitionFilter as Block
-        return Block(exclusion_writer=exclusion_writer, **self._params())
+        from datatrove.pipeline.filters import GopherRepetitionFilter as Datatrove
+        from tokenmill.filters.gopher_repetition import FastGopherRepetitionFilter as Memoised
+        params = self.model_dump(exclude={"name", "implementation"})
+        params["top_n_grams"], params["dup_n_grams"] = tuple(self.top_n_grams), tuple(self.dup_n_grams)
+        block = Memoised if self.implementation == "memoised" else Datatrove
+        return block(exclusion_writer=exclusion_writer, **params)
 
 
 class C4Filter(_DatatroveFilter):
