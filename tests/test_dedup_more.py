@@ -36,6 +36,20 @@ def test_minhash_removes_near_duplicates_and_exact_removes_copies(tmp_path):
     assert counts["docs_in"] == 14 and counts["docs_out"] == 12
 
 
+def test_cluster_sizes_are_counted_per_method(tmp_path):
+    docs = corpus()
+    docs += [Document("again05", docs[5].text), Document("lower05", docs[5].text.lower())]  # exact group of 4
+    near = docs[7].text.split()
+    for n in range(2):  # a near-duplicate cluster of 3: doc07 and two light edits
+        edited = near[:]
+        for i in range(n, len(edited), 60):
+            edited[i] = f"EDIT{n}"
+        docs.append(Document(f"near07_{n}", " ".join(edited)))
+    _, counts = kept_ids(tmp_path, docs, "clusters", executor={"tasks": 2})
+    assert counts["cluster_sizes"] == {"exact": {"4": 1}, "minhash": {"2": 1, "3": 1}}
+    assert counts["drops"] == {"exact/duplicate": 3, "minhash/near_duplicate": 3}
+
+
 def test_results_do_not_depend_on_input_order_or_workers(tmp_path):
     docs = corpus()
     one, _ = kept_ids(tmp_path, docs, "one", executor={"tasks": 2, "workers": 1})

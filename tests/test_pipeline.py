@@ -97,3 +97,25 @@ def test_report_shows_dropped_samples_and_languages(tiny_config, tmp_path):
     assert languages == {"en": len(lengths)} and min(lengths) > 100
     report = (tmp_path / "run" / "report.html").read_text()
     assert "Too short to keep." in report and 'alt="language"' in report
+    assert 'alt="tokens funnel"' in report and "Removed by each filter" in report
+
+
+def test_funnel_counts_tokens_and_in_equals_out_plus_drops(tiny_config, tmp_path):
+    from tokenmill.report import funnel_rows
+    from tokenmill.report.tokens import stage_sizes
+    tiny_config["filter"]["steps"] = [{"name": "length", "min_chars": 1200}]
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(config), "-o", str(run_dir)]) == 0
+    sizes = stage_sizes(run_dir)
+    raw, kept, dropped = sizes["ingest"], sizes["filter"], sizes["dropped/length"]
+    assert dropped["docs"] > 0 and kept["tokens"] > 1000
+    for unit in ("docs", "chars", "tokens"):  # nothing lost: a filter stage's input is its output plus its drops
+        assert raw[unit] == kept[unit] + dropped[unit], unit
+    rows, drops = funnel_rows(run_dir, sizes)
+    assert [r["stage"] for r in rows] == ["ingest", "filter", "dedup"]
+    assert rows[1]["tokens_in"] == raw["tokens"] and rows[1]["tokens_out"] == kept["tokens"]
+    assert rows[1]["docs_in"] - rows[1]["docs_out"] == sum(drops.values()) == dropped["docs"]
+    cached = json.loads((run_dir / "stats" / "tokens.json").read_text())
+    assert cached["filter"]["tokens"] == kept["tokens"] and stage_sizes(run_dir) == sizes

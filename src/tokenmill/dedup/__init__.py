@@ -34,7 +34,7 @@ class DedupConfig(StrictModel):
 
 def run(cfg: DedupConfig, in_dir: Path, out_dir: Path) -> dict:
     counts = dict(zip(("docs_in", "chars_in"), _size(in_dir)))
-    drops, current, work = {}, Path(in_dir), out_dir / "work"
+    drops, clusters, current, work = {}, {}, Path(in_dir), out_dir / "work"
     steps = [("exact", cfg.exact and (lambda i, o: exact_dedup(i, o))),
              ("minhash", cfg.minhash and (lambda i, o: minhash_dedup(cfg.minhash, cfg.executor, i, o, work / "minhash"))),
              ("lines", cfg.lines and (lambda i, o: line_dedup(cfg.lines, i, o)))]
@@ -43,13 +43,16 @@ def run(cfg: DedupConfig, in_dir: Path, out_dir: Path) -> dict:
         target = out_dir if index == len(enabled) - 1 else work / name
         step_counts = fn(current, target)
         drops.update(step_counts.pop("drops"))
+        if "cluster_sizes" in step_counts:
+            clusters[name] = step_counts.pop("cluster_sizes")
         counts.update(step_counts)
         current = target
     if not enabled:
         shutil.copytree(in_dir, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json", "logs"))
     shutil.rmtree(work, ignore_errors=True)
     docs_out, chars_out = _size(out_dir)
-    return {**counts, "docs_out": docs_out, "chars_out": chars_out, "drops": dict(sorted(drops.items()))}
+    return {**counts, "docs_out": docs_out, "chars_out": chars_out, "drops": dict(sorted(drops.items())),
+            "cluster_sizes": clusters}
 
 
 def _size(folder: Path) -> tuple[int, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 from tokenmill.documents import read_documents, write_documents
@@ -23,8 +24,10 @@ def exact_key(text: str) -> bytes:
 
 def exact_dedup(in_dir: Path, out_dir: Path) -> dict:
     keeper: dict[bytes, str] = {}
+    group_size: Counter[bytes] = Counter()
     for doc in read_documents(in_dir):  # pass 1: the smallest id per normalised text
         key = exact_key(doc.text)
+        group_size[key] += 1
         if key not in keeper or doc.id < keeper[key]:
             keeper[key] = doc.id
     kept_ids = set(keeper.values())
@@ -39,4 +42,10 @@ def exact_dedup(in_dir: Path, out_dir: Path) -> dict:
                 yield doc
 
     n_out = write_documents(keep(), out_dir)
-    return {"drops": {"exact/duplicate": n_in - n_out}} if n_in > n_out else {"drops": {}}
+    return {"drops": {"exact/duplicate": n_in - n_out} if n_in > n_out else {},
+            "cluster_sizes": size_histogram(group_size.values())}
+
+
+def size_histogram(sizes) -> dict[str, int]:
+    """{cluster size: number of clusters} for clusters of two or more documents (JSON keys are strings)."""
+    return {str(size): count for size, count in sorted(Counter(s for s in sizes if s > 1).items())}

@@ -10,11 +10,14 @@ above 0.85 almost always. See `candidate_probability` and docs/benchmarks.md.
 
 from __future__ import annotations
 
+import struct
+from collections import Counter
 from pathlib import Path
 
 from pydantic import Field
 
 from tokenmill import engine
+from tokenmill.dedup.exact import size_histogram
 from tokenmill.schema import StrictModel
 
 
@@ -41,7 +44,8 @@ def minhash_dedup(cfg: MinhashConfig, executor: engine.ExecutorConfig, in_dir: P
          executor.tasks),
         ([MinhashDedupBuckets(input_folder=str(work / "signatures"), output_folder=str(work / "buckets"), config=dt_cfg)],
          cfg.num_buckets),
-        ([MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove_ids"), config=dt_cfg)], 1),
+        ([MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove_ids"), config=dt_cfg,
+                              save_cluster_size=True)], 1),
         # The filter must read with the signature stage's task layout: removal ids are (task, document index).
         ([engine.reader(in_dir), engine.Tally("in"),
           MinhashDedupFilter(input_folder=str(work / "remove_ids"), exclusion_writer=engine.writer(work / "removed")),
@@ -51,4 +55,14 @@ def minhash_dedup(cfg: MinhashConfig, executor: engine.ExecutorConfig, in_dir: P
         engine.run_pipeline(executor.model_copy(update={"tasks": tasks}), pipeline, work / f"logs_{index}")
     stats = [s["stats"] for s in engine.step_stats(work / "logs_3")]
     removed = engine.total(stats[1], "docs") - engine.total(stats[-2], "docs")
-    return {"drops": {"minhash/near_duplicate": removed} if removed else {}}
+    return {"drops": {"minhash/near_duplicate": removed} if removed else {},
+            "cluster_sizes": cluster_sizes(work / "remove_ids")}
+
+
+def cluster_sizes(remove_ids: Path) -> dict[str, int]:
+    """{cluster size: clusters} from datatrove's `.sizes` files: (document, size of its cluster) per member."""
+    members: Counter[int] = Counter()
+    for path in sorted(remove_ids.glob("*.sizes")):
+        pairs = struct.iter_unpack("<II", path.read_bytes())
+        members.update(size for _, size in pairs)
+    return size_histogram([size for size, n in members.items() for _ in range(n // size)])

@@ -14,9 +14,8 @@ from collections import Counter
 from tokenmill.atomic import atomic_write_text
 from tokenmill.documents import read_documents
 from tokenmill.report import plots
+from tokenmill.report.tokens import DATA_FOLDERS, stage_sizes
 from tokenmill.stage import read_manifest
-
-DATA_STAGES = [("ingest", "00_raw"), ("filter", "10_filtered"), ("dedup", "20_dedup")]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -26,17 +25,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return []
 
 
-def funnel_rows(run_dir: Path) -> tuple[list, list, dict]:
-    docs, chars, drops = [], [], {}
-    for name, folder in DATA_STAGES:
+def funnel_rows(run_dir: Path, sizes: dict[str, dict[str, int]]) -> tuple[list[dict], dict]:
+    """One row per data stage: documents, characters and tokens in and out; and the drops by reason."""
+    rows, drops = [], {}
+    for name, folder in DATA_FOLDERS.items():
         m = read_manifest(run_dir / folder)
         if not m:
             continue
         c = m["counts"]
-        docs.append((name, c.get("docs_in", c.get("docs_out", 0)), c.get("docs_out", 0)))
-        chars.append((name, c.get("chars_in", c.get("chars_out", 0)), c.get("chars_out", 0)))
+        row = {"stage": name}
+        for unit in ("docs", "chars"):
+            row[f"{unit}_out"] = c.get(f"{unit}_out", 0)
+            row[f"{unit}_in"] = c.get(f"{unit}_in", row[f"{unit}_out"])
+        if name in sizes:
+            row["tokens_out"] = sizes[name]["tokens"]
+            row["tokens_in"] = rows[-1]["tokens_out"] if rows and "tokens_out" in rows[-1] else row["tokens_out"]
+        rows.append(row)
         drops.update(c.get("drops", {}))
-    return docs, chars, drops
+    return rows, drops
 
 
 def kept_documents_profile(folder: Path) -> tuple[list[int], Counter]:
@@ -76,7 +82,8 @@ def _img(b64: str | None, alt: str) -> str:
 
 def render(run_dir: Path) -> str:
     rows = read_metrics(run_dir)
-    docs, chars, drops = funnel_rows(run_dir)
+    sizes = stage_sizes(run_dir)
+    funnel, drops = funnel_rows(run_dir, sizes)
     shards = read_manifest(run_dir / "30_shards")
     evals_path = run_dir / "50_eval" / "results.json"
     evals = json.loads(evals_path.read_text())["results"] if evals_path.is_file() else []
@@ -87,9 +94,22 @@ def render(run_dir: Path) -> str:
         sections += ["<h2>Evaluation</h2>", _table(
             [(e["split"], e["loss"], e["perplexity"], e["bits_per_byte"], e["unigram_entropy_nats"]) for e in evals],
             ("split", "loss (nats)", "perplexity", "bits/byte", "unigram entropy"))]
-    sections += ["<h2>Data funnel</h2>", _img(plots.funnel(docs, "documents"), "document funnel"),
-                 _img(plots.funnel(chars, "characters"), "character funnel"), _img(plots.drops(drops), "drop"),
-                 _table([(n, i, o, i - o) for n, i, o in docs], ("stage", "docs in", "docs out", "removed"))]
+    units = [u for u in ("docs", "chars", "tokens") if funnel and f"{u}_out" in funnel[0]]
+    sections += ["<h2>Data funnel</h2>", _table(
+        [[r["stage"]] + [r.get(f"{u}_{side}", "") for u in units for side in ("in", "out")] for r in funnel],
+        ["stage"] + [f"{u} {side}" for u in units for side in ("in", "out")])]
+    sections += [_img(plots.funnel([(r["stage"], r[f"{u}_in"], r[f"{u}_out"]) for r in funnel],
+                                   {"docs": "documents", "chars": "characters", "tokens": "tokens"}[u]), f"{u} funnel")
+                 for u in units]
+    sections += [_img(plots.drops(drops), "drop")]
+    dropped = {label.split("/", 1)[1]: size for label, size in sizes.items() if label.startswith("dropped/")}
+    if dropped:
+        sections.append("<h3>Removed by each filter</h3>" + _table(
+            [(name, s["docs"], s["chars"], s["tokens"]) for name, s in dropped.items()],
+            ("filter", "documents", "characters", "tokens")))
+    dedup = read_manifest(run_dir / "20_dedup")
+    if dedup:
+        sections.append(_img(plots.cluster_sizes(dedup["counts"].get("cluster_sizes", {})), "duplicate cluster"))
     lengths, languages = kept_documents_profile(run_dir / "20_dedup")
     sections += [_img(plots.histogram(lengths, "Document length after dedup", "characters"), "length histogram"),
                  _img(plots.bars(dict(languages), "Languages after dedup", "documents"), "language")]

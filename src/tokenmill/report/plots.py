@@ -87,3 +87,18 @@ def bars(counts: dict[str, int], title: str, xlabel: str) -> str | None:
     ax.barh([k for k, _ in items], [v for _, v in items], color="#5f27cd")
     ax.set(xlabel=xlabel, title=title)
     return _png(fig)
+
+
+def cluster_sizes(by_method: dict[str, dict[str, int]]) -> str | None:
+    """Number of duplicate clusters of each size, one series per dedup method (log-log)."""
+    series = {method: sizes for method, sizes in by_method.items() if sizes}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    for method, sizes in series.items():
+        points = sorted((int(size), count) for size, count in sizes.items())
+        ax.plot(*zip(*points), marker="o", label=method)
+    ax.set(xscale="log", yscale="log", xlabel="documents in the cluster", ylabel="clusters",
+           title="Duplicate cluster sizes")
+    ax.legend()
+    return _png(fig)
