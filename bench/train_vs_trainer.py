@@ -38,16 +38,17 @@ def prepare_shards() -> Path:
     return WORK / "30_shards"
 
 
-def worker_tokenmill(shards: Path, steps: int, skip: int, compile_: bool) -> dict:
+def worker_tokenmill(shards: Path, steps: int, skip: int, compile_: bool, loss_chunk_tokens: int | None = 1024) -> dict:
     from tokenmill.config import validate
     from tokenmill import train
-    out = WORK / ("ours_compiled" if compile_ else "ours")
+    out = WORK / f"ours_{'compiled' if compile_ else 'eager'}_{loss_chunk_tokens}"
     import shutil
     shutil.rmtree(out, ignore_errors=True)
     cfg = validate({"model": {"preset": "tiny", **SHAPE, "tie_word_embeddings": False},
                     "train": {"seq_len": SEQ_LEN, "micro_batch_size": BATCH, "max_steps": steps, "warmup_steps": 2,
                               "lr_max": 1e-3, "lr_min": 1e-4, "log_every": 1, "eval_every": 10_000,
                               "save_every": 10_000, "eval_tokens": SEQ_LEN * 8, "compile": compile_,
+                              "loss_chunk_tokens": loss_chunk_tokens,
                               "loggers": ["jsonl"]}})
     started = time.perf_counter()
     train.run(cfg.model, cfg.train, shards, out)
@@ -106,14 +107,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--skip", type=int, default=3, help="warm-up steps not timed")
     parser.add_argument("--compile", action="store_true", help="also time tokenmill with torch.compile")
-    parser.add_argument("--worker", choices=["trainer", "tokenmill", "tokenmill-compile"])
+    parser.add_argument("--worker", choices=["trainer", "tokenmill", "tokenmill-all-logits", "tokenmill-compile"])
     args = parser.parse_args()
     if args.worker:
         shards = WORK / "30_shards"
         if args.worker == "trainer":
             result = worker_trainer(shards, args.steps, args.skip)
         else:
-            result = worker_tokenmill(shards, args.steps, args.skip, args.worker == "tokenmill-compile")
+            result = worker_tokenmill(shards, args.steps, args.skip, args.worker == "tokenmill-compile",
+                                      None if args.worker == "tokenmill-all-logits" else 1024)
         result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print("RESULT " + json.dumps(result))
         return
@@ -123,7 +125,8 @@ def main() -> None:
     prepare_shards()
     peak = measured_matmul_peak(torch.device("cpu"), n=2048)
     fpt = flops_per_token()
-    contenders = ["trainer", "tokenmill"] + (["tokenmill-compile"] if args.compile else [])
+    # tokenmill-all-logits: the loss over all logits at once (train.loss_chunk_tokens: null), as Trainer does
+    contenders = ["trainer", "tokenmill", "tokenmill-all-logits"] + (["tokenmill-compile"] if args.compile else [])
     results = {}
     for name in contenders:
         proc = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(args.steps),

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,11 @@ def test_impossible_values_are_refused():
         validate({"train": {"lr_min": 1.0, "lr_max": 0.1, "warmup_steps": 10, "max_steps": 5}})
     assert "lr_min (1.0) is above lr_max (0.1)" in str(err.value)
     assert "warmup_steps (10) must be below max_steps (5)" in str(err.value)
+
+
+def test_the_readme_configs_are_valid():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        validate(yaml.safe_load(block))

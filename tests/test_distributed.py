@@ -58,3 +58,8 @@ def test_two_ranks_match_one_rank(tmp_path, corpus, shards, single, parallel):
         after = train_losses(run)
         for step in (4, 5, 6):
             assert after[step] == pytest.approx(one[step], rel=1e-4), step
+
+
+def test_fsdp_with_cpu_offload_matches_one_rank(tmp_path, corpus, shards, single):
+    run = launch(tmp_path, corpus, shards, "offload", 2, micro_batch_size=2, parallel="fsdp", fsdp_cpu_offload=True)
+    assert train_losses(run) == pytest.approx(train_losses(single), rel=1e-4)

@@ -151,3 +151,50 @@ def test_any_transformers_config_trains_from_scratch(shards, corpus, tmp_path):
     assert counts["val_loss"] < 6.0
     with pytest.raises(ConfigError, match="one of preset, init_from or config"):
         validate({"model": {"preset": "tiny", "config": str(tmp_path / "qwen2")}})
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunked_head_gives_the_loss_and_gradients_of_full_logits(tied):
+    from tokenmill.losses import chunked_head, next_token_loss
+    cfg = tiny_llama().config
+    cfg.tie_word_embeddings = tied
+    torch.manual_seed(0)
+    reference, chunked = LlamaForCausalLM(cfg), LlamaForCausalLM(cfg)
+    chunked.load_state_dict(reference.state_dict())
+    tokens = torch.randint(0, 64, (3, 17))
+    batch = {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}
+    head = chunked_head(chunked)
+    assert head is chunked.lm_head and chunked(input_ids=tokens).logits.shape[-1] == cfg.hidden_size
+    expected, got = next_token_loss(reference, batch), next_token_loss(chunked, batch, head=head, chunk_tokens=7)
+    expected.backward()
+    got.backward()
+    torch.testing.assert_close(got, expected)
+    grads = {n: p.grad for n, p in chunked.named_parameters()}
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert set(chunked.state_dict()) == set(reference.state_dict())  # checkpoints and exports unchanged
+
+
+def test_chunked_head_declines_heads_it_cannot_reproduce():
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    from tokenmill.losses import chunked_head
+    gemma_like = tiny_llama()
+    gemma_like.config.model_type = "gemma2"  # soft-capped logits
+    assert chunked_head(gemma_like) is None and "forward" not in vars(gemma_like.lm_head)
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2))
+    assert chunked_head(qwen) is qwen.lm_head and chunked_head(gpt2) is gpt2.lm_head
+
+
+def test_training_with_and_without_the_chunked_head_gives_the_same_losses(shards, corpus, tmp_path):
+    losses = {}
+    for chunk in (None, 100):
+        raw = tiny_pipeline(corpus)
+        raw["train"].update(max_steps=4, log_every=1, eval_every=2, loss_chunk_tokens=chunk)
+        cfg = validate(raw)
+        result = train.run(cfg.model, cfg.train, shards, tmp_path / f"ck{chunk}")
+        rows = [json.loads(line) for line in (tmp_path / f"ck{chunk}" / "metrics.jsonl").read_text().splitlines()]
+        losses[chunk] = [r["train/loss"] for r in rows if "train/loss" in r] + [result["val_loss"]]
+    assert losses[None] == pytest.approx(losses[100], rel=1e-4)

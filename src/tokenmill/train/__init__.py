@@ -10,6 +10,7 @@ A killed run started again with the same config resumes from its newest checkpoi
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from transformers import AutoTokenizer
 
 from tokenmill.device import autocast_for, compute_dtype, pick_device
-from tokenmill.losses import mean_loss
+from tokenmill.losses import chunked_head, mean_loss, next_token_loss
 from tokenmill.model import ModelConfig, build_model, count_parameters
 from tokenmill.model.lora import apply_lora, merge
 from tokenmill.tokenize.shards import open_split, read_meta
@@ -95,6 +96,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
 
     model = build(model_cfg, cfg, meta).to(device)
     n_params, flops = count_parameters(model), perf.flops_per_token(unwrap(model), cfg.seq_len)
+    head = chunked_head(model) if cfg.loss_chunk_tokens else None
     model = wrap(model, cfg.parallel, world, device, dtype, cfg.fsdp_cpu_offload)
     embedding_lr_ratio = model_cfg.lora.embedding_lr_ratio if model_cfg.lora and model_cfg.lora.train_embeddings else None
     optimizer = build_optimizer(unwrap(model), cfg.lr_max, cfg.betas, cfg.weight_decay, device, embedding_lr_ratio)
@@ -115,6 +117,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
         print(f"[train] {n_params / 1e6:.2f}M parameters ({count_parameters(model, trainable=True) / 1e6:.2f}M trainable), "
               f"{meta['n_tokens']:,} train tokens, {world.size} rank(s), {device}, {dtype}")
     autocast = autocast_for(device, dtype)
+    loss_fn = functools.partial(next_token_loss, autocast=autocast, head=head, chunk_tokens=cfg.loss_chunk_tokens)
     sinks = make_sinks(cfg, world, out_dir, metrics_path or out_dir / "metrics.jsonl", state["step"],
                        {"model": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json")})
 
@@ -126,8 +129,8 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
                         tokens_per_step=cfg.seq_len * cfg.micro_batch_size * accum * world.size)
     try:
         state = train(forward_model, optimizer, lambda step: SCHEDULES[cfg.schedule](step, cfg), sampler.next_batch,
-                      lambda m: mean_loss(m, val, cfg.micro_batch_size, device, autocast, world), sinks, save, loop,
-                      state, device, autocast, flops, perf.device_peak_flops(device, dtype),
+                      lambda m: mean_loss(m, val, cfg.micro_batch_size, device, autocast, world, head), sinks, save,
+                      loop, state, device, loss_fn, flops, perf.device_peak_flops(device, dtype),
                       on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device)}, world=world,
                       guard=LossGuard(cfg.spike_factor))
         save_final(model, lambda: build(model_cfg, cfg, meta), tokenizer, out_dir, world,

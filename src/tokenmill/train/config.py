@@ -38,6 +38,9 @@ class TrainConfig(StrictModel):
     activation_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
     document_masking: bool = Field(False, description="packed documents do not attend to each other")
     compile: bool = Field(False, description="torch.compile the model")
+    loss_chunk_tokens: int | None = Field(
+        1024, gt=0, description="apply the LM head and the loss this many tokens at a time: the same loss without "
+                                "holding all logits (Llama, Mistral, Qwen2/3, GPT-2); null: all at once")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice)")
     loggers: list[Logger] = Field(default_factory=lambda: ["console", "jsonl"], description="metric sinks (rank 0)")
     wandb_project: str = Field("tokenmill", description="W&B project; offline unless WANDB_API_KEY is set")

@@ -75,7 +75,8 @@ def wrap(model: torch.nn.Module, strategy: str, world: World, device: torch.devi
     mesh = init_device_mesh(device.type, (world.size,))
     # bf16 compute, fp32 gradient reduction: the standard FSDP2 mixed-precision recipe (torchtitan).
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    options = {"mesh": mesh, "mp_policy": policy, **({"offload_policy": CPUOffloadPolicy()} if cpu_offload else {})}
+    offload = {"offload_policy": CPUOffloadPolicy(pin_memory=device.type == "cuda")} if cpu_offload else {}
+    options = {"mesh": mesh, "mp_policy": policy, **offload}
     for layer in decoder_layers(model):
         fully_shard(layer, **options)
     fully_shard(model, **options)

@@ -6,7 +6,6 @@ ranks) is handed in.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ def _grad_norm(norm) -> float:
 
 
 def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate, sinks, save,
-          loop: LoopSettings, state: dict, device: torch.device, autocast=contextlib.nullcontext,
+          loop: LoopSettings, state: dict, device: torch.device, loss_fn=next_token_loss,
           flops_per_token: float = 0.0, peak_flops: float = float("inf"), on_log=None,
           world: World = World(), guard: LossGuard = LossGuard()) -> dict:
     """Train from `state` (step, tokens) to loop.max_steps; returns the final state with last losses."""
@@ -67,7 +66,7 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
         for micro in range(loop.grad_accum_steps):
             batch = {k: v.to(device, non_blocking=True) for k, v in next_batch().items()}
             with grad_sync(model, enabled=micro == loop.grad_accum_steps - 1):
-                loss = next_token_loss(model, batch, autocast) / loop.grad_accum_steps
+                loss = loss_fn(model, batch) / loop.grad_accum_steps
                 loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
