@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 
 def _png(fig) -> str:
@@ -100,5 +101,9 @@ def cluster_sizes(by_method: dict[str, dict[str, int]]) -> str | None:
         ax.plot(*zip(*points), marker="o", label=method)
     ax.set(xscale="log", yscale="log", xlabel="documents in the cluster", ylabel="clusters",
            title="Duplicate cluster sizes")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 2, 3, 10 rather than 2x10^0
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
     ax.legend()
     return _png(fig)
