@@ -1,4 +1,5 @@
-"""Document masking, LoRA continued pre-training, metric sinks, the loss guard, hub-cache resolution."""
+"""Document masking, LoRA and other families' continued pre-training, the chunked loss, metric sinks, the loss
+guard, hub-cache resolution."""
 
 import json
 
@@ -198,3 +199,35 @@ def test_training_with_and_without_the_chunked_head_gives_the_same_losses(shards
         rows = [json.loads(line) for line in (tmp_path / f"ck{chunk}" / "metrics.jsonl").read_text().splitlines()]
         losses[chunk] = [r["train/loss"] for r in rows if "train/loss" in r] + [result["val_loss"]]
     assert losses[None] == pytest.approx(losses[100], rel=1e-4)
+
+
+def family_model(family: str, vocab: int):
+    from transformers import (GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
+    shape = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, max_position_embeddings=64)
+    torch.manual_seed(0)
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    return {"mistral": lambda: MistralForCausalLM(MistralConfig(**shape)),
+            "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**shape))}[family]()
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "gpt2"])
+def test_cpt_from_other_model_families(family, shards, corpus, tmp_path):
+    from transformers import AutoTokenizer
+    base = tmp_path / "base"
+    family_model(family, 320).save_pretrained(base)
+    AutoTokenizer.from_pretrained(shards / "tokenizer").save_pretrained(base)
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"preset": None, "init_from": str(base)}
+    raw["tokenize"]["tokenizer"] = str(base)
+    raw["train"].update(max_steps=6, eval_every=6, save_every=3, lr_max=3e-3, log_every=1)
+    cfg = validate(raw)
+    counts = train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    rows = [json.loads(line) for line in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < losses[0]  # it learns
+    before, after = AutoModelForCausalLM.from_pretrained(base), AutoModelForCausalLM.from_pretrained(tmp_path / "ck" / "final")
+    assert type(after) is type(before) and counts["steps"] == 6
+    assert any(not torch.equal(v, before.state_dict()[k]) for k, v in after.state_dict().items())
