@@ -60,29 +60,37 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_tokens):
             h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
-            logits = (h @ w.T).float()
-            valid = y != -100
-            target = y.clamp(min=0)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += ((lse - logits.gather(1, target[:, None]).squeeze(1)) * valid).sum()
+            valid, target = y != -100, y.clamp(min=0)
+            # In place from here on: one chunk x vocabulary buffer, logits then softmax then gradient.
+            probs = (h @ w.T).float()
+            target_logit = probs.gather(1, target[:, None]).squeeze(1)
+            top = probs.max(dim=-1).values
+            sums = probs.sub_(top[:, None]).exp_().sum(dim=-1)
+            total += ((top + sums.log() - target_logit) * valid).sum()  # log-sum-exp minus the target's logit
             if want_h or want_w:
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                probs /= sums[:, None]
                 probs[torch.arange(len(y), device=y.device), target] -= 1
                 probs *= (valid / n_valid)[:, None]
                 probs = probs.to(hidden.dtype)
                 if want_h:
                     grad_hidden[start:start + chunk_tokens] = probs @ w
                 if want_w:
-                    grad_weight += (probs.T @ h).float()
+                    grad_weight.addmm_(probs.T.float(), h.float())
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total / n_valid
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
+        # Scaled in place and handed over: autograd adopts them as .grad without another copy. So a graph
+        # kept with retain_graph=True cannot be run backward a second time through this loss.
         grad_hidden, grad_weight = ctx.saved_tensors
-        return (None if grad_hidden is None else grad_hidden * grad_loss,
-                None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype), None, None)
+        if grad_hidden is not None:
+            grad_hidden.mul_(grad_loss)
+        if grad_weight is not None:
+            grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None
 
 
 @torch.no_grad()
