@@ -83,17 +83,18 @@ def test_csv_tsv_json_parquet_and_zstd(tmp_path):
     assert counts["bad_records"] == 0
 
 
-def test_html_extraction_drops_boilerplate_and_keeps_title(tmp_path):
+@pytest.mark.parametrize("extractor", ["trafilatura", "resiliparse"])
+def test_html_extraction_drops_boilerplate_and_keeps_title(tmp_path, extractor):
     body = " ".join(f"The castle stood on the hill for a hundred years, sentence {i}." for i in range(20))
     (tmp_path / "page.html").write_text(
-        f"<html><head><title>Castle history</title></head><body><nav><a href='/'>Home</a> | <a href='/x'>Login"
-        f"</a></nav><article><h1>Castle history</h1><p>{body}</p></article><footer>Copyright 2024 Cookie "
-        f"settings</footer></body></html>")
-    _, docs = ingest([tmp_path / "page.html"], tmp_path)
+        f"<html><head><title>Castle history</title><link rel='canonical' href='https://example.org/castle'></head>"
+        f"<body><nav><a href='/'>Home</a> | <a href='/x'>Login</a></nav><article><h1>Castle history</h1><p>{body}"
+        f"</p></article><footer>Copyright 2024 Cookie settings</footer></body></html>")
+    _, docs = ingest([tmp_path / "page.html"], tmp_path, html_extractor=extractor)
     doc = docs["page.html"]
     assert "hundred years, sentence 19" in doc.text
     assert "Login" not in doc.text and "Cookie settings" not in doc.text
-    assert doc.metadata["title"] == "Castle history"
+    assert doc.metadata["title"] == "Castle history" and doc.metadata["url"] == "https://example.org/castle"
 
 
 def test_bad_csv_json_and_parquet_are_named(tmp_path, caplog):
