@@ -17,7 +17,6 @@ from pathlib import Path
 from pydantic import Field
 
 from tokenmill import engine
-from tokenmill.dedup.exact import size_histogram
 from tokenmill.schema import StrictModel
 
 
@@ -65,4 +64,4 @@ def cluster_sizes(remove_ids: Path) -> dict[str, int]:
     for path in sorted(remove_ids.glob("*.sizes")):
         pairs = struct.iter_unpack("<II", path.read_bytes())
         members.update(size for _, size in pairs)
-    return size_histogram([size for size, n in members.items() for _ in range(n // size)])
+    return {str(size): n // size for size, n in sorted(members.items()) if size > 1}  # n members, n/size clusters

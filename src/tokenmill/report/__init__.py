@@ -80,22 +80,13 @@ def _img(b64: str | None, alt: str) -> str:
     return f'<img alt="{alt}" src="data:image/png;base64,{b64}">' if b64 else f"<p><em>No {alt} data.</em></p>"
 
 
-def render(run_dir: Path) -> str:
-    rows = read_metrics(run_dir)
+def data_funnel_sections(run_dir: Path) -> list[str]:
+    """Funnel table and plots (documents, characters, tokens), drops by reason, what each filter removed,
+    duplicate cluster sizes."""
     sizes = stage_sizes(run_dir)
     funnel, drops = funnel_rows(run_dir, sizes)
-    shards = read_manifest(run_dir / "30_shards")
-    evals_path = run_dir / "50_eval" / "results.json"
-    evals = json.loads(evals_path.read_text())["results"] if evals_path.is_file() else []
-    unigram = evals[0]["unigram_entropy_nats"] if evals else None
-    sections = [f"<h1>tokenmill run: {html.escape(run_dir.name)}</h1>", "<h2>Training</h2>",
-                _img(plots.loss_curves(rows, unigram), "loss"), _img(plots.learning_rate(rows), "learning rate")]
-    if evals:
-        sections += ["<h2>Evaluation</h2>", _table(
-            [(e["split"], e["loss"], e["perplexity"], e["bits_per_byte"], e["unigram_entropy_nats"]) for e in evals],
-            ("split", "loss (nats)", "perplexity", "bits/byte", "unigram entropy"))]
     units = [u for u in ("docs", "chars", "tokens") if funnel and f"{u}_out" in funnel[0]]
-    sections += ["<h2>Data funnel</h2>", _table(
+    sections = ["<h2>Data funnel</h2>", _table(
         [[r["stage"]] + [r.get(f"{u}_{side}", "") for u in units for side in ("in", "out")] for r in funnel],
         ["stage"] + [f"{u} {side}" for u in units for side in ("in", "out")])]
     sections += [_img(plots.funnel([(r["stage"], r[f"{u}_in"], r[f"{u}_out"]) for r in funnel],
@@ -110,6 +101,22 @@ def render(run_dir: Path) -> str:
     dedup = read_manifest(run_dir / "20_dedup")
     if dedup:
         sections.append(_img(plots.cluster_sizes(dedup["counts"].get("cluster_sizes", {})), "duplicate cluster"))
+    return sections
+
+
+def render(run_dir: Path) -> str:
+    rows = read_metrics(run_dir)
+    shards = read_manifest(run_dir / "30_shards")
+    evals_path = run_dir / "50_eval" / "results.json"
+    evals = json.loads(evals_path.read_text())["results"] if evals_path.is_file() else []
+    unigram = evals[0]["unigram_entropy_nats"] if evals else None
+    sections = [f"<h1>tokenmill run: {html.escape(run_dir.name)}</h1>", "<h2>Training</h2>",
+                _img(plots.loss_curves(rows, unigram), "loss"), _img(plots.learning_rate(rows), "learning rate")]
+    if evals:
+        sections += ["<h2>Evaluation</h2>", _table(
+            [(e["split"], e["loss"], e["perplexity"], e["bits_per_byte"], e["unigram_entropy_nats"]) for e in evals],
+            ("split", "loss (nats)", "perplexity", "bits/byte", "unigram entropy"))]
+    sections += data_funnel_sections(run_dir)
     lengths, languages = kept_documents_profile(run_dir / "20_dedup")
     sections += [_img(plots.histogram(lengths, "Document length after dedup", "characters"), "length histogram"),
                  _img(plots.bars(dict(languages), "Languages after dedup", "documents"), "language")]
