@@ -15,7 +15,7 @@ from pydantic import Field
 
 from tokenmill.atomic import atomic_write_json
 from tokenmill.device import pick_device
-from tokenmill.losses import mean_loss
+from tokenmill.losses import chunked_head, mean_loss
 from tokenmill.schema import StrictModel
 from tokenmill.tokenize.shards import bytes_per_token, open_split, read_meta
 from tokenmill.train.data import eval_windows
@@ -33,10 +33,11 @@ def split_dir(path: Path) -> Path:
     return path / "val" if (path / "val" / "meta.json").is_file() else path
 
 
-def evaluate_split(model, path: Path, seq_len: int, cfg: EvalConfig, device) -> dict:
+def evaluate_split(model, path: Path, seq_len: int, cfg: EvalConfig, device, head=None) -> dict:
     split = split_dir(path)
     meta = read_meta(split)
-    loss = mean_loss(model, eval_windows(open_split(split), seq_len, cfg.max_tokens), cfg.batch_size, device)
+    windows = eval_windows(open_split(split), seq_len, cfg.max_tokens)
+    loss = mean_loss(model, windows, cfg.batch_size, device, head=head)
     return {"split": str(split), "loss": loss, "perplexity": math.exp(min(loss, 50)),
             "bits_per_byte": loss / math.log(2) / bytes_per_token(meta),
             "unigram_entropy_nats": meta.get("unigram_entropy_nats"), "tokens": min(meta["n_tokens"], cfg.max_tokens or meta["n_tokens"])}
@@ -48,6 +49,7 @@ def run(cfg: EvalConfig, model_dir: Path, splits: list[Path], out_dir: Path, def
     seq_len = min(cfg.seq_len or default_seq_len, model.config.max_position_embeddings)
     device = pick_device("auto")
     model.to(device)
-    results = [evaluate_split(model, path, seq_len, cfg, device) for path in splits]
+    head = chunked_head(model)  # logits a chunk at a time: 8 x 2048 tokens of a 49k vocabulary are 3 GiB at once
+    results = [evaluate_split(model, path, seq_len, cfg, device, head) for path in splits]
     atomic_write_json(Path(out_dir) / "results.json", {"model": str(model_dir), "seq_len": seq_len, "results": results})
     return {"splits": len(results), **{f"loss[{i}]": r["loss"] for i, r in enumerate(results)}}
