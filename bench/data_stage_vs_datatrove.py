@@ -91,7 +91,7 @@ def filter_rates(pages) -> dict:
     from tokenmill.filters import FilterConfig
     from tokenmill.filters.base import as_block
     cfg = FilterConfig(steps=[{"name": n} for n in ("length", "language", "gopher_quality", "url_blocklist", "pii",
-                                                    "bad_words")] + BLOCKS)
+                                                    "bad_words")] + BLOCKS + [{"name": "gopher_repetition"}])
     rates = {}
     for step in cfg.steps:
         block = as_block(step)
@@ -100,7 +100,8 @@ def filter_rates(pages) -> dict:
         started = time.perf_counter()
         for doc in docs:
             block.filter(doc)
-        rates[step.name] = len(docs) / (time.perf_counter() - started)
+        label = step.name + (f" ({step.implementation})" if step.name == "gopher_repetition" else "")
+        rates[label] = len(docs) / (time.perf_counter() - started)
     return rates
 
 
