@@ -8,6 +8,7 @@ next to domain text. Bits per byte divides by the split's UTF-8 bytes, so it com
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pydantic import Field
 
 from tokenmill.atomic import atomic_write_json
 from tokenmill.device import pick_device
-from tokenmill.losses import chunked_head, mean_loss
+from tokenmill.losses import chunked_head, mean_loss, next_token_loss
 from tokenmill.schema import StrictModel
 from tokenmill.tokenize.shards import bytes_per_token, open_split, read_meta
 from tokenmill.train.data import eval_windows
@@ -37,7 +38,8 @@ def evaluate_split(model, path: Path, seq_len: int, cfg: EvalConfig, device, hea
     split = split_dir(path)
     meta = read_meta(split)
     windows = eval_windows(open_split(split), seq_len, cfg.max_tokens)
-    loss = mean_loss(model, windows, cfg.batch_size, device, head=head)
+    loss_fn = functools.partial(next_token_loss, head=head)
+    loss = mean_loss(model, windows, cfg.batch_size, device, loss_fn=loss_fn)
     return {"split": str(split), "loss": loss, "perplexity": math.exp(min(loss, 50)),
             "bits_per_byte": loss / math.log(2) / bytes_per_token(meta),
             "unigram_entropy_nats": meta.get("unigram_entropy_nats"), "tokens": min(meta["n_tokens"], cfg.max_tokens or meta["n_tokens"])}

@@ -94,10 +94,11 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 
 @torch.no_grad()
-def mean_loss(model, windows: list[np.ndarray], batch_size: int, device, autocast=contextlib.nullcontext,
-              world=None, head: torch.nn.Linear | None = None) -> float:
-    """Mean next-token loss (nats) over windows of seq_len + 1 tokens; with a `world` of several ranks,
-    each evaluates its share and the sums are combined."""
+def mean_loss(model, windows: list[np.ndarray], batch_size: int, device, world=None,
+              loss_fn=next_token_loss) -> float:
+    """Mean next-token loss (nats) over windows of seq_len + 1 tokens, by `loss_fn(model, batch)` (the
+    training loss, with its autocast and chunked head); with a `world` of several ranks, each evaluates its
+    share and the sums are combined."""
     if not windows:
         raise ValueError("no evaluation windows: the validation split is shorter than one sequence")
     rank, size = (world.rank, world.size) if world else (0, 1)
@@ -108,7 +109,7 @@ def mean_loss(model, windows: list[np.ndarray], batch_size: int, device, autocas
     for i in range(0, len(mine), batch_size):
         tokens = torch.from_numpy(np.stack(mine[i:i + batch_size]).astype(np.int64)).to(device)
         batch = {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}
-        total += torch.stack([next_token_loss(model, batch, autocast, head).double() * len(tokens),
+        total += torch.stack([loss_fn(model, batch).double() * len(tokens),
                               torch.tensor(float(len(tokens)), dtype=torch.float64, device=device)])
     if size > 1 and len(windows) >= size:
         total = world.mean(total) * size

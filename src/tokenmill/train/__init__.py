@@ -129,7 +129,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
                         tokens_per_step=cfg.seq_len * cfg.micro_batch_size * accum * world.size)
     try:
         state = train(forward_model, optimizer, lambda step: SCHEDULES[cfg.schedule](step, cfg), sampler.next_batch,
-                      lambda m: mean_loss(m, val, cfg.micro_batch_size, device, autocast, world, head), sinks, save,
+                      lambda m: mean_loss(m, val, cfg.micro_batch_size, device, world, loss_fn), sinks, save,
                       loop, state, device, loss_fn, flops, perf.device_peak_flops(device, dtype),
                       on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device)}, world=world,
                       guard=LossGuard(cfg.spike_factor))
