@@ -26,7 +26,12 @@ venv: $(BIN)/tokenmill
 demo: venv
 	$(BIN)/tokenmill run demo -o runs/demo
 
-test: venv
+# lm-evaluation-harness (~70 packages) only for the tests of its adapter: the demo does not need it.
+$(VENV)/.lm-eval-installed: $(BIN)/tokenmill
+	$(BIN)/pip install -q -e ".[lm-eval]"
+	touch $@
+
+test: venv $(VENV)/.lm-eval-installed
 	$(BIN)/python -m pytest -q
 
 clean:

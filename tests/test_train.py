@@ -24,7 +24,7 @@ def configs(corpus, **train_overrides):
 
 def losses(path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [(r["step"], r.get("train/loss", r.get("val/loss"))) for r in rows]
+    return [(r["step"], r.get("train/loss", r.get("val/val/loss"))) for r in rows]
 
 
 def test_training_lowers_the_loss_and_keeps_the_last_checkpoints(shards, corpus, tmp_path):

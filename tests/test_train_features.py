@@ -72,11 +72,12 @@ def test_lora_cpt_trains_adapters_and_embeddings_then_merges(shards, corpus, tmp
         torch.testing.assert_close(exported.state_dict()[key], value)
 
 
-def test_cpt_without_the_base_tokenizer_is_a_config_error(corpus):
+def test_cpt_tokenizes_with_the_base_model_tokenizer_unless_told_otherwise(corpus):
     raw = tiny_pipeline(corpus)
     raw["model"] = {"preset": None, "init_from": "some/base"}
-    with pytest.raises(ConfigError, match="tokenize.tokenizer: continued pre-training"):
-        validate(raw)
+    assert validate(raw).tokenize.tokenizer == "some/base"
+    raw["tokenize"] = {"tokenizer": "other/tok"}
+    assert validate(raw).tokenize.tokenizer == "other/tok"
 
 
 def test_tensorboard_sink_writes_events(shards, corpus, tmp_path):
@@ -87,7 +88,7 @@ def test_tensorboard_sink_writes_events(shards, corpus, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(tmp_path / "ck" / "tensorboard"))
     events.Reload()
-    assert {"train/loss", "val/loss", "perf/tokens_per_s", "train/lr"} <= set(events.Tags()["scalars"])
+    assert {"train/loss", "val/val/loss", "perf/tokens_per_s", "train/lr"} <= set(events.Tags()["scalars"])
 
 
 def test_loss_guard_stops_on_nan_and_spikes():
@@ -135,7 +136,7 @@ def test_wandb_sink_runs_offline_without_a_key(shards, corpus, tmp_path, monkeyp
     runs = list((tmp_path / "ck" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     recorded = runs[0].read_bytes()
-    assert b"train/loss" in recorded and b"val/loss" in recorded and b"perf/mfu" in recorded
+    assert b"train/loss" in recorded and b"val/val/loss" in recorded and b"perf/mfu" in recorded
 
 
 def test_any_transformers_config_trains_from_scratch(shards, corpus, tmp_path):

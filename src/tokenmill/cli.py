@@ -25,7 +25,8 @@ EXAMPLES = {
     "dedup": "tokenmill dedup runs/x/10_filtered -o runs/x/20_dedup",
     "tokenize": "tokenmill tokenize runs/x/20_dedup -o runs/x/30_shards --vocab-size 8192",
     "train": "tokenmill train runs/x/30_shards -o runs/x/40_checkpoints --preset small --set train.max_steps=2000",
-    "eval": "tokenmill eval runs/x/60_export runs/x/30_shards other/30_shards",
+    "eval": "tokenmill eval runs/x general=books/ domain=runs/x/30_shards --tasks cloze.jsonl -o runs/x/eval",
+    "make-cloze": "tokenmill make-cloze runs/x/30_shards -o cloze.jsonl --n 500",
     "generate": "tokenmill generate runs/x/60_export --prompt 'ROMEO:' --max-new-tokens 80",
     "export": "tokenmill export runs/x -o my-model --format hf",
     "report": "tokenmill report runs/x",
@@ -72,10 +73,22 @@ def _parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--preset", help="model size preset (tiny, small, 125m, 350m, 1b)")
     group.add_argument("--model", metavar="PATH", help="HF causal-LM folder to continue pre-training from")
-    p = stage("eval", "Loss, perplexity and bits/byte of a model on one or more validation sets.")
-    p.add_argument("model", type=Path, metavar="MODEL_DIR")
-    p.add_argument("splits", type=Path, nargs="+", metavar="SHARDS_DIR")
-    p.add_argument("-o", "--output", type=Path, help="also write results.json here")
+    p = stage("eval", "Loss, perplexity and bits/byte on named sets; zero-shot multiple choice; lm-eval tasks.")
+    p.add_argument("model", metavar="MODEL", help="a run folder, a checkpoint, a HF model folder or hf://org/name")
+    p.add_argument("sets", nargs="*", metavar="NAME=PATH",
+                   help="token shards (their val/ split) or raw text (.txt/.md/.jsonl file or folder); a bare PATH "
+                        "is named after its folder")
+    p.add_argument("--tasks", nargs="+", metavar="FILE_OR_DIR", help="multiple-choice JSONL task files or folders")
+    p.add_argument("--lm-eval", metavar="TASKS", help="comma-separated lm-evaluation-harness tasks (offline)")
+    p.add_argument("--lm-eval-include", metavar="DIR", help="folder of extra lm-eval task YAMLs")
+    p.add_argument("-o", "--output", type=Path, help="write DIR/results.json")
+    p = sub.add_parser("make-cloze", help="Build a multiple-choice cloze task from held-out text (no labels needed).",
+                       epilog=f"example:\n  {EXAMPLES['make-cloze']}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", type=Path, metavar="SHARDS_OR_TEXT", help="token shards (their val/ split) or raw text")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="TASK.jsonl")
+    p.add_argument("--n", type=int, default=500, help="questions (default 500)")
+    p.add_argument("--choices", type=int, default=4, help="choices per question (default 4)")
+    p.add_argument("--seed", type=int, default=0)
     p = stage("generate", "Sample text from a model folder.")
     p.add_argument("model", type=Path, metavar="MODEL_DIR")
     p.add_argument("--prompt", default="")
@@ -119,12 +132,19 @@ def _flag_overrides(args) -> list[str]:
                  f"tokenize.tokenizer={json.dumps(str(args.model))}"]
     if args.command == "ingest":
         sets.append(f"ingest.paths={json.dumps(args.paths)}")
-    for flag in ("executor", "tasks"):
+    for flag in ("executor", "tasks") if args.command in ("filter", "dedup") else ():
         if getattr(args, flag, None) is not None:
             key = "kind" if flag == "executor" else flag
             sets.append(f"{args.command}.executor.{key}={json.dumps(getattr(args, flag))}")
     if args.command == "generate":
         sets.append(f"generate.prompt={json.dumps(args.prompt)}")
+    if args.command == "eval":
+        if args.tasks:
+            sets.append(f"eval.tasks={json.dumps(args.tasks)}")
+        if args.lm_eval:
+            sets.append(f"eval.lm_eval={json.dumps([t.strip() for t in args.lm_eval.split(',') if t.strip()])}")
+        if args.lm_eval_include:
+            sets.append(f"eval.lm_eval_include={json.dumps(args.lm_eval_include)}")
     return sets
 
 
@@ -136,6 +156,11 @@ def _load(args) -> PipelineConfig:
 def _dispatch(args) -> None:
     if args.command == "shards":
         print(json.dumps({k: v for k, v in check_split(args.split).items() if k != "shards"}, indent=2))
+        return
+    if args.command == "make-cloze":
+        from tokenmill.evaluation import cloze
+        counts = cloze.run(cloze.ClozeConfig(n=args.n, choices=args.choices, seed=args.seed), args.source, args.output)
+        print(f"{args.output}: {counts['questions']} questions from {counts['documents']} documents")
         return
     if args.command == "convert-gguf":
         from tokenmill.model import gguf
@@ -172,10 +197,12 @@ def _dispatch(args) -> None:
 
 
 def _eval(cfg: PipelineConfig, args) -> None:
-    out = args.output or Path(args.model) / "eval"
-    evaluation.run(cfg.eval, args.model, args.splits, out, cfg.train.seq_len)
-    for r in json.loads((out / "results.json").read_text())["results"]:
-        print(f"{r['split']}: loss {r['loss']:.4f}  ppl {r['perplexity']:.2f}  bits/byte {r['bits_per_byte']:.4f}")
+    if not (args.sets or cfg.eval.tasks or cfg.eval.lm_eval):
+        raise ValueError("nothing to evaluate: give NAME=PATH sets, --tasks or --lm-eval")
+    results = evaluation.run(cfg.eval, args.model, evaluation.parse_sets(args.sets), args.output, cfg.train.seq_len)
+    print(evaluation.format_table(results))
+    if args.output:
+        print(f"results: {args.output / 'results.json'}")
 
 
 def _run(cfg: PipelineConfig, args) -> None:

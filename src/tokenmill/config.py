@@ -99,6 +99,10 @@ def validate(raw: dict, source: str = "config") -> PipelineConfig:
         except ValidationError as e:
             problems.extend(_describe(name, model, err) for err in e.errors())
     problems.extend(_cross_checks(sections))
+    model, tokenize = sections.get("model"), sections.get("tokenize")
+    if model and model.init_from and tokenize and not tokenize.tokenizer:
+        # Continued pre-training reads text through the base model's own tokenizer.
+        sections["tokenize"] = tokenize.model_copy(update={"tokenizer": model.init_from})
     if problems:
         raise ConfigError(source, problems)
     return PipelineConfig(**sections)
@@ -127,10 +131,6 @@ def _cross_checks(s: dict) -> list[str]:
             if train.seq_len > max_len:
                 problems.append(f"train.seq_len: {train.seq_len} exceeds model max_position_embeddings {max_len}; "
                                 f"lower train.seq_len or raise model.max_position_embeddings")
-    tokenize = s.get("tokenize")
-    if model and model.init_from and tokenize and not tokenize.tokenizer:
-        problems.append("tokenize.tokenizer: continued pre-training (model.init_from) needs the base model's own "
-                        f"tokenizer; set tokenize.tokenizer: {model.init_from}")
     if train and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
     return problems

@@ -33,6 +33,17 @@ def _hidden_states(hidden: torch.Tensor) -> torch.Tensor:
     return hidden
 
 
+@contextlib.contextmanager
+def hidden_state_outputs(model):
+    """`chunked_head` for a while: the model returns logits again afterwards (scoring needs them)."""
+    head = chunked_head(model)
+    try:
+        yield head
+    finally:
+        if head is not None:
+            del head.forward  # the instance attribute goes; the class's forward is back
+
+
 def next_token_loss(model, batch: dict[str, torch.Tensor], autocast=contextlib.nullcontext,
                     head: torch.nn.Linear | None = None, chunk_tokens: int = 1024) -> torch.Tensor:
     """Mean cross-entropy of predicting batch["labels"]; other keys (attention_mask, position_ids) go to the

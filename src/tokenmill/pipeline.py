@@ -18,6 +18,7 @@ from tokenmill.atomic import atomic_write_text
 from tokenmill.config import PipelineConfig, dump_config
 from tokenmill.generate import generate
 from tokenmill.stage import run_stage
+from tokenmill.tokenize.shards import read_meta
 
 STAGE_DIRS = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup", "tokenize": "30_shards",
               "train": "40_checkpoints", "eval": "50_eval", "export": "60_export"}
@@ -38,12 +39,20 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     run_stage("train", {"model": cfg.model, "train": cfg.train}, [d["tokenize"]], d["train"],
               lambda out: train.run(cfg.model, cfg.train, d["tokenize"], out, run_dir / "metrics.jsonl"),
               force, resumable=True)
-    model_dir = d["train"] / "final"
-    run_stage("eval", cfg.eval, [d["train"]], d["eval"],
-              lambda out: evaluation.run(cfg.eval, model_dir, [d["tokenize"]], out, cfg.train.seq_len), force)
+    eval_sets = {name: Path(path) for name, path in (cfg.train.eval_sets or {"val": str(d["tokenize"])}).items()}
+    # train is in the key for its eval_sets and seq_len (its other changes change the train stage's key anyway)
+    results = run_stage("eval", {"eval": cfg.eval, "train": cfg.train}, [d["train"]], d["eval"],
+                        lambda out: _eval_counts(evaluation.run(cfg.eval, d["train"], eval_sets, out,
+                                                                cfg.train.seq_len, before=cfg.model.init_from)),
+                        force)
     run_stage("export", cfg.export, [d["train"]], d["export"], lambda out: export.run(cfg.export, d["train"], out), force)
     report_path = report.run(run_dir)
-    results = json.loads((d["eval"] / "results.json").read_text())["results"][0]
-    return {"report": report_path, "model": d["export"], "val_loss": results["loss"],
-            "bits_per_byte": results["bits_per_byte"], "unigram_entropy": results["unigram_entropy_nats"],
-            "sample": generate(d["export"], cfg.generate)}
+    first = next(iter(json.loads((d["eval"] / "results.json").read_text())["sets"].values()))
+    return {"report": report_path, "model": d["export"], "val_loss": first["loss"],
+            "bits_per_byte": first["bits_per_byte"],
+            "unigram_entropy": read_meta(d["tokenize"] / "val").get("unigram_entropy_nats"),
+            "sample": generate(d["export"], cfg.generate), "eval": results["counts"]}
+
+
+def _eval_counts(results: dict) -> dict:
+    return {f"{name}_loss": r["loss"] for name, r in results["sets"].items()}

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 from pydantic import Field
 
-from tokenmill.documents import write_documents
+from tokenmill.documents import Document, write_documents
 from tokenmill.ingest.hf_datasets import is_dataset_spec, parse, read_dataset
 from tokenmill.ingest.readers import READERS, ReadStats, _record, read_file
 from tokenmill.ingest.scrape import ScrapeConfig
@@ -56,17 +56,19 @@ def input_keys(cfg: IngestConfig) -> list[Path | str]:
     return [path for path, _ in input_files(cfg)] + datasets
 
 
+def iter_documents(cfg: IngestConfig, stats: ReadStats | None = None) -> Iterator[Document]:
+    """Every document the config's paths hold, in a deterministic order (bad records counted in `stats`)."""
+    stats = stats if stats is not None else ReadStats()
+    for path, doc_id in input_files(cfg):
+        yield from read_file(path, doc_id, cfg, stats)
+    for spec in dataset_specs(cfg):
+        yield from read_dataset(spec, cfg, stats, _record)
+
+
 def run(cfg: IngestConfig, out_dir: Path) -> dict:
     files = input_files(cfg)
     stats = ReadStats()
-
-    def all_documents():
-        for path, doc_id in files:
-            yield from read_file(path, doc_id, cfg, stats)
-        for spec in dataset_specs(cfg):
-            yield from read_dataset(spec, cfg, stats, _record)
-
-    n_docs = write_documents(all_documents(), out_dir, cfg.docs_per_shard)
+    n_docs = write_documents(iter_documents(cfg, stats), out_dir, cfg.docs_per_shard)
     return {"files": len(files), "docs_out": n_docs, "chars_out": stats.chars,
             "bad_records": stats.bad_records, "decode_errors": stats.decode_errors, "empty": stats.empty,
             "skipped_not_html": stats.skipped_not_html}

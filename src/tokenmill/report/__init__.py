@@ -104,18 +104,61 @@ def data_funnel_sections(run_dir: Path) -> list[str]:
     return sections
 
 
+def before_after_rows(results: dict) -> list[tuple]:
+    """Per set and metric: before (the base model), after, the change and the change in %. Without a
+    "before" (training from scratch) the before columns stay empty."""
+    before = results.get("before", {}).get("sets", {})
+    rows = []
+    for name, after in results.get("sets", {}).items():
+        for metric in ("loss", "perplexity", "bits_per_byte"):
+            b = before.get(name, {}).get(metric)
+            change = after[metric] - b if b is not None else None
+            rows.append((name, metric, _opt(b), after[metric], _opt(change),
+                         f"{100 * change / b:+.1f}%" if b else ""))
+    return rows
+
+
+def task_rows(results: dict) -> list[tuple]:
+    before = results.get("before", {}).get("tasks", {})
+    rows = []
+    for name, after in results.get("tasks", {}).items():
+        for metric in ("acc", "acc_norm"):
+            b = before.get(name, {}).get(metric)
+            rows.append((name, metric, _opt(b), f"{after[metric]:.4f} ± {after[metric + '_stderr']:.4f}",
+                         _opt(after[metric] - b if b is not None else None), after["n"]))
+    return rows
+
+
+def _opt(value):
+    return "" if value is None else value
+
+
+def evaluation_sections(results: dict) -> list[str]:
+    """Before/after tables: domain gain and general forgetting side by side."""
+    sections = ["<h2>Evaluation</h2>"]
+    if "before" in results:
+        sections.append(f"<p>Before: {html.escape(results['before']['model'])}. After: "
+                        f"{html.escape(results['model'])}. Both evaluated the same way, on the same windows.</p>")
+    sections.append(_table(before_after_rows(results), ("set", "metric", "before", "after", "change", "change %")))
+    if results.get("tasks"):
+        sections.append("<h3>Zero-shot multiple choice</h3>" + _table(
+            task_rows(results), ("task", "metric", "before", "after ± stderr", "change", "questions")))
+    for task, metrics in results.get("lm_eval", {}).items():
+        sections.append(f"<h3>lm-eval: {html.escape(task)}</h3>" + _table(list(metrics.items()), ("metric", "value")))
+    return sections
+
+
 def render(run_dir: Path) -> str:
     rows = read_metrics(run_dir)
     shards = read_manifest(run_dir / "30_shards")
     evals_path = run_dir / "50_eval" / "results.json"
-    evals = json.loads(evals_path.read_text())["results"] if evals_path.is_file() else []
-    unigram = evals[0]["unigram_entropy_nats"] if evals else None
+    evals = json.loads(evals_path.read_text()) if evals_path.is_file() else None
+    val_meta = run_dir / "30_shards" / "val" / "meta.json"
+    unigram = json.loads(val_meta.read_text()).get("unigram_entropy_nats") if val_meta.is_file() else None
     sections = [f"<h1>tokenmill run: {html.escape(run_dir.name)}</h1>", "<h2>Training</h2>",
                 _img(plots.loss_curves(rows, unigram), "loss"), _img(plots.learning_rate(rows), "learning rate")]
     if evals:
-        sections += ["<h2>Evaluation</h2>", _table(
-            [(e["split"], e["loss"], e["perplexity"], e["bits_per_byte"], e["unigram_entropy_nats"]) for e in evals],
-            ("split", "loss (nats)", "perplexity", "bits/byte", "unigram entropy"))]
+        sections += evaluation_sections(evals)
     sections += data_funnel_sections(run_dir)
     lengths, languages = kept_documents_profile(run_dir / "20_dedup")
     sections += [_img(plots.histogram(lengths, "Document length after dedup", "characters"), "length histogram"),

@@ -21,14 +21,16 @@ def _png(fig) -> str:
 
 
 def loss_curves(rows: list[dict], unigram_entropy: float | None) -> str | None:
+    """The training loss and one curve per evaluation set (val/NAME/loss)."""
     train = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
-    val = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
+    sets = sorted({k[len("val/"):-len("/loss")] for r in rows for k in r if k.startswith("val/") and k.endswith("/loss")})
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.plot(*zip(*train), label="train")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation")
+    for name in sets:
+        key = f"val/{name}/loss"
+        ax.plot(*zip(*[(r["step"], r[key]) for r in rows if key in r]), "o-", label=f"eval: {name}")
     if unigram_entropy:
         ax.axhline(unigram_entropy, color="grey", ls="--", label="unigram entropy")
     ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title="Loss")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Callable, Iterable
 
 from pydantic import Field
 
-from tokenmill.documents import read_documents
+from tokenmill.documents import Document, read_documents
 from tokenmill.schema import StrictModel
 from tokenmill.tokenize.shards import ShardWriter
 from tokenmill.tokenize.tokenizer import load_tokenizer, train_bpe
@@ -55,13 +56,8 @@ def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
     val_ids = validation_ids(in_dir, cfg)
     writers = {split: ShardWriter(out_dir / split, len(tok), tok.eos_token_id, cfg.tokens_per_shard)
                for split in ("train", "val")}
-    batch = []
-    for doc in read_documents(in_dir):
-        batch.append(doc)
-        if len(batch) == cfg.batch_docs:
-            _encode_into(tok, batch, writers, val_ids)
-            batch = []
-    _encode_into(tok, batch, writers, val_ids)
+    encode_documents(tok, read_documents(in_dir), lambda doc: writers["val" if doc.id in val_ids else "train"],
+                     cfg.batch_docs)
     metas = {split: w.close() for split, w in writers.items()}
     return {"vocab_size": len(tok), "eos_id": tok.eos_token_id,
             **{f"{s}_{k}": m[k] for s, m in metas.items() for k in ("n_docs", "n_tokens", "n_bytes")},
@@ -69,9 +65,28 @@ def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
             "tokens_out": sum(m["n_tokens"] for m in metas.values())}
 
 
-def _encode_into(tok, docs, writers, val_ids) -> None:
+def encode_documents(tok, docs: Iterable[Document], writer_of: Callable[[Document], ShardWriter],
+                     batch_docs: int = 256) -> None:
+    """Encode documents in batches (the Rust tokenizer's threads) and append each to its writer, in order."""
+    batch = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == batch_docs:
+            _encode_batch(tok, batch, writer_of)
+            batch = []
+    _encode_batch(tok, batch, writer_of)
+
+
+def write_split(tok, docs: Iterable[Document], out_dir: Path, batch_docs: int = 256) -> dict:
+    """All documents into one token split (e.g. raw text evaluated with a model's own tokenizer)."""
+    writer = ShardWriter(out_dir, len(tok), tok.eos_token_id)
+    encode_documents(tok, docs, lambda doc: writer, batch_docs)
+    return writer.close()
+
+
+def _encode_batch(tok, docs: list[Document], writer_of) -> None:
     if not docs:
         return
     encodings = tok.backend_tokenizer.encode_batch([d.text for d in docs], add_special_tokens=False)
     for doc, enc in zip(docs, encodings):
-        writers["val" if doc.id in val_ids else "train"].add(enc.ids, len(doc.text.encode("utf-8")))
+        writer_of(doc).add(enc.ids, len(doc.text.encode("utf-8")))

@@ -18,14 +18,16 @@ import torch
 from transformers import AutoTokenizer
 
 from tokenmill.device import autocast_for, compute_dtype, pick_device
+from tokenmill.evaluation.sets import same_vocabulary, split_windows, token_split
 from tokenmill.losses import chunked_head, mean_loss, next_token_loss
 from tokenmill.model import ModelConfig, build_model, count_parameters
 from tokenmill.model.lora import apply_lora, merge
+from tokenmill.model.resolve import resolve_model_path
 from tokenmill.tokenize.shards import open_split, read_meta
 from tokenmill.train import perf
 from tokenmill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tokenmill.train.config import TrainConfig
-from tokenmill.train.data import WindowSampler, eval_windows
+from tokenmill.train.data import WindowSampler
 from tokenmill.train.distributed import World, init_world, is_fsdp, local_device, shutdown, unwrap, wrap
 from tokenmill.train.loop import LoopSettings, LossGuard, train
 from tokenmill.train.metrics import ConsoleSink, JsonlSink, Sinks, TensorBoardSink, WandbSink
@@ -50,6 +52,34 @@ def build(model_cfg: ModelConfig, cfg: TrainConfig, meta: dict) -> torch.nn.Modu
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def check_base_tokenizer(init_from: str, tokenizer, shards_dir: Path) -> None:
+    """Continued pre-training needs shards made with the base model's own tokenizer."""
+    base_dir = resolve_model_path(init_from)
+    if not (base_dir / "tokenizer_config.json").is_file():
+        return  # a bare model folder: the vocabulary size check in build() is all we can do
+    if not same_vocabulary(AutoTokenizer.from_pretrained(base_dir), tokenizer):
+        raise ValueError(f"{shards_dir}: these shards were made with another tokenizer than the base model's "
+                         f"({init_from}): the vocabulary differs. Tokenize again with the base model's: "
+                         f"tokenmill tokenize DOCS -o SHARDS --tokenizer {init_from}")
+
+
+def eval_set_windows(cfg: TrainConfig, shards_dir: Path, tokenizer, cache_dir: Path, world: World) -> dict:
+    """The evaluation windows of each named set (default: the shards' val split as `val`); raw-text sets
+    are tokenized once, by rank 0, with the run's tokenizer."""
+    sets = {name: Path(path) for name, path in (cfg.eval_sets or {"val": str(shards_dir / "val")}).items()}
+    if world.is_main:
+        splits = {name: token_split(path, tokenizer, cache_dir) for name, path in sets.items()}
+    world.barrier()
+    if not world.is_main:
+        splits = {name: token_split(path, tokenizer, cache_dir) for name, path in sets.items()}
+    windows = {name: split_windows(split, cfg.seq_len, cfg.eval_tokens) for name, split in splits.items()}
+    for name, found in windows.items():
+        if not found:
+            raise ValueError(f"train.eval_sets.{name} ({sets[name]}): fewer than train.seq_len + 1 = "
+                             f"{cfg.seq_len + 1} tokens, too short for one evaluation window")
+    return windows
 
 
 def make_sinks(cfg: TrainConfig, world: World, out_dir: Path, metrics_path: Path, start_step: int, config: dict) -> Sinks:
@@ -94,6 +124,8 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
     meta = read_meta(shards_dir / "train")
     tokenizer = AutoTokenizer.from_pretrained(shards_dir / "tokenizer")
 
+    if model_cfg.init_from:
+        check_base_tokenizer(model_cfg.init_from, tokenizer, shards_dir)
     model = build(model_cfg, cfg, meta).to(device)
     n_params, flops = count_parameters(model), perf.flops_per_token(unwrap(model), cfg.seq_len)
     head = chunked_head(model) if cfg.loss_chunk_tokens else None
@@ -102,7 +134,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
     optimizer = build_optimizer(unwrap(model), cfg.lr_max, cfg.betas, cfg.weight_decay, device, embedding_lr_ratio)
     sampler = WindowSampler(open_split(shards_dir / "train"), cfg.seq_len, cfg.micro_batch_size, cfg.seed,
                             world.rank, world.size, meta["eos_id"] if cfg.document_masking else None)
-    val = eval_windows(open_split(shards_dir / "val"), cfg.seq_len, cfg.eval_tokens)
+    val_sets = eval_set_windows(cfg, shards_dir, tokenizer, out_dir / "eval_sets", world)
 
     state = {"step": 0, "tokens": 0}
     resume_from = latest_checkpoint(out_dir)
@@ -126,10 +158,12 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
 
     loop = LoopSettings(max_steps=cfg.max_steps, grad_accum_steps=accum, grad_clip=cfg.grad_clip,
                         log_every=cfg.log_every, eval_every=cfg.eval_every, save_every=cfg.save_every,
-                        tokens_per_step=cfg.seq_len * cfg.micro_batch_size * accum * world.size)
+                        tokens_per_step=cfg.seq_len * cfg.micro_batch_size * accum * world.size,
+                        eval_at_start=cfg.eval_at_start if cfg.eval_at_start is not None else bool(model_cfg.init_from))
     try:
         state = train(forward_model, optimizer, lambda step: SCHEDULES[cfg.schedule](step, cfg), sampler.next_batch,
-                      lambda m: mean_loss(m, val, cfg.micro_batch_size, device, world, loss_fn), sinks, save,
+                      lambda m: {name: mean_loss(m, windows, cfg.micro_batch_size, device, world, loss_fn)
+                                 for name, windows in val_sets.items()}, sinks, save,
                       loop, state, device, loss_fn, flops, perf.device_peak_flops(device, dtype),
                       on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device)}, world=world,
                       guard=LossGuard(cfg.spike_factor))
@@ -139,4 +173,5 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
         sinks.close()
         shutdown(world)
     return {"params": n_params, "steps": state["step"], "tokens": state["tokens"],
-            "train_loss": state.get("train_loss"), "val_loss": state.get("val_loss")}
+            "train_loss": state.get("train_loss"), "val_loss": state.get("val_loss"),
+            "val_losses": state.get("val_losses", {})}

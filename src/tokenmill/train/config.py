@@ -26,9 +26,17 @@ class TrainConfig(StrictModel):
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     log_every: int = Field(10, gt=0, description="optimizer steps between metric rows")
-    eval_every: int = Field(100, gt=0, description="optimizer steps between validation losses")
-    eval_tokens: int = Field(65_536, gt=0, description="validation tokens per evaluation")
-    save_every: int = Field(200, gt=0, description="optimizer steps between checkpoints")
+    eval_every: int | None = Field(100, ge=0, description="optimizer steps between evaluations; 0 or null: only "
+                                                          "at the end")
+    eval_tokens: int = Field(65_536, gt=0, description="tokens per evaluation set")
+    eval_sets: dict[str, str] | None = Field(
+        None, description="named evaluation sets, NAME: token shards or raw text (tokenized with the run's "
+                          "tokenizer); logged as val/NAME/loss. Default: the shards' val split as `val`")
+    eval_at_start: bool | None = Field(None, description="evaluate every set at step 0, before the first update "
+                                                         "(the 'before' of continued pre-training); default: "
+                                                         "when model.init_from is set")
+    save_every: int | None = Field(200, ge=0, description="optimizer steps between checkpoints; 0 or null: only "
+                                                          "at the end")
     keep_last: int = Field(2, gt=0, description="checkpoints kept")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda")

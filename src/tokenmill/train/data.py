@@ -72,15 +72,3 @@ def document_mask(input_ids: torch.Tensor, eos_id: int) -> dict[str, torch.Tenso
     causal = torch.tril(torch.ones(t.shape[1], t.shape[1], dtype=torch.bool))
     mask = (doc[:, :, None] == doc[:, None, :]) & causal
     return {"attention_mask": mask[:, None], "position_ids": position_ids}
-
-
-def eval_windows(shards: list[TokenShard], seq_len: int, max_tokens: int | None) -> list[np.ndarray]:
-    """Consecutive windows from the start of each shard: the same windows at every evaluation."""
-    windows, budget = [], max_tokens or float("inf")
-    for shard in shards:
-        for start in range(0, len(shard.tokens) - seq_len, seq_len):
-            if budget < seq_len:
-                return windows
-            windows.append(shard.tokens[start:start + seq_len + 1])
-            budget -= seq_len
-    return windows

@@ -23,9 +23,10 @@ class LoopSettings:
     grad_accum_steps: int   # micro-steps per optimizer step
     grad_clip: float
     log_every: int
-    eval_every: int
-    save_every: int
+    eval_every: int | None  # 0 or None: only at the end
+    save_every: int | None  # 0 or None: only at the end
     tokens_per_step: int    # global, all ranks
+    eval_at_start: bool = False  # evaluate at step 0, before the first update
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,6 +49,21 @@ class LossGuard:
         self.mean = loss if self.mean is None else 0.9 * self.mean + 0.1 * loss
 
 
+def _due(step: int, every: int | None) -> bool:
+    return bool(every) and step % every == 0
+
+
+def log_evaluation(evaluate, model, sinks, state: dict) -> None:
+    """`evaluate(model)` gives {set name: loss}; logged as val/NAME/loss and val/NAME/perplexity. The
+    first set's loss is the run's `val_loss`."""
+    losses = evaluate(model)
+    metrics = {"tokens": state["tokens"]}
+    for name, loss in losses.items():
+        metrics[f"val/{name}/loss"], metrics[f"val/{name}/perplexity"] = loss, math.exp(min(loss, 50))
+    sinks.log(metrics, state["step"])
+    state["val_losses"], state["val_loss"] = losses, next(iter(losses.values()))
+
+
 def _grad_norm(norm) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2 returns a DTensor
 
@@ -57,6 +73,8 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
           flops_per_token: float = 0.0, peak_flops: float = float("inf"), on_log=None,
           world: World = World(), guard: LossGuard = LossGuard()) -> dict:
     """Train from `state` (step, tokens) to loop.max_steps; returns the final state with last losses."""
+    if loop.eval_at_start and state["step"] == 0:
+        log_evaluation(evaluate, model, sinks, state)
     model.train()
     loss_sum, window_start, window_steps = torch.zeros((), device=device), time.perf_counter(), 0
     while state["step"] < loop.max_steps:
@@ -90,13 +108,11 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
             state["train_loss"] = train_loss
             loss_sum.zero_()
             window_start, window_steps = time.perf_counter(), 0
-        if step % loop.eval_every == 0 or last:
-            state["val_loss"] = evaluate(model)
-            sinks.log({"tokens": state["tokens"], "val/loss": state["val_loss"],
-                       "val/perplexity": math.exp(min(state["val_loss"], 50))}, step)
+        if _due(step, loop.eval_every) or last:
+            log_evaluation(evaluate, model, sinks, state)
             model.train()
             window_start = time.perf_counter()  # evaluation time is not training throughput
-        if step % loop.save_every == 0 or last:
+        if _due(step, loop.save_every) or last:
             save(state)
             window_start = time.perf_counter()
     return state

@@ -1,6 +1,6 @@
 """Metric sinks: one interface for console, JSONL, TensorBoard and Weights & Biases. Rank 0 only.
 
-Keys are namespaced: train/loss, train/lr, train/grad_norm, val/loss, val/perplexity, perf/tokens_per_s,
+Keys are namespaced: train/loss, train/lr, train/grad_norm, val/NAME/loss, val/NAME/perplexity, perf/tokens_per_s,
 perf/mfu, mem/peak_gib, plus step and tokens.
 """
 
@@ -52,9 +52,9 @@ class ConsoleSink:
         if "train/loss" in metrics:
             self.bar.set_postfix({"loss": f"{metrics['train/loss']:.3f}", "lr": f"{metrics['train/lr']:.2e}",
                                   "tok/s": f"{metrics['perf/tokens_per_s']:.0f}"}, refresh=False)
-        if "val/loss" in metrics:
-            self.bar.write(f"step {step}: val/loss {metrics['val/loss']:.4f} "
-                           f"(ppl {math.exp(min(metrics['val/loss'], 50)):.1f})")
+        for key, loss in metrics.items():
+            if key.startswith("val/") and key.endswith("/loss"):
+                self.bar.write(f"step {step}: {key} {loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})")
 
     def close(self) -> None:
         self.bar.close()

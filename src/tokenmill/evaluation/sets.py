@@ -1,0 +1,123 @@
+"""Named evaluation sets: `NAME=PATH`, where PATH is token shards or raw text, and their loss,
+perplexity and bits per byte.
+
+Raw text (any file or folder `tokenmill ingest` reads: .txt, .md, .jsonl, ...) is tokenized with the
+model's own tokenizer into a cached split, through the same writer as `tokenmill tokenize`, so a raw-text
+set and the shards made from the same documents give the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from pathlib import Path
+
+from tokenmill.atomic import staging_dir
+from tokenmill.losses import mean_loss
+from tokenmill.tokenize.shards import TokenShard, bytes_per_token, open_split, read_meta
+
+_NAME = re.compile(r"^[\w.-]+$")
+
+
+def parse_sets(specs: list[str]) -> dict[str, Path]:
+    """`NAME=PATH`, or a bare PATH named after its folder (a file: its stem)."""
+    sets: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not _NAME.match(name):
+            path = spec
+            name = Path(spec).stem if Path(spec).is_file() else Path(spec).name
+        if name in sets:
+            raise ValueError(f"{spec}: an evaluation set named {name!r} is given twice; name each one NAME=PATH")
+        sets[name] = Path(path)
+    return sets
+
+
+def is_token_split(path: Path) -> bool:
+    return (path / "meta.json").is_file() or (path / "val" / "meta.json").is_file()
+
+
+def split_dir(path: Path) -> Path:
+    """A split folder, or a tokenize output whose val/ split is meant."""
+    path = Path(path)
+    return path / "val" if (path / "val" / "meta.json").is_file() else path
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def same_vocabulary(a, b) -> bool:
+    """Same tokens with the same ids (the EOS may differ: `tokenize.eos_token` chooses it on purpose)."""
+    return a.get_vocab() == b.get_vocab()
+
+
+def check_tokenizer(split: Path, tokenizer) -> None:
+    """Shards made with another tokenizer would give a meaningless loss: refuse them with what to do."""
+    from transformers import AutoTokenizer
+    meta, beside = read_meta(split), split.parent / "tokenizer"
+    if (beside / "tokenizer_config.json").is_file():
+        same = same_vocabulary(AutoTokenizer.from_pretrained(beside), tokenizer)
+    else:
+        same = meta["vocab_size"] == len(tokenizer)
+    if not same:
+        raise ValueError(f"{split}: these shards were made with another tokenizer than the model's (the "
+                         f"vocabulary differs); evaluate the raw text instead (NAME=path/to/text), which is "
+                         f"tokenized with the model's own tokenizer")
+
+
+def token_split(path: Path, tokenizer, cache_dir: Path) -> Path:
+    """The split folder to evaluate: shards as they are (their val/ split when they have one), or raw text
+    tokenized into `cache_dir`, reused while the text and the tokenizer are unchanged."""
+    path = Path(path)
+    if is_token_split(path):
+        split = split_dir(path)
+        check_tokenizer(split, tokenizer)
+        return split
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such evaluation set (give token shards, or a text file or folder)")
+    from tokenmill.ingest import IngestConfig, iter_documents
+    from tokenmill.stage import input_key
+    from tokenmill.tokenize import write_split
+    key = hashlib.sha256(f"{input_key(path)}:{tokenizer_fingerprint(tokenizer)}".encode()).hexdigest()[:16]
+    out = Path(cache_dir) / f"{path.stem}-{key}"
+    if not (out / "meta.json").is_file():
+        with staging_dir(out) as staging:
+            meta = write_split(tokenizer, iter_documents(IngestConfig(paths=[str(path)])), staging)
+        if meta["n_tokens"] == 0:
+            raise ValueError(f"{path}: no text to evaluate")
+    return out
+
+
+def eval_windows(shards: list[TokenShard], seq_len: int, max_tokens: int | None) -> list:
+    """Consecutive windows from the start of each shard: the same windows at every evaluation."""
+    windows, budget = [], max_tokens or float("inf")
+    for shard in shards:
+        for start in range(0, len(shard.tokens) - seq_len, seq_len):
+            if budget < seq_len:
+                return windows
+            windows.append(shard.tokens[start:start + seq_len + 1])
+            budget -= seq_len
+    return windows
+
+
+def split_windows(split: Path, seq_len: int, max_tokens: int | None) -> list:
+    return eval_windows(open_split(split), seq_len, max_tokens)
+
+
+def evaluate_split(model, split: Path, seq_len: int, max_tokens: int | None, batch_size: int, device,
+                   loss_fn) -> dict:
+    windows = split_windows(split, seq_len, max_tokens)
+    if not windows:
+        raise ValueError(f"{split}: fewer than {seq_len + 1} tokens, too short for one evaluation window; "
+                         "lower eval.seq_len or give more text")
+    loss = mean_loss(model, windows, batch_size, device, loss_fn=loss_fn)
+    return set_metrics(loss, read_meta(split), len(windows) * seq_len)
+
+
+def set_metrics(loss: float, meta: dict, tokens: int) -> dict:
+    """Loss (nats/token), perplexity, bits per byte (comparable across tokenizers: it divides by the
+    split's UTF-8 bytes per token) and the tokens scored."""
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)),
+            "bits_per_byte": loss / math.log(2) / bytes_per_token(meta), "tokens": tokens}

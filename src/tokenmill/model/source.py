@@ -1,0 +1,59 @@
+"""Where a trained model is, whatever the user points at: a run folder, a checkpoints folder, one
+checkpoint (LoRA adapters merged), a HF model folder, or `hf://org/name`. Eval and export both load
+models through here, so every command accepts the same things.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as load_weights
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from tokenmill.model.lora import merge
+from tokenmill.model.resolve import resolve_model_path
+from tokenmill.train.checkpoint import latest_checkpoint
+
+
+def resolve_source(path: Path | str) -> Path:
+    """A run folder means its final model; a checkpoints folder its final model or newest checkpoint."""
+    path = resolve_model_path(path)
+    for candidate in (path / "40_checkpoints" / "final", path / "final", path):
+        if (candidate / "config.json").is_file():
+            return candidate
+    newest = latest_checkpoint(path) or latest_checkpoint(path / "40_checkpoints")
+    if newest:
+        return newest
+    raise FileNotFoundError(f"{path}: no model here (expected a run folder, a checkpoint, a HF model folder "
+                            "or hf://org/name)")
+
+
+def find_tokenizer(path: Path) -> Path:
+    """The tokenizer that belongs to a run, a checkpoint folder or a final model folder."""
+    for candidate in (path, path / "final", path.parent / "final", path.parent.parent / "30_shards" / "tokenizer",
+                      path / "30_shards" / "tokenizer"):
+        if (candidate / "tokenizer_config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no tokenizer found beside it; use a run folder or a checkpoint inside one")
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / "state.json").is_file()
+
+
+def load_source(spec: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
+    """(model in fp32 on CPU, its tokenizer, the folder it came from); a LoRA checkpoint comes merged."""
+    source = resolve_source(spec)
+    tokenizer = AutoTokenizer.from_pretrained(find_tokenizer(source))
+    if not is_checkpoint(source):
+        return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="sdpa"), tokenizer, source
+    if (source / "dcp").is_dir():
+        raise ValueError(f"{source}: a sharded FSDP checkpoint; use the run's final/ folder, or resume and "
+                         "finish the run, which gathers the shards")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), attn_implementation="sdpa")
+    if (source / "adapter_config.json").is_file():  # a LoRA checkpoint: rebuild the adapters, then merge
+        from peft import PeftConfig, get_peft_model
+        model = get_peft_model(model, PeftConfig.from_pretrained(source))
+    load_weights(model, str(source / "model.safetensors"))
+    return merge(model), tokenizer, source

@@ -1,0 +1,199 @@
+"""Evaluation: named sets (shards or raw text) through the CLI and in training, before/after, zero-shot
+multiple choice scored as lm-evaluation-harness scores it, and cloze tasks from the user's own text."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from conftest import tiny_pipeline
+from tokenmill import train
+from tokenmill.cli import main
+from tokenmill.config import validate
+from tokenmill.evaluation import EvalConfig
+from tokenmill.evaluation import run as evaluate
+from tokenmill.evaluation.choice import Question, encode_pair, load_task, score_task
+from tokenmill.evaluation.cloze import ClozeConfig, build, sentences
+from tokenmill.tokenize import TokenizeConfig, validation_ids
+
+
+@pytest.fixture
+def base_model(shards, tmp_path):
+    """A small random Llama with the fixture corpus's tokenizer, saved as a HF folder (a CPT base)."""
+    tok = AutoTokenizer.from_pretrained(shards / "tokenizer")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(config)
+    out = tmp_path / "base"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def val_text_folder(corpus, shards, tmp_path):
+    """The raw files behind the val split, as a folder of text."""
+    folder = tmp_path / "val_text"
+    folder.mkdir()
+    for doc_id in validation_ids(shards.parent / "docs", TokenizeConfig(vocab_size=320, val_fraction=0.15)):
+        shutil.copy(corpus / doc_id, folder / doc_id)
+    return folder
+
+
+def test_eval_cli_named_sets_raw_text_equals_its_shards(base_model, corpus, shards, tmp_path, capsys):
+    text = val_text_folder(corpus, shards, tmp_path)
+    out = tmp_path / "eval"
+    assert main(["eval", str(base_model), f"tokens={shards}", str(text), "-o", str(out),
+                 "--set", "eval.max_tokens=2048", "--set", "eval.seq_len=32"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["sets"]) == {"tokens", "val_text"}  # a bare PATH is named after its folder
+    assert "tokens" in printed and "val_text" in printed and "bits/byte" in printed
+    shard_set, text_set = results["sets"]["tokens"], results["sets"]["val_text"]
+    assert shard_set["tokens"] == text_set["tokens"] == 2048
+    for key in ("loss", "perplexity", "bits_per_byte"):
+        assert text_set[key] == pytest.approx(shard_set[key], rel=1e-6), key
+    assert shard_set["perplexity"] == pytest.approx(math.exp(shard_set["loss"]))
+    assert results["seq_len"] == 32 and results["model"] == str(base_model)
+
+
+def test_eval_refuses_shards_of_another_tokenizer(base_model, shards, tmp_path, capsys):
+    other = tmp_path / "other_tok"
+    tok = AutoTokenizer.from_pretrained(shards / "tokenizer")
+    tok.add_tokens(["<extra>"])
+    shutil.copytree(shards / "val", other / "val")
+    tok.save_pretrained(other / "tokenizer")
+    assert main(["eval", str(base_model), f"x={other}"]) == 2
+    assert "another tokenizer" in capsys.readouterr().err
+
+
+def test_cpt_evaluates_every_set_at_step_0_the_same_as_a_separate_eval(base_model, corpus, shards, tmp_path):
+    text = val_text_folder(corpus, shards, tmp_path)
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"init_from": str(base_model)}
+    raw["train"].update(max_steps=6, eval_every=0, save_every=0, eval_tokens=1024, warmup_steps=0,
+                        eval_sets={"domain": str(shards), "general": str(text)})
+    cfg = validate(raw)
+    assert cfg.tokenize.tokenizer == str(base_model)  # CPT reads text through the base model's tokenizer
+    counts = train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    rows = [json.loads(line) for line in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val/domain/loss" in r]
+    assert [r["step"] for r in evals] == [0, 6]  # before the first update, and at the end only (eval_every: 0)
+    assert {"val/general/loss", "val/general/perplexity", "val/domain/perplexity"} <= set(evals[0])
+
+    sets = {"domain": shards, "general": text}
+    before = evaluate(EvalConfig(max_tokens=1024, seq_len=32), base_model, sets, None)
+    after = evaluate(EvalConfig(max_tokens=1024, seq_len=32), tmp_path / "ck", sets, None)
+    for name in sets:
+        assert evals[0][f"val/{name}/loss"] == pytest.approx(before["sets"][name]["loss"], rel=1e-5)
+        assert evals[-1][f"val/{name}/loss"] == pytest.approx(after["sets"][name]["loss"], rel=1e-5)
+        assert counts["val_losses"][name] == evals[-1][f"val/{name}/loss"]
+    assert after["sets"]["domain"]["loss"] < before["sets"]["domain"]["loss"]
+
+
+def test_train_rejects_shards_of_another_tokenizer(base_model, corpus, shards, tmp_path):
+    other = tmp_path / "other_base"
+    shutil.copytree(base_model, other)
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["<extra>"])
+    tok.save_pretrained(other)
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"init_from": str(other)}
+    cfg = validate(raw)
+    with pytest.raises(ValueError, match="another tokenizer than the base model"):
+        train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+
+
+# Multiple choice
+
+def test_encode_pair_follows_lm_eval(shards):
+    tok = AutoTokenizer.from_pretrained(shards / "tokenizer")
+    ctx, cont = encode_pair(tok, "The king said ", " and the queen")
+    # The context's trailing space moves into the continuation; the whole is encoded at once.
+    assert ctx == tok.encode("The king said")
+    assert ctx + cont == tok.encode("The king said  and the queen")
+    ctx, cont = encode_pair(tok, "", " the king")
+    assert ctx == [tok.eos_token_id] and cont == tok.encode(" the king", add_special_tokens=False)
+
+
+def test_scorer_matches_a_hand_computed_loglikelihood(base_model):
+    model = LlamaForCausalLM.from_pretrained(base_model)
+    tok = AutoTokenizer.from_pretrained(base_model)
+    question = Question("The king and the queen", ["went to the castle", "sea storm waves bells"], 0)
+    scored = score_task(model, tok, [question], max_length=128, batch_size=2, device=torch.device("cpu"))
+    for choice, ll in zip(question.choices, scored["loglikelihoods"][0]):
+        context_ids = tok.encode("The king and the queen")
+        whole = tok.encode("The king and the queen " + choice)
+        with torch.no_grad():
+            logits = model(torch.tensor([whole[:-1]])).logits[0]
+        logprobs = torch.log_softmax(logits, dim=-1)
+        expected = sum(logprobs[i - 1, whole[i]].item() for i in range(len(context_ids), len(whole)))
+        assert ll == pytest.approx(expected, abs=1e-4)
+    lls = scored["loglikelihoods"][0]
+    assert scored["acc"] == float(lls[0] > lls[1])
+    norm = [ll / len(c) for ll, c in zip(lls, question.choices)]
+    assert scored["acc_norm"] == float(norm[0] > norm[1]) and scored["n"] == 1
+
+
+def test_accuracy_and_its_standard_error(base_model):
+    model = LlamaForCausalLM.from_pretrained(base_model)
+    tok = AutoTokenizer.from_pretrained(base_model)
+    qs = [Question("The king", ["and", "queen"], i % 2) for i in range(10)]
+    scored = score_task(model, tok, qs, 128, 4, torch.device("cpu"))
+    assert scored["acc"] == 0.5  # the same pair ten times: right for one answer index only
+    assert scored["acc_stderr"] == pytest.approx(math.sqrt(0.25 / 9))  # lm-eval: sample std (n-1) / sqrt(n)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"context": "a", "choices": ["x", "y"]}', "missing field(s) answer"),
+    ('{"context": "a", "choices": ["x", "y"], "answer": 2}', "answer 2 is not an index"),
+    ('{"context": "a", "choices": ["x"], "answer": 0}', "at least two"),
+    ('{"context": "a", "choices": ["x", "y"], "answer": 0', "not valid JSON"),
+])
+def test_a_bad_task_line_names_the_file_and_line(tmp_path, line, problem):
+    task = tmp_path / "task.jsonl"
+    task.write_text('{"context": "ok", "choices": ["x", "y"], "answer": 1}\n' + line + "\n")
+    with pytest.raises(ValueError) as err:
+        load_task(task)
+    assert f"{task}:2" in str(err.value) and problem in str(err.value)
+
+
+# Cloze tasks
+
+def test_cloze_right_choice_is_the_next_sentence_and_wrong_ones_come_from_other_documents():
+    shared = "Every house in the city rang its bells at dawn."
+    texts = [" ".join([f"Document {d} opens with its own first line here.", shared if d % 2 else "",
+                       *[f"In document {d} sentence number {i} tells of {'the sea' if i % 2 else 'a king'} again."
+                         for i in range(8)]]) for d in range(6)]
+    questions = build(texts, ClozeConfig(n=40, min_sentence_chars=20, seed=1))
+    assert len(questions) == 40
+    for q in questions:
+        own = texts[q["doc"]]
+        right = q["choices"][q["answer"]]
+        assert own.startswith(q["context"]) and own[len(q["context"]):].lstrip().startswith(right)
+        wrong = [c for i, c in enumerate(q["choices"]) if i != q["answer"]]
+        assert len(set(q["choices"])) == 4
+        assert not any(w in own for w in wrong)  # never the document's own sentence, shared ones included
+
+
+def test_make_cloze_cli_then_eval_tasks(base_model, corpus, tmp_path, capsys):
+    task = tmp_path / "cloze.jsonl"
+    assert main(["make-cloze", str(corpus), "-o", str(task), "--n", "12"]) == 0
+    questions = load_task(task)
+    assert len(questions) == 12 and all(len(q.choices) == 4 for q in questions)
+    out = tmp_path / "eval"
+    assert main(["eval", str(base_model), "--tasks", str(task), "-o", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())["tasks"]["cloze"]
+    assert result["n"] == 12 and 0 <= result["acc"] <= 1 and "acc_norm_stderr" in result
+    assert "cloze" in capsys.readouterr().out
+
+
+def test_sentences_keep_offsets():
+    text = "First one here. Second (with a bracket.) Third! Fourth?"
+    found = sentences(text, 0)
+    assert [s.text for s in found] == ["First one here.", "Second (with a bracket.)", "Third!", "Fourth?"]
+    assert all(text[s.start:].startswith(s.text) for s in found)
