@@ -67,8 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or HF folder to reuse")
     group.add_argument("--vocab-size", type=int, metavar="N", help="train a byte-level BPE of N tokens")
-    p = stage("train", "Train a model on token shards (from scratch, or from a HF checkpoint).")
-    p.add_argument("input", type=Path, metavar="SHARDS_DIR")
+    p = stage("train", "Train a model on token shards (from scratch, or from a HF checkpoint); several named "
+                       "shards are mixed by the config's mixture section.")
+    p.add_argument("inputs", nargs="+", metavar="SHARDS_DIR | NAME=SHARDS_DIR")
     p.add_argument("-o", "--output", required=True, type=Path)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--preset", help="model size preset (tiny, small, 125m, 350m, 1b)")
@@ -148,6 +149,20 @@ def _flag_overrides(args) -> list[str]:
     return sets
 
 
+def _train_inputs(specs: list[str]) -> Path | dict[str, Path]:
+    """One SHARDS_DIR, or NAME=SHARDS_DIR pairs (a mixture)."""
+    if len(specs) == 1 and "=" not in specs[0]:
+        return Path(specs[0])
+    named = [spec.partition("=") for spec in specs]
+    unnamed = [spec for spec, (name, sep, _) in zip(specs, named) if not sep or not name]
+    if unnamed:
+        raise ValueError(f"{', '.join(unnamed)}: several shards are a mixture; name each one NAME=SHARDS_DIR")
+    datasets = {name: Path(path) for name, _, path in named}
+    if len(datasets) != len(specs):
+        raise ValueError("a dataset name is given twice")
+    return datasets
+
+
 def _load(args) -> PipelineConfig:
     path = resolve_config_path(args.config_file) if args.command == "run" else args.config
     return load_config(path, [*_flag_overrides(args), *args.overrides])
@@ -180,8 +195,14 @@ def _dispatch(args) -> None:
         run_stage(c, cfg.tokenize, [args.input], args.output,
                   lambda out: tokenize.run(cfg.tokenize, args.input, out), args.force)
     elif c == "train":
-        run_stage(c, {"model": cfg.model, "train": cfg.train}, [args.input], args.output,
-                  lambda out: train.run(cfg.model, cfg.train, args.input, out), args.force, resumable=True)
+        shards = _train_inputs(args.inputs)
+        if isinstance(shards, dict):
+            sections, inputs = {"model": cfg.model, "train": cfg.train, "mixture": cfg.mixture}, list(shards.values())
+        else:
+            sections, inputs = {"model": cfg.model, "train": cfg.train}, [shards]
+        run_stage(c, sections, inputs, args.output,
+                  lambda out: train.run(cfg.model, cfg.train, shards, out, mixture=cfg.mixture), args.force,
+                  resumable=True, resume_despite=("mixture",))
     elif c == "eval":
         _eval(cfg, args)
     elif c == "generate":

@@ -21,6 +21,7 @@ from tokenmill.model import PRESETS, ModelConfig
 from tokenmill.schema import StrictModel
 from tokenmill.tokenize import TokenizeConfig
 from tokenmill.train.config import TrainConfig
+from tokenmill.train.mixture import MixtureConfig
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
@@ -32,6 +33,7 @@ class PipelineConfig(StrictModel):
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

@@ -76,11 +76,14 @@ class StagePending(Exception):
 
 
 def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn: StageFn,
-              force: bool = False, resumable: bool = False, log: Callable[[str], None] = print) -> dict:
+              force: bool = False, resumable: bool = False, log: Callable[[str], None] = print,
+              resume_despite: tuple[str, ...] = ()) -> dict:
     """Run `fn` unless `out_dir` already holds this exact stage; returns the manifest.
 
     `resumable` stages (training) write in place so that a killed run resumes from its checkpoints; a key
-    file marks whose checkpoints they are, so a changed config never resumes from another run's state.
+    file marks whose checkpoints they are, so a changed config never resumes from another run's state,
+    except for the sections named in `resume_despite`, whose changes the stage itself judges on resume
+    (a mixture's future stages may change; its past ones may not).
     Under torchrun only rank 0 manages the folder and manifest; the other ranks run `fn`, which meets rank 0
     at the process-group rendezvous, after the folder is ready.
     """
@@ -98,12 +101,14 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
     log(f"[{name}] running → {out_dir}")
     if resumable:
         key_file = out_dir / ".stage_key"
+        resume_key = stage_key(name, {k: v for k, v in cfg.items() if k not in resume_despite}, keys) \
+            if isinstance(cfg, dict) else key
         if main_process:
-            if force or not key_file.is_file() or key_file.read_text() != key:
+            if force or not key_file.is_file() or key_file.read_text() != resume_key:
                 shutil.rmtree(out_dir, ignore_errors=True)
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / MANIFEST).unlink(missing_ok=True)
-            atomic_write_text(key_file, key)
+            atomic_write_text(key_file, resume_key)
         counts = fn(out_dir)
         manifest = _manifest(name, key, cfg, keys, counts, started)
         if main_process:

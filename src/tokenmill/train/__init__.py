@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from tokenmill.atomic import atomic_write_json
 from tokenmill.device import autocast_for, compute_dtype, pick_device
 from tokenmill.evaluation.sets import same_vocabulary, split_windows, token_split
 from tokenmill.losses import chunked_head, mean_loss, next_token_loss
@@ -28,6 +29,7 @@ from tokenmill.train import perf
 from tokenmill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tokenmill.train.config import TrainConfig
 from tokenmill.train.data import WindowSampler
+from tokenmill.train.mixture import MixtureConfig, MixtureSampler, Windows, solve_plan
 from tokenmill.train.distributed import World, init_world, is_fsdp, local_device, shutdown, unwrap, wrap
 from tokenmill.train.loop import LoopSettings, LossGuard, train
 from tokenmill.train.metrics import ConsoleSink, JsonlSink, Sinks, TensorBoardSink, WandbSink
@@ -65,10 +67,10 @@ def check_base_tokenizer(init_from: str, tokenizer, shards_dir: Path) -> None:
                          f"tokenmill tokenize DOCS -o SHARDS --tokenizer {init_from}")
 
 
-def eval_set_windows(cfg: TrainConfig, shards_dir: Path, tokenizer, cache_dir: Path, world: World) -> dict:
-    """The evaluation windows of each named set (default: the shards' val split as `val`); raw-text sets
-    are tokenized once, by rank 0, with the run's tokenizer."""
-    sets = {name: Path(path) for name, path in (cfg.eval_sets or {"val": str(shards_dir / "val")}).items()}
+def eval_set_windows(cfg: TrainConfig, default_sets: dict[str, str], tokenizer, cache_dir: Path, world: World) -> dict:
+    """The evaluation windows of each named set (default: each dataset's val split, named after it; one
+    dataset's is `val`); raw-text sets are tokenized once, by rank 0, with the run's tokenizer."""
+    sets = {name: Path(path) for name, path in (cfg.eval_sets or default_sets).items()}
     if world.is_main:
         splits = {name: token_split(path, tokenizer, cache_dir) for name, path in sets.items()}
     world.barrier()
@@ -111,9 +113,38 @@ def save_final(model, rebuild, tokenizer, out_dir: Path, world: World, save_embe
     world.barrier()
 
 
-def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Path,
-        metrics_path: Path | None = None) -> dict:
-    shards_dir, out_dir = Path(shards_dir), Path(out_dir)
+def make_sampler(cfg: TrainConfig, datasets: dict[str, Path] | None, shards_dir: Path, mixture: MixtureConfig | None,
+                 accum: int, world: World, eos_id: int, out_dir: Path):
+    """One dataset: windows in a seeded order. Named datasets: the mixture plan, solved and written to
+    plan.json before the first step."""
+    mask_at = eos_id if cfg.document_masking else None
+    if datasets is None:
+        return WindowSampler(open_split(shards_dir / "train"), cfg.seq_len, cfg.micro_batch_size, cfg.seed,
+                             world.rank, world.size, mask_at)
+    windows = {name: Windows(open_split(Path(path) / "train"), cfg.seq_len) for name, path in datasets.items()}
+    plan = solve_plan(mixture or MixtureConfig(), {n: w.n for n, w in windows.items()}, cfg.seq_len,
+                      cfg.micro_batch_size * accum * world.size, cfg.max_steps, cfg.warmup_steps,
+                      lambda step: SCHEDULES[cfg.schedule](step, cfg), cfg.lr_max)
+    if world.is_main:
+        atomic_write_json(out_dir / "plan.json", plan.to_json())
+        print(describe_plan(plan))
+    return MixtureSampler(windows, plan, cfg.micro_batch_size, accum, cfg.seed, world.rank, world.size, mask_at)
+
+
+def describe_plan(plan) -> str:
+    info = plan.to_json()
+    lines = ["[mixture] " + ", ".join(f"stage {i} from step {s['start_step']}: " + " ".join(
+        f"{n} {w:.0%}" for n, w in s["weights"].items() if w) for i, s in enumerate(info["stages"]))]
+    lines += [f"[mixture] {n}: {info['tokens'][n]:,} tokens, {info['epochs'][n]:.2f} epochs" for n in plan.datasets]
+    return "\n".join(lines)
+
+
+def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, Path], out_dir: Path,
+        metrics_path: Path | None = None, mixture: MixtureConfig | None = None) -> dict:
+    """Train on one tokenize output (`shards_dir`), or on named ones ({name: shards dir}) mixed by `mixture`."""
+    datasets = {n: Path(p) for n, p in shards_dir.items()} if isinstance(shards_dir, dict) else None
+    shards_dir = next(iter(datasets.values())) if datasets else Path(shards_dir)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
@@ -123,18 +154,23 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
     dtype = compute_dtype(device, cfg.precision)
     meta = read_meta(shards_dir / "train")
     tokenizer = AutoTokenizer.from_pretrained(shards_dir / "tokenizer")
+    for name, path in (datasets or {}).items():
+        if not same_vocabulary(AutoTokenizer.from_pretrained(path / "tokenizer"), tokenizer):
+            raise ValueError(f"{name}={path}: tokenized with another vocabulary than {shards_dir}; every dataset "
+                             "of a mixture needs the same tokenizer")
 
     if model_cfg.init_from:
         check_base_tokenizer(model_cfg.init_from, tokenizer, shards_dir)
+    accum = cfg.accum_steps(world.size)
+    sampler = make_sampler(cfg, datasets, shards_dir, mixture, accum, world, meta["eos_id"], out_dir)  # before the model: a bad plan stops here
     model = build(model_cfg, cfg, meta).to(device)
     n_params, flops = count_parameters(model), perf.flops_per_token(unwrap(model), cfg.seq_len)
     head = chunked_head(model) if cfg.loss_chunk_tokens else None
     model = wrap(model, cfg.parallel, world, device, dtype, cfg.fsdp_cpu_offload)
     embedding_lr_ratio = model_cfg.lora.embedding_lr_ratio if model_cfg.lora and model_cfg.lora.train_embeddings else None
     optimizer = build_optimizer(unwrap(model), cfg.lr_max, cfg.betas, cfg.weight_decay, device, embedding_lr_ratio)
-    sampler = WindowSampler(open_split(shards_dir / "train"), cfg.seq_len, cfg.micro_batch_size, cfg.seed,
-                            world.rank, world.size, meta["eos_id"] if cfg.document_masking else None)
-    val_sets = eval_set_windows(cfg, shards_dir, tokenizer, out_dir / "eval_sets", world)
+    default_sets = {name: str(path / "val") for name, path in (datasets or {"val": shards_dir}).items()}
+    val_sets = eval_set_windows(cfg, default_sets, tokenizer, out_dir / "eval_sets", world)
 
     state = {"step": 0, "tokens": 0}
     resume_from = latest_checkpoint(out_dir)
@@ -144,7 +180,6 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
         log.info("resuming from %s (step %d)", resume_from, state["step"])
     forward_model = torch.compile(model) if cfg.compile else model
 
-    accum = cfg.accum_steps(world.size)
     if world.is_main:
         print(f"[train] {n_params / 1e6:.2f}M parameters ({count_parameters(model, trainable=True) / 1e6:.2f}M trainable), "
               f"{meta['n_tokens']:,} train tokens, {world.size} rank(s), {device}, {dtype}")
@@ -165,7 +200,8 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path, out_dir: Pat
                       lambda m: {name: mean_loss(m, windows, cfg.micro_batch_size, device, world, loss_fn)
                                  for name, windows in val_sets.items()}, sinks, save,
                       loop, state, device, loss_fn, flops, perf.device_peak_flops(device, dtype),
-                      on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device)}, world=world,
+                      on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device),
+                                      **(sampler.metrics() if datasets else {})}, world=world,
                       guard=LossGuard(cfg.spike_factor))
         save_final(model, lambda: build(model_cfg, cfg, meta), tokenizer, out_dir, world,
                    bool(model_cfg.lora and model_cfg.lora.train_embeddings))
