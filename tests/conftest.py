@@ -64,3 +64,22 @@ def shards(tmp_path, corpus) -> Path:
     ingest(IngestConfig(paths=[str(corpus)]), tmp_path / "docs")
     tokenize(TokenizeConfig(vocab_size=320, val_fraction=0.15), tmp_path / "docs", tmp_path / "shards")
     return tmp_path / "shards"
+
+
+class Crash(Exception):
+    """A training run killed between two optimizer steps (see `crash_at_step`)."""
+
+
+def crash_at_step(monkeypatch, step: int) -> None:
+    """Make the next training run die when it logs `step`, as a killed job would; `monkeypatch.undo()`
+    brings the normal logger back for the run that resumes."""
+    from tokenmill import train
+    from tokenmill.train.metrics import JsonlSink
+
+    class CrashingSink(JsonlSink):
+        def log(self, metrics, at):
+            if at == step:
+                raise Crash
+            super().log(metrics, at)
+
+    monkeypatch.setattr(train, "JsonlSink", CrashingSink)

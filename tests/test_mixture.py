@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import tiny_pipeline, write_corpus
+from conftest import Crash, crash_at_step, tiny_pipeline, write_corpus
 from tokenmill import train
 from tokenmill.cli import main
 from tokenmill.config import validate
@@ -17,8 +17,8 @@ from tokenmill.tokenize import TokenizeConfig
 from tokenmill.tokenize import run as tokenize
 from tokenmill.train.checkpoint import checkpoint_dirs
 from tokenmill.train.config import TrainConfig
-from tokenmill.train.metrics import JsonlSink
-from tokenmill.train.mixture import MixtureConfig, MixtureSampler, Windows, allocate, solve_plan
+from tokenmill.train.data import Windows
+from tokenmill.train.mixture import MixtureConfig, MixtureSampler, allocate, solve_plan
 from tokenmill.train.schedule import cosine
 
 
@@ -143,10 +143,6 @@ def test_mixture_training_logs_tokens_per_dataset_and_writes_the_plan(two_datase
     assert {"val/general/loss", "val/domain/loss"} <= {k for r in rows for k in r}  # each dataset's val split
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("crash_at, last_checkpoint", [(3, None), (10, "step-00000008")])
 def test_resume_inside_either_stage_equals_a_straight_run(two_datasets, tmp_path, monkeypatch, crash_at,
                                                           last_checkpoint):
@@ -154,13 +150,7 @@ def test_resume_inside_either_stage_equals_a_straight_run(two_datasets, tmp_path
     cfg.train.save_every = 2 if last_checkpoint is None else 4
     train.run(cfg.model, cfg.train, two_datasets, tmp_path / "straight", mixture=cfg.mixture)
 
-    class CrashingSink(JsonlSink):
-        def log(self, metrics, step):
-            if step == crash_at:
-                raise Crash
-            super().log(metrics, step)
-
-    monkeypatch.setattr(train, "JsonlSink", CrashingSink)
+    crash_at_step(monkeypatch, crash_at)
     with pytest.raises(Crash):
         train.run(cfg.model, cfg.train, two_datasets, tmp_path / "resumed", mixture=cfg.mixture)
     monkeypatch.undo()
@@ -183,13 +173,7 @@ def test_a_changed_past_stage_is_refused_a_changed_future_stage_is_not(two_datas
     args = ["train", f"general={two_datasets['general']}", f"domain={two_datasets['domain']}", "-o",
             str(tmp_path / "ck"), "--config", str(config)]
 
-    class CrashingSink(JsonlSink):  # dies at step 9, after the step-8 checkpoint
-        def log(self, metrics, step):
-            if step == 9:
-                raise Crash
-            super().log(metrics, step)
-
-    monkeypatch.setattr(train, "JsonlSink", CrashingSink)
+    crash_at_step(monkeypatch, 9)  # after the step-8 checkpoint
     with pytest.raises(Crash):
         main(args)
     monkeypatch.undo()

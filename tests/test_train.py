@@ -6,13 +6,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from safetensors.torch import load_model
 
-from conftest import tiny_pipeline
+from conftest import Crash, crash_at_step, tiny_pipeline
 from tokenmill import export, train
 from tokenmill.config import validate
 from tokenmill.tokenize.shards import open_split
 from tokenmill.train.checkpoint import checkpoint_dirs
 from tokenmill.train.data import WindowSampler
-from tokenmill.train.metrics import JsonlSink
 
 
 def configs(corpus, **train_overrides):
@@ -37,21 +36,11 @@ def test_training_lowers_the_loss_and_keeps_the_last_checkpoints(shards, corpus,
     assert AutoTokenizer.from_pretrained(tmp_path / "ck" / "final").eos_token == "<|endoftext|>"
 
 
-class Crash(Exception):
-    pass
-
-
 def test_resume_after_a_crash_continues_exactly(shards, corpus, tmp_path, monkeypatch):
     model_cfg, train_cfg = configs(corpus, max_steps=12, save_every=6, log_every=1, eval_every=3)
     train.run(model_cfg, train_cfg, shards, tmp_path / "straight")
 
-    class CrashingSink(JsonlSink):  # dies at step 9: after the step-6 checkpoint, before the next one
-        def log(self, metrics, step):
-            if step == 9:
-                raise Crash
-            super().log(metrics, step)
-
-    monkeypatch.setattr(train, "JsonlSink", CrashingSink)
+    crash_at_step(monkeypatch, 9)  # after the step-6 checkpoint, before the next one
     with pytest.raises(Crash):
         train.run(model_cfg, train_cfg, shards, tmp_path / "resumed")
     monkeypatch.undo()

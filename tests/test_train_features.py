@@ -133,6 +133,10 @@ def test_wandb_sink_runs_offline_without_a_key(shards, corpus, tmp_path, monkeyp
     raw["train"].update(max_steps=4, loggers=["wandb"], wandb_project="tokenmill-test")
     cfg = validate(raw)
     train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    # wandb's service process writes the run file and may still be flushing when finish() returns (CI read a
+    # bare header once); at exit wandb tears the service down, which closes the file. Do the same here.
+    import wandb
+    wandb.teardown()
     runs = list((tmp_path / "ck" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     recorded = runs[0].read_bytes()

@@ -29,7 +29,8 @@ from tokenmill.train import perf
 from tokenmill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tokenmill.train.config import TrainConfig
 from tokenmill.train.data import WindowSampler
-from tokenmill.train.mixture import MixtureConfig, MixtureSampler, Windows, solve_plan
+from tokenmill.train.data import Windows
+from tokenmill.train.mixture import MixtureConfig, MixtureSampler, solve_plan
 from tokenmill.train.distributed import World, init_world, is_fsdp, local_device, shutdown, unwrap, wrap
 from tokenmill.train.loop import LoopSettings, LossGuard, train
 from tokenmill.train.metrics import ConsoleSink, JsonlSink, Sinks, TensorBoardSink, WandbSink

@@ -13,16 +13,30 @@ import torch
 from tokenmill.tokenize.shards import TokenShard
 
 
+class Windows:
+    """The seq_len + 1 token windows of one dataset's shards (windows never cross shard files)."""
+
+    def __init__(self, shards: list[TokenShard], seq_len: int):
+        self.shards, self.seq_len = shards, seq_len
+        per_shard = [max(0, (len(s.tokens) - 1) // seq_len) for s in shards]
+        self.shard_of = np.repeat(np.arange(len(shards)), per_shard)
+        self.first = np.concatenate([[0], np.cumsum(per_shard)[:-1]]).astype(np.int64)
+        self.n = int(sum(per_shard))
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        shard = int(self.shard_of[index])
+        start = (index - int(self.first[shard])) * self.seq_len
+        return self.shards[shard].tokens[start:start + self.seq_len + 1]
+
+
+
 class WindowSampler:
     def __init__(self, shards: list[TokenShard], seq_len: int, micro_batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1, mask_documents_at: int | None = None):
-        self.shards, self.seq_len, self.micro_batch_size = shards, seq_len, micro_batch_size
+        self.windows, self.seq_len, self.micro_batch_size = Windows(shards, seq_len), seq_len, micro_batch_size
         self.mask_documents_at = mask_documents_at  # the EOS id, when packed documents must not see each other
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        per_shard = [max(0, (len(s.tokens) - 1) // seq_len) for s in shards]
-        self._shard_of = np.repeat(np.arange(len(shards)), per_shard)
-        self._first = np.concatenate([[0], np.cumsum(per_shard)[:-1]]) if shards else np.array([])
-        self.n_windows = int(sum(per_shard))
+        self.n_windows = self.windows.n
         if self.n_windows < micro_batch_size * world_size:
             raise ValueError(f"{self.n_windows} windows of {seq_len + 1} tokens in the train split: too little data "
                              f"for a batch of {micro_batch_size * world_size}; lower train.seq_len or add text")
@@ -32,11 +46,6 @@ class WindowSampler:
     def _permutation(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.n_windows)
 
-    def _window(self, index: int) -> np.ndarray:
-        shard = int(self._shard_of[index])
-        start = (index - int(self._first[shard])) * self.seq_len
-        return self.shards[shard].tokens[start:start + self.seq_len + 1]
-
     def next_batch(self) -> dict[str, torch.Tensor]:
         global_batch = self.micro_batch_size * self.world_size
         if self.cursor + global_batch > self.n_windows:  # the epoch's last partial batch is skipped
@@ -44,7 +53,7 @@ class WindowSampler:
             self._order = self._permutation()
         picks = self._order[self.cursor + self.rank:self.cursor + global_batch:self.world_size]
         self.cursor += global_batch
-        windows = torch.from_numpy(np.stack([self._window(int(i)) for i in picks]).astype(np.int64))
+        windows = torch.from_numpy(np.stack([self.windows[int(i)] for i in picks]).astype(np.int64))
         batch = {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
         if self.mask_documents_at is not None:
             batch.update(document_mask(batch["input_ids"], self.mask_documents_at))

@@ -31,7 +31,7 @@ import torch
 from pydantic import Field, model_validator
 
 from tokenmill.schema import StrictModel
-from tokenmill.tokenize.shards import TokenShard
+from tokenmill.train.data import Windows, document_mask
 
 
 class StageStart(StrictModel):
@@ -177,22 +177,6 @@ def _counts_at(plan: Plan, step: int) -> np.ndarray:
     return memo[step]
 
 
-class Windows:
-    """The seq_len + 1 token windows of one dataset's shards (windows never cross shard files)."""
-
-    def __init__(self, shards: list[TokenShard], seq_len: int):
-        self.shards, self.seq_len = shards, seq_len
-        per_shard = [max(0, (len(s.tokens) - 1) // seq_len) for s in shards]
-        self.shard_of = np.repeat(np.arange(len(shards)), per_shard)
-        self.first = np.concatenate([[0], np.cumsum(per_shard)[:-1]]).astype(np.int64)
-        self.n = int(sum(per_shard))
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        shard = int(self.shard_of[index])
-        start = (index - int(self.first[shard])) * self.seq_len
-        return self.shards[shard].tokens[start:start + self.seq_len + 1]
-
-
 class MixtureSampler:
     """Micro-batches for one rank from several datasets, following a plan; its position checkpoints."""
 
@@ -227,7 +211,6 @@ class MixtureSampler:
         self.counts += take
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        from tokenmill.train.data import document_mask
         if self.micro == 0:
             self._plan_step()
         per_micro = self.micro_batch_size * self.world_size
