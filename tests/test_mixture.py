@@ -2,7 +2,6 @@
 the epoch cap, rank independence, and resume inside either stage."""
 
 import json
-import math
 
 import numpy as np
 import pytest
