@@ -131,3 +131,35 @@ def test_activation_checkpointing_changes_memory_not_math(shards, corpus, tmp_pa
         results[flag] = losses(tmp_path / str(flag) / "metrics.jsonl")
     for a, b in zip(results[False], results[True]):
         assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_resume_from_a_named_checkpoint_into_another_folder_and_no_resume(shards, corpus, tmp_path, capsys):
+    import yaml
+    from tokenmill.cli import main
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=8, save_every=4, keep_last=2, log_every=1, eval_every=4)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    common = [str(shards), "--config", str(config)]
+    assert main(["train", *common, "-o", str(tmp_path / "a")]) == 0
+    step4 = tmp_path / "a" / "step-00000004"
+    assert main(["train", *common, "-o", str(tmp_path / "b"), "--resume-from", str(step4)]) == 0
+    a, b = losses(tmp_path / "a" / "metrics.jsonl"), losses(tmp_path / "b" / "metrics.jsonl")
+    tail = [r for r in a if r[0] > 4]
+    assert [s for s, _ in b] == [s for s, _ in tail] == [5, 6, 7, 8, 8]
+    assert [v for _, v in b] == pytest.approx([v for _, v in tail], rel=1e-6)
+
+    # A changed config (more steps) continues from the named checkpoint in its own folder, not from scratch.
+    assert main(["train", *common, "-o", str(tmp_path / "a"), "--resume-from", str(tmp_path / "a" / "step-00000008"),
+                 "--set", "train.max_steps=10"]) == 0
+    assert [s for s, _ in losses(tmp_path / "a" / "metrics.jsonl")][-3:] == [9, 10, 10]
+    capsys.readouterr()
+    assert main(["train", *common, "-o", str(tmp_path / "a"), "--resume-from", str(step4)]) == 2
+    assert "step-00000004" in capsys.readouterr().err  # gone: keep_last=2 kept steps 8 and 10
+    assert main(["train", *common, "-o", str(tmp_path / "a"), "--resume-from", str(tmp_path / "a" / "step-00000008"),
+                 "--set", "train.max_steps=12"]) == 2
+    assert "holds checkpoints after step-00000008 (step-00000010)" in capsys.readouterr().err
+    assert main(["train", *common, "-o", str(tmp_path / "a"), "--no-resume"]) == 2
+    assert "--no-resume starts only in an empty folder" in capsys.readouterr().err
+    assert main(["train", *common, "-o", str(tmp_path / "c"), "--no-resume"]) == 0
+    assert [v for _, v in losses(tmp_path / "c" / "metrics.jsonl")] == pytest.approx([v for _, v in a], rel=1e-6)

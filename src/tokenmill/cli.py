@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--preset", help="model size preset (tiny, small, 125m, 350m, 1b)")
     group.add_argument("--model", metavar="PATH", help="HF causal-LM folder to continue pre-training from")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume-from", type=Path, metavar="CHECKPOINT",
+                       help="continue from this step-NNNNNNNN folder (of this run or another), even if the config "
+                            "changed; default: the output's newest checkpoint when the config is unchanged")
+    group.add_argument("--no-resume", action="store_true",
+                       help="start from step 0; refuses an output folder that already holds a run")
     p = stage("eval", "Loss, perplexity and bits/byte on named sets; zero-shot multiple choice; lm-eval tasks.")
     p.add_argument("model", metavar="MODEL", help="a run folder, a checkpoint, a HF model folder or hf://org/name")
     p.add_argument("sets", nargs="*", metavar="NAME=PATH",
@@ -200,9 +206,15 @@ def _dispatch(args) -> None:
             sections, inputs = {"model": cfg.model, "train": cfg.train, "mixture": cfg.mixture}, list(shards.values())
         else:
             sections, inputs = {"model": cfg.model, "train": cfg.train}, [shards]
+        if args.no_resume and args.output.is_dir() and any(args.output.iterdir()) and not args.force:
+            raise ValueError(f"{args.output} already holds a run; --no-resume starts only in an empty folder: "
+                             "choose another -o, or add --force to delete it and start over")
+        if args.resume_from and args.force:
+            raise ValueError("--force deletes the output folder and --resume-from continues a run: give one of them")
         run_stage(c, sections, inputs, args.output,
-                  lambda out: train.run(cfg.model, cfg.train, shards, out, mixture=cfg.mixture), args.force,
-                  resumable=True, resume_despite=("mixture",))
+                  lambda out: train.run(cfg.model, cfg.train, shards, out, mixture=cfg.mixture,
+                                        resume_from=args.resume_from), args.force,
+                  resumable=True, resume_despite=("mixture",), keep_existing=args.resume_from is not None)
     elif c == "eval":
         _eval(cfg, args)
     elif c == "generate":

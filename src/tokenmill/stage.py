@@ -77,13 +77,14 @@ class StagePending(Exception):
 
 def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn: StageFn,
               force: bool = False, resumable: bool = False, log: Callable[[str], None] = print,
-              resume_despite: tuple[str, ...] = ()) -> dict:
+              resume_despite: tuple[str, ...] = (), keep_existing: bool = False) -> dict:
     """Run `fn` unless `out_dir` already holds this exact stage; returns the manifest.
 
     `resumable` stages (training) write in place so that a killed run resumes from its checkpoints; a key
     file marks whose checkpoints they are, so a changed config never resumes from another run's state,
     except for the sections named in `resume_despite`, whose changes the stage itself judges on resume
-    (a mixture's future stages may change; its past ones may not).
+    (a mixture's future stages may change; its past ones may not). `keep_existing` keeps the folder whatever
+    its key (the user named a checkpoint in it to resume from) and marks it as this config's.
     Under torchrun only rank 0 manages the folder and manifest; the other ranks run `fn`, which meets rank 0
     at the process-group rendezvous, after the folder is ready.
     """
@@ -104,7 +105,8 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
         resume_key = stage_key(name, {k: v for k, v in cfg.items() if k not in resume_despite}, keys) \
             if isinstance(cfg, dict) else key
         if main_process:
-            if force or not key_file.is_file() or key_file.read_text() != resume_key:
+            changed = not key_file.is_file() or key_file.read_text() != resume_key
+            if force or (changed and not keep_existing):
                 shutil.rmtree(out_dir, ignore_errors=True)
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / MANIFEST).unlink(missing_ok=True)

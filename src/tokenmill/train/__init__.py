@@ -26,10 +26,9 @@ from tokenmill.model.lora import apply_lora, merge
 from tokenmill.model.resolve import resolve_model_path
 from tokenmill.tokenize.shards import open_split, read_meta
 from tokenmill.train import perf
-from tokenmill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tokenmill.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from tokenmill.train.config import TrainConfig
-from tokenmill.train.data import WindowSampler
-from tokenmill.train.data import Windows
+from tokenmill.train.data import Windows, WindowSampler
 from tokenmill.train.mixture import MixtureConfig, MixtureSampler, solve_plan
 from tokenmill.train.distributed import World, init_world, is_fsdp, local_device, shutdown, unwrap, wrap
 from tokenmill.train.loop import LoopSettings, LossGuard, train
@@ -141,8 +140,9 @@ def describe_plan(plan) -> str:
 
 
 def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, Path], out_dir: Path,
-        metrics_path: Path | None = None, mixture: MixtureConfig | None = None) -> dict:
-    """Train on one tokenize output (`shards_dir`), or on named ones ({name: shards dir}) mixed by `mixture`."""
+        metrics_path: Path | None = None, mixture: MixtureConfig | None = None, resume_from: Path | None = None) -> dict:
+    """Train on one tokenize output (`shards_dir`), or on named ones ({name: shards dir}) mixed by `mixture`.
+    Continues from `resume_from` (a step folder, possibly another run's) or else from out_dir's newest checkpoint."""
     datasets = {n: Path(p) for n, p in shards_dir.items()} if isinstance(shards_dir, dict) else None
     shards_dir = next(iter(datasets.values())) if datasets else Path(shards_dir)
     out_dir = Path(out_dir)
@@ -174,7 +174,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
     val_sets = eval_set_windows(cfg, default_sets, tokenizer, out_dir / "eval_sets", world)
 
     state = {"step": 0, "tokens": 0}
-    resume_from = latest_checkpoint(out_dir)
+    resume_from = resume_point(out_dir, resume_from)
     if resume_from:
         state = load_checkpoint(resume_from, model, optimizer, world)
         sampler.load_state_dict(state.pop("loader"))

@@ -40,6 +40,23 @@ def latest_checkpoint(root: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def resume_point(out_dir: Path, resume_from: Path | None = None) -> Path | None:
+    """The checkpoint a run continues from: the one asked for, else the newest in its own folder."""
+    if resume_from is None:
+        return latest_checkpoint(out_dir)
+    resume_from = Path(resume_from)
+    if not (resume_from / "state.json").is_file():
+        raise FileNotFoundError(f"{resume_from}: not a complete checkpoint (a step-NNNNNNNN folder with state.json); "
+                                f"complete ones in {resume_from.parent}: "
+                                f"{', '.join(p.name for p in checkpoint_dirs(resume_from.parent)) or 'none'}")
+    later = [p.name for p in checkpoint_dirs(out_dir) if p.name > resume_from.name]
+    if later:
+        # They belong to the timeline being abandoned; saving over them would mix two runs in one folder.
+        raise ValueError(f"{out_dir} holds checkpoints after {resume_from.name} ({', '.join(later)}): resume "
+                         f"into another output folder (-o), or move them away first")
+    return resume_from
+
+
 def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int, world: World = World()) -> Path:
     final = Path(root) / f"step-{state['step']:08d}"
     tmp = final.with_name(f".{final.name}.partial")
