@@ -190,3 +190,26 @@ def test_a_50_mb_single_line_and_an_empty_file(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     counts, docs = ingest([tmp_path], tmp_path)
     assert len(docs["huge.txt"].text) == 50_000_000 and counts["empty"] == 1
+
+
+def test_source_code_files_keep_their_language(tmp_path):
+    src = tmp_path / "repo"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "util.py").write_text("def add(a, b):\n    return a + b\n")
+    (src / "main.rs").write_text("fn main() { println!(\"hi\"); }\n")
+    (src / "lib.h").write_text("int add(int a, int b);\n")
+    (src / "page.html").write_text("<html><body><p>" + "An HTML page, not code. " * 20 + "</p></body></html>")
+    (src / "empty.go").write_text("")
+    counts, docs = ingest([src], tmp_path)
+    assert {k: d.metadata.get("language") for k, d in docs.items()} == {
+        "pkg/util.py": "Python", "main.rs": "Rust", "lib.h": "C", "page.html": None}
+    assert docs["pkg/util.py"].text == "def add(a, b):\n    return a + b\n"  # code is kept byte for byte
+    assert docs["pkg/util.py"].metadata["path"] == "pkg/util.py"
+    assert counts["empty"] == 1
+
+
+def test_an_installed_packages_python_source_is_a_corpus(tmp_path):
+    counts, docs = ingest(["pkg://json/*.py"], tmp_path)
+    assert {"__init__.py", "decoder.py", "encoder.py"} <= set(docs)
+    assert {d.metadata["language"] for d in docs.values()} == {"Python"}
+    assert "def dumps(" in docs["__init__.py"].text

@@ -2,7 +2,8 @@
 
 Formats: .txt .md, .jsonl(.gz/.zst), .json (array or object of records), .csv .tsv, .parquet, .html .htm
 (main text extracted with trafilatura), .pdf (pages joined), .warc(.gz) (HTML response records), .urls
-(a list of URLs, scraped politely: see scrape.py); and hf://NAME[/CONFIG]:SPLIT datasets (hf_datasets.py). Bad records are counted and named (file, line or row); --strict stops.
+(a list of URLs, scraped politely: see scrape.py), source code (.py .js .c .rs ... with the language in
+metadata: see code.py); and hf://NAME[/CONFIG]:SPLIT datasets (hf_datasets.py). Bad records are counted and named (file, line or row); --strict stops.
 
     tokenmill ingest corpus/ 'more/*.jsonl.gz' -o runs/x/00_raw
 """

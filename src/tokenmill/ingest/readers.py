@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from tokenmill.documents import Document
+from tokenmill.ingest.code import LANGUAGES, language_of
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ def _emit(doc: Document, stats: ReadStats) -> Iterator[Document]:
 def read_text(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
     text = _decode(path.read_bytes(), str(path), stats, cfg.strict)
     yield from _emit(Document(id=doc_id, text=text, source=str(path)), stats)
+
+
+def read_code(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    """One document per source file, with its language and its path (relative to the input spec)."""
+    text = _decode(path.read_bytes(), str(path), stats, cfg.strict)
+    metadata = {"language": language_of(path), "path": doc_id}
+    yield from _emit(Document(id=doc_id, text=text, source=str(path), metadata=metadata), stats)
 
 
 def _open_binary(path: Path):
@@ -247,6 +255,7 @@ READERS: dict[str, Reader] = {
     ".txt": read_text, ".md": read_text, ".jsonl": read_jsonl, ".jsonl.gz": read_jsonl, ".jsonl.zst": read_jsonl,
     ".json": read_json, ".csv": read_csv, ".tsv": read_csv, ".parquet": read_parquet, ".html": read_html, ".htm": read_html,
     ".pdf": read_pdf, ".warc": read_warc, ".warc.gz": read_warc, ".urls": read_url_list,
+    **{suffix: read_code for suffix in LANGUAGES},
 }
 
 
