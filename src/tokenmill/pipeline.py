@@ -1,10 +1,15 @@
 """`tokenmill run`: every stage in order, in one run folder, skipping stages that are up to date.
 
     runs/NAME/
-      config.resolved.yaml   the config after defaults and --set overrides
+      config.resolved.yaml   the config after defaults, recipe and --set overrides
       00_raw/ 10_filtered/ 20_dedup/ 30_shards/ 40_checkpoints/ 50_eval/ 60_export/
       metrics.jsonl          training metrics, one row per log step
       report.html
+With named datasets (the `datasets:` section) each has the data stages' folders of its own, one tokenizer
+serves them all, and training mixes them:
+      datasets/NAME/00_raw/ 10_filtered/ 20_dedup/ 30_shards/
+      30_tokenizer/          trained on every dataset (when tokenize.tokenizer names none)
+      40_checkpoints/ ...
 Each stage folder holds a manifest.json; a stage re-runs when its config or its inputs changed.
 """
 
@@ -13,33 +18,68 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenmill import dedup, evaluation, export, filters, ingest, report, tokenize, train
+from tokenmill import dedup, evaluation, export, filters, ingest, recipes, report, tokenize, train
 from tokenmill.atomic import atomic_write_text
 from tokenmill.config import PipelineConfig, dump_config
+from tokenmill.dedup import DedupConfig
+from tokenmill.filters import FilterConfig
 from tokenmill.generate import generate
+from tokenmill.ingest import IngestConfig
 from tokenmill.stage import run_stage
 from tokenmill.tokenize.shards import read_meta
 
-STAGE_DIRS = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup", "tokenize": "30_shards",
-              "train": "40_checkpoints", "eval": "50_eval", "export": "60_export"}
+DATA_DIRS = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup", "tokenize": "30_shards"}
+MODEL_DIRS = {"train": "40_checkpoints", "eval": "50_eval", "export": "60_export"}
+
+
+def clean(ingest_cfg: IngestConfig, filter_cfg: FilterConfig, dedup_cfg: DedupConfig, root: Path, force: bool) -> Path:
+    """ingest → filter → dedup into root/00_raw, 10_filtered, 20_dedup; returns the deduplicated documents."""
+    d = {name: root / folder for name, folder in DATA_DIRS.items()}
+    run_stage("ingest", ingest_cfg, ingest.input_keys(ingest_cfg), d["ingest"],
+              lambda out: ingest.run(ingest_cfg, out), force)
+    run_stage("filter", filter_cfg, [d["ingest"]], d["filter"], lambda out: filters.run(filter_cfg, d["ingest"], out), force)
+    run_stage("dedup", dedup_cfg, [d["filter"]], d["dedup"], lambda out: dedup.run(dedup_cfg, d["filter"], out), force)
+    return d["dedup"]
+
+
+def prepare_data(cfg: PipelineConfig, run_dir: Path, force: bool) -> Path | dict[str, Path]:
+    """The token shards training reads: one folder, or one per named dataset."""
+    if not cfg.datasets:
+        docs = clean(cfg.ingest, cfg.filter, cfg.dedup, run_dir, force)
+        shards = run_dir / DATA_DIRS["tokenize"]
+        run_stage("tokenize", cfg.tokenize, [docs], shards, lambda out: tokenize.run(cfg.tokenize, docs, out), force)
+        return shards
+    roots = {name: run_dir / "datasets" / name for name in cfg.datasets}
+    docs = {name: clean(ds.ingest_config(), ds.filter or cfg.filter, ds.dedup or cfg.dedup, roots[name], force)
+            for name, ds in cfg.datasets.items()}
+    tokenize_cfg, inputs = cfg.tokenize, []
+    if not cfg.tokenize.tokenizer:  # one tokenizer for every dataset, trained on all of them
+        shared = run_dir / "30_tokenizer"
+        run_stage("tokenizer", cfg.tokenize, list(docs.values()), shared,
+                  lambda out: tokenize.train_tokenizer(cfg.tokenize, list(docs.values()), out), force)
+        tokenize_cfg, inputs = cfg.tokenize.model_copy(update={"tokenizer": str(shared / "tokenizer")}), [shared]
+    shards = {name: roots[name] / DATA_DIRS["tokenize"] for name in cfg.datasets}
+    for name in cfg.datasets:
+        run_stage(f"tokenize {name}", tokenize_cfg, [docs[name], *inputs], shards[name],
+                  lambda out, name=name: tokenize.run(tokenize_cfg, docs[name], out), force)
+    return shards
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
-    d = {name: run_dir / folder for name, folder in STAGE_DIRS.items()}
-    raw_files = ingest.input_keys(cfg.ingest)
-
-    run_stage("ingest", cfg.ingest, raw_files, d["ingest"], lambda out: ingest.run(cfg.ingest, out), force)
-    run_stage("filter", cfg.filter, [d["ingest"]], d["filter"], lambda out: filters.run(cfg.filter, d["ingest"], out), force)
-    run_stage("dedup", cfg.dedup, [d["filter"]], d["dedup"], lambda out: dedup.run(cfg.dedup, d["filter"], out), force)
-    run_stage("tokenize", cfg.tokenize, [d["dedup"]], d["tokenize"],
-              lambda out: tokenize.run(cfg.tokenize, d["dedup"], out), force)
-    run_stage("train", {"model": cfg.model, "train": cfg.train}, [d["tokenize"]], d["train"],
-              lambda out: train.run(cfg.model, cfg.train, d["tokenize"], out, run_dir / "metrics.jsonl"),
-              force, resumable=True)
-    eval_sets = {name: Path(path) for name, path in (cfg.train.eval_sets or {"val": str(d["tokenize"])}).items()}
+    if cfg.recipe.name != "none":
+        print(recipes.describe(cfg.recipe, cfg.train, cfg.mixture))
+    shards = prepare_data(cfg, run_dir, force)
+    d = {name: run_dir / folder for name, folder in MODEL_DIRS.items()}
+    named = isinstance(shards, dict)
+    sections = {"model": cfg.model, "train": cfg.train, **({"mixture": cfg.mixture} if named else {})}
+    run_stage("train", sections, list(shards.values()) if named else [shards], d["train"],
+              lambda out: train.run(cfg.model, cfg.train, shards, out, run_dir / "metrics.jsonl", mixture=cfg.mixture),
+              force, resumable=True, resume_despite=("mixture",))
+    default_sets = {name: str(path) for name, path in (shards if named else {"val": shards}).items()}
+    eval_sets = {name: Path(path) for name, path in (cfg.train.eval_sets or default_sets).items()}
     # train is in the key for its eval_sets and seq_len (its other changes change the train stage's key anyway)
     results = run_stage("eval", {"eval": cfg.eval, "train": cfg.train}, [d["train"]], d["eval"],
                         lambda out: _eval_counts(evaluation.run(cfg.eval, d["train"], eval_sets, out,
@@ -48,9 +88,10 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     run_stage("export", cfg.export, [d["train"]], d["export"], lambda out: export.run(cfg.export, d["train"], out), force)
     report_path = report.run(run_dir)
     first = next(iter(json.loads((d["eval"] / "results.json").read_text())["sets"].values()))
+    first_shards = next(iter(shards.values())) if named else shards
     return {"report": report_path, "model": d["export"], "val_loss": first["loss"],
             "bits_per_byte": first["bits_per_byte"],
-            "unigram_entropy": read_meta(d["tokenize"] / "val").get("unigram_entropy_nats"),
+            "unigram_entropy": read_meta(first_shards / "val").get("unigram_entropy_nats"),
             "sample": generate(d["export"], cfg.generate), "eval": results["counts"]}
 
 

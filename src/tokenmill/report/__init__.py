@@ -148,30 +148,56 @@ def evaluation_sections(results: dict) -> list[str]:
     return sections
 
 
+def data_sections(root: Path) -> list[str]:
+    """What the data stages under `root` did: the funnel, the kept documents, a few dropped ones, the splits."""
+    sections = data_funnel_sections(root)
+    lengths, languages = kept_documents_profile(root / "20_dedup")
+    sections += [_img(plots.histogram(lengths, "Document length after dedup", "characters"), "length histogram"),
+                 _img(plots.bars(dict(languages), "Languages after dedup", "documents"), "language")]
+    samples = dropped_samples(root / "10_filtered")
+    if samples:
+        sections.append("<h3>Dropped documents, a few per reason</h3>" + "".join(
+            f"<h4>{html.escape(reason)}</h4>" + "".join(f"<pre>{html.escape(t)}</pre>" for t in texts)
+            for reason, texts in samples.items()))
+    shards = read_manifest(root / "30_shards")
+    if shards:
+        c = shards["counts"]
+        sections.append(_table([(s, c[f"{s}_n_docs"], c[f"{s}_n_tokens"]) for s in ("train", "val")],
+                               ("split", "documents", "tokens")))
+    return sections
+
+
+def mixture_sections(plan_path: Path) -> list[str]:
+    """The curriculum as solved before training: each stage's start and weights, each dataset's tokens."""
+    if not plan_path.is_file():
+        return []
+    plan = json.loads(plan_path.read_text())
+    names = plan["datasets"]
+    stages = [(f"stage {i}", s["start_step"], *(f"{s['weights'][n]:.0%}" for n in names))
+              for i, s in enumerate(plan["stages"])]
+    totals = [(n, plan["tokens"][n], round(plan["epochs"][n], 3)) for n in names]
+    return ["<h2>Data mixture</h2>", _table(stages, ("stage", "from step", *names)),
+            _table(totals, ("dataset", "tokens trained on", "epochs"))]
+
+
 def render(run_dir: Path) -> str:
     rows = read_metrics(run_dir)
-    shards = read_manifest(run_dir / "30_shards")
     evals_path = run_dir / "50_eval" / "results.json"
     evals = json.loads(evals_path.read_text()) if evals_path.is_file() else None
-    val_meta = run_dir / "30_shards" / "val" / "meta.json"
+    dataset_roots = sorted(p for p in (run_dir / "datasets").iterdir() if p.is_dir()) \
+        if (run_dir / "datasets").is_dir() else []
+    val_meta = (dataset_roots[0] if dataset_roots else run_dir) / "30_shards" / "val" / "meta.json"
     unigram = json.loads(val_meta.read_text()).get("unigram_entropy_nats") if val_meta.is_file() else None
     sections = [f"<h1>tokenmill run: {html.escape(run_dir.name)}</h1>", "<h2>Training</h2>",
                 _img(plots.loss_curves(rows, unigram), "loss"), _img(plots.learning_rate(rows), "learning rate")]
     if evals:
         sections += evaluation_sections(evals)
-    sections += data_funnel_sections(run_dir)
-    lengths, languages = kept_documents_profile(run_dir / "20_dedup")
-    sections += [_img(plots.histogram(lengths, "Document length after dedup", "characters"), "length histogram"),
-                 _img(plots.bars(dict(languages), "Languages after dedup", "documents"), "language")]
-    samples = dropped_samples(run_dir / "10_filtered")
-    if samples:
-        sections.append("<h3>Dropped documents, a few per reason</h3>" + "".join(
-            f"<h4>{html.escape(reason)}</h4>" + "".join(f"<pre>{html.escape(t)}</pre>" for t in texts)
-            for reason, texts in samples.items()))
-    if shards:
-        c = shards["counts"]
-        sections.append(_table([(s, c[f"{s}_n_docs"], c[f"{s}_n_tokens"]) for s in ("train", "val")],
-                               ("split", "documents", "tokens")))
+    sections += mixture_sections(run_dir / "40_checkpoints" / "plan.json")
+    if dataset_roots:
+        for root in dataset_roots:
+            sections += [f"<h2>Dataset {html.escape(root.name)}</h2>", *data_sections(root)]
+    else:
+        sections += data_sections(run_dir)
     style = ("body{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;color:#222}"
              "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;"
              "text-align:right}img{max-width:100%}pre{white-space:pre-wrap;background:#f4f4f4;padding:.5rem}")

@@ -47,6 +47,13 @@ def validation_ids(in_dir: Path, cfg: TokenizeConfig) -> set[str]:
     return {doc_id for _, doc_id in ids[:n_val]}
 
 
+def train_tokenizer(cfg: TokenizeConfig, in_dirs: list[Path], out_dir: Path) -> dict:
+    """One BPE for several datasets (trained on all their documents), saved as out_dir/tokenizer."""
+    tok = train_bpe((d.text for folder in in_dirs for d in read_documents(folder)), cfg.vocab_size, cfg.min_frequency)
+    tok.save_pretrained(out_dir / "tokenizer")
+    return {"vocab_size": len(tok), "eos_id": tok.eos_token_id, "datasets": len(in_dirs)}
+
+
 def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)

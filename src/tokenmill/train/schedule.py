@@ -42,11 +42,16 @@ def wsd(step: int, cfg) -> float:
     warm = _warmup(step, cfg)
     if warm is not None:
         return warm
-    decay_steps = max(1, round(cfg.decay_fraction * cfg.max_steps))
-    decay_start = cfg.max_steps - decay_steps
+    decay_start = wsd_decay_start(cfg)
+    decay_steps = cfg.max_steps - decay_start
     if step < decay_start:
         return cfg.lr_max
     return cfg.lr_max + (cfg.lr_min - cfg.lr_max) * min(1.0, (step - decay_start + 1) / decay_steps)
+
+
+def wsd_decay_start(cfg) -> int:
+    """The first step of the decay, whose learning rate is already below lr_max."""
+    return cfg.max_steps - max(1, round(cfg.decay_fraction * cfg.max_steps))
 
 
 SCHEDULES: dict[str, Callable[[int, object], float]] = {
