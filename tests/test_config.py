@@ -9,8 +9,11 @@ from tokenmill.config import BUILTIN_CONFIGS, ConfigError, load_config, validate
 
 @pytest.mark.parametrize("path", sorted(BUILTIN_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_yaml_loads(path):
+    from tokenmill.ingest import input_files
     cfg = load_config(path)
-    assert cfg.ingest.paths, "a shipped config must name its data"
+    sources = [ds.ingest_config() for ds in cfg.datasets.values()] or [cfg.ingest]
+    for source in sources:
+        assert input_files(source), "a shipped config's data is installed with tokenmill"
 
 
 def test_one_message_lists_every_problem():
