@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from tokenmill import dedup, evaluation, export, filters, ingest, report, tokenize, train
+from tokenmill import dedup, evaluation, export, filters, ingest, recipes, report, tokenize, train
 from tokenmill.config import ConfigError, PipelineConfig, load_config, resolve_config_path
+from tokenmill.export.gguf_writer import OUTTYPES
 from tokenmill.stage import StagePending, run_stage
 from tokenmill.tokenize.shards import check_split
 
@@ -28,7 +29,7 @@ EXAMPLES = {
     "eval": "tokenmill eval runs/x general=books/ domain=runs/x/30_shards --tasks cloze.jsonl -o runs/x/eval",
     "make-cloze": "tokenmill make-cloze runs/x/30_shards -o cloze.jsonl --n 500",
     "generate": "tokenmill generate runs/x/60_export --prompt 'ROMEO:' --max-new-tokens 80",
-    "export": "tokenmill export runs/x -o my-model --format hf",
+    "export": "tokenmill export runs/x -o my-model --format gguf --outtype q8_0",
     "report": "tokenmill report runs/x",
     "run": "tokenmill run demo -o runs/demo     |     tokenmill run my.yaml --set train.lr_max=1e-3",
     "shards": "tokenmill shards check runs/x/30_shards/train",
@@ -96,18 +97,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=500, help="questions (default 500)")
     p.add_argument("--choices", type=int, default=4, help="choices per question (default 4)")
     p.add_argument("--seed", type=int, default=0)
-    p = stage("generate", "Sample text from a model folder.")
-    p.add_argument("model", type=Path, metavar="MODEL_DIR")
+    p = stage("generate", "Sample text from a model folder, or from a GGUF file through llama.cpp.")
+    p.add_argument("model", type=Path, metavar="MODEL_DIR_OR_GGUF")
     p.add_argument("--prompt", default="")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
-    p = stage("export", "Export a run or checkpoint as a Hugging Face model folder.")
+    p = stage("export", "Export a run or checkpoint as a Hugging Face model folder or GGUF files (llama.cpp).")
     p.add_argument("source", type=Path, metavar="RUN_OR_CHECKPOINT")
     p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--format", choices=["hf"], default="hf")
+    p.add_argument("--format", choices=["hf", "gguf"], help="default: the config's export.formats (hf)")
+    p.add_argument("--outtype", choices=OUTTYPES, help="GGUF tensor type (default f16)")
     p = stage("report", "Write report.html for a run folder: loss curves, learning rate, data funnel.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p = stage("run", "Run the whole pipeline from one YAML (or a built-in config: demo, tiny).")
@@ -145,6 +147,11 @@ def _flag_overrides(args) -> list[str]:
             sets.append(f"{args.command}.executor.{key}={json.dumps(getattr(args, flag))}")
     if args.command == "generate":
         sets.append(f"generate.prompt={json.dumps(args.prompt)}")
+    if args.command == "export":
+        if args.format:
+            sets.append(f"export.formats={json.dumps([args.format])}")
+        if args.outtype:
+            sets.append(f"export.gguf_outtypes={json.dumps([args.outtype])}")
     if args.command == "eval":
         if args.tasks:
             sets.append(f"eval.tasks={json.dumps(args.tasks)}")

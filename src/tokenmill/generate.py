@@ -1,6 +1,7 @@
-"""Generate: sample text from a model folder.
+"""Generate: sample text from a model folder, or from a GGUF file through llama.cpp (same flags).
 
     tokenmill generate runs/x/60_export --prompt "ROMEO:" --max-new-tokens 100 --temperature 0.8
+    tokenmill generate runs/x/60_export/x-q8_0.gguf --prompt "ROMEO:" --temperature 0
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class GenerateConfig(StrictModel):
 
 
 def generate(model_dir: Path, cfg: GenerateConfig, model=None, tokenizer=None) -> str:
+    if str(model_dir).endswith(".gguf"):
+        return generate_gguf(Path(model_dir), cfg)
     model = model or load_model(model_dir).to(pick_device("auto"))
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(cfg.seed)
@@ -38,3 +41,12 @@ def generate(model_dir: Path, cfg: GenerateConfig, model=None, tokenizer=None) -
                          max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.eos_token_id,
                          **(sampling if cfg.temperature > 0 else {"do_sample": False}))
     return cfg.prompt + tokenizer.decode(out[0, prompt_ids.shape[1]:], skip_special_tokens=True)
+
+
+def generate_gguf(path: Path, cfg: GenerateConfig) -> str:
+    """The same decoding through llama.cpp: greedy at temperature 0; top-k/top-p off when unset."""
+    from tokenmill.export.llamacpp import LlamaCpp
+    llm = LlamaCpp(path, n_ctx=max(512, 4 * cfg.max_new_tokens))
+    prompt = cfg.prompt or llm.eos_token()  # as above: an empty prompt starts after an EOS
+    text = llm.generate(prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k or 0, cfg.top_p or 1.0, cfg.seed)
+    return cfg.prompt + text

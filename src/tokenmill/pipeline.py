@@ -92,7 +92,14 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     return {"report": report_path, "model": d["export"], "val_loss": first["loss"],
             "bits_per_byte": first["bits_per_byte"],
             "unigram_entropy": read_meta(first_shards / "val").get("unigram_entropy_nats"),
-            "sample": generate(d["export"], cfg.generate), "eval": results["counts"]}
+            "sample": generate(_sampled_model(cfg, d["export"]), cfg.generate), "eval": results["counts"]}
+
+
+def _sampled_model(cfg: PipelineConfig, export_dir: Path) -> Path:
+    """The HF folder, or the first GGUF file when only GGUF was exported."""
+    if "hf" in cfg.export.formats:
+        return export_dir
+    return sorted(export_dir.glob("*.gguf"))[0]
 
 
 def _eval_counts(results: dict) -> dict:

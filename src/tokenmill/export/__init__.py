@@ -1,0 +1,67 @@
+"""Export: a run or a checkpoint → a Hugging Face folder that plain `transformers` loads, and/or GGUF files
+that llama.cpp and Ollama run (`60_export/`).
+
+    tokenmill export runs/x -o my-model                                   # HF folder (safetensors + tokenizer)
+    tokenmill export runs/x -o my-model --format gguf --outtype q8_0      # my-model/x-q8_0.gguf
+    tokenmill export runs/x/40_checkpoints/step-00000200 -o my-model      # a checkpoint (LoRA merged first)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from tokenmill.export.gguf_writer import K_QUANTS, OUTTYPES, write_gguf
+from tokenmill.model.source import load_source
+from tokenmill.schema import StrictModel
+
+OutType = Literal[OUTTYPES]
+
+
+class ExportConfig(StrictModel):
+    formats: list[Literal["hf", "gguf"]] = Field(default_factory=lambda: ["hf"],
+                                                 description="hf: save_pretrained folder; gguf: llama.cpp files")
+    gguf_outtypes: list[OutType] = Field(default_factory=lambda: ["f16"],
+                                         description="GGUF tensor types: f32 f16 bf16 q8_0 q4_0 (written here), "
+                                                     "q4_k_m q5_k_m q6_k (llama.cpp's quantizer)")
+
+
+def export_name(source: Path) -> str:
+    """The run's name for a run, checkpoint or export folder (runs/x/40_checkpoints/step-N → x-step-N)."""
+    path = Path(source).resolve()
+    parts = [p.name for p in (path, *path.parents)]
+    if parts[0].startswith("step-") and len(parts) > 2:
+        return f"{parts[2]}-{parts[0]}"
+    if parts[0] in ("final", "40_checkpoints", "60_export") and len(parts) > 1:
+        return parts[1] if parts[0] != "final" else parts[2]
+    return parts[0]
+
+
+def run(cfg: ExportConfig, source: Path, out_dir: Path) -> dict:
+    model, tokenizer, source = load_source(source)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"source": str(source), "params": sum(p.numel() for p in model.parameters())}
+    if "hf" in cfg.formats:
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    if "gguf" in cfg.formats:
+        name = export_name(source)
+        counts["gguf"] = [export_gguf(model, tokenizer, out_dir / f"{name}-{t}.gguf", t, name)
+                          for t in cfg.gguf_outtypes]
+    return counts
+
+
+def export_gguf(model, tokenizer, path: Path, outtype: str, name: str) -> dict:
+    if outtype not in K_QUANTS:
+        return write_gguf(model, tokenizer, path, outtype, name)
+    from tokenmill.export.llamacpp import quantize
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        f16 = write_gguf(model, tokenizer, Path(tmp) / "f16.gguf", "f16", name)
+        partial = path.with_name(path.name + ".partial")
+        quantize(Path(f16["file"]), partial, outtype)
+        partial.replace(path)
+    return {"file": str(path), "outtype": outtype, "bytes": path.stat().st_size}
