@@ -53,3 +53,20 @@ def test_full_cpt_of_smollm2_starts_from_a_pretrained_loss(smollm2, corpus, tmp_
     assert counts["val_loss"] < 6.0, counts
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "ck" / "final")
     assert model.config.vocab_size == 49152
+
+
+def test_smollm2_round_trips_to_gguf_with_the_same_greedy_text_and_tokens(smollm2, tmp_path, capsys):
+    pytest.importorskip("xllamacpp")
+    from tokenmill.export.llamacpp import LlamaCpp
+    from tokenmill.model.gguf import resolve_file
+    from transformers import AutoTokenizer
+    hard = "Digits 12345 and 3.14159, spaces     here\ttabs, emoji 🙂, CJK 漢字, don't"
+    shipped = LlamaCpp(resolve_file(GGUF), n_ctx=128, threads=2)  # the package's own file, in llama.cpp
+    assert shipped.tokenize(hard) == AutoTokenizer.from_pretrained(smollm2)(hard, add_special_tokens=False)["input_ids"]
+    assert main(["export", str(smollm2), "-o", str(tmp_path / "out"), "--format", "gguf", "--outtype", "f16"]) == 0
+    capsys.readouterr()
+    greedy = ["--prompt", "The capital of France is", "--max-new-tokens", "10", "--temperature", "0"]
+    assert main(["generate", str(tmp_path / "out" / "smollm2-f16.gguf"), *greedy]) == 0
+    from_gguf = capsys.readouterr().out
+    assert main(["generate", str(smollm2), *greedy]) == 0
+    assert capsys.readouterr().out == from_gguf

@@ -52,6 +52,10 @@ class LlamaCpp:
         first = out["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
         return {entry["id"]: entry["logprob"] for entry in first}
 
+    def token_logprobs(self, ids: list[int], vocab_size: int) -> list[float]:
+        """log p(ids[i] | ids[:i]) for i >= 1, one position at a time (llama.cpp reuses the cached prefix)."""
+        return [self.next_token_logprobs(ids[:i], vocab_size)[ids[i]] for i in range(1, len(ids))]
+
     def tokenize(self, text: str) -> list[int]:
         """llama.cpp's own token ids for `text` (no special tokens added)."""
         request = urllib.request.Request(f"{self.server.listening_address}/tokenize",
