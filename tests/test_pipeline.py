@@ -30,6 +30,10 @@ def test_run_end_to_end_then_skip_then_rerun_downstream(tiny_config, tmp_path, c
     results = json.loads((run_dir / "50_eval" / "results.json").read_text())["sets"]["val"]
     unigram = json.loads((run_dir / "30_shards" / "val" / "meta.json").read_text())["unigram_entropy_nats"]
     assert results["loss"] < unigram  # the model learnt more than token frequencies
+    card = (run_dir / "60_export" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "other" and "tokenmill" in front["tags"] and front["datasets"] == [str(tiny_config["ingest"]["paths"][0])]
+    assert f"| val |  | {results['loss']:.4f} |" in card and "| filter |" in card and "max_steps: 60" in card
 
     first = started(run_dir)
     assert main(["run", str(config), "-o", str(run_dir)]) == 0
@@ -120,3 +124,22 @@ def test_funnel_counts_tokens_and_in_equals_out_plus_drops(tiny_config, tmp_path
     assert rows[1]["docs_in"] - rows[1]["docs_out"] == sum(drops.values()) == dropped["docs"]
     cached = json.loads((run_dir / "stats" / "tokens.json").read_text())
     assert cached["filter"]["tokens"] == kept["tokens"] and stage_sizes(run_dir) == sizes
+
+
+def test_push_to_hub_without_a_token_says_so_and_keeps_the_folder(tiny_config, tmp_path, capsys, monkeypatch):
+    from tokenmill import train
+    from tokenmill.config import validate
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no cached login
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    cfg = validate(tiny_config)
+    from tokenmill.ingest import IngestConfig, run as ingest
+    from tokenmill.tokenize import TokenizeConfig, run as tokenize
+    ingest(IngestConfig(paths=tiny_config["ingest"]["paths"]), tmp_path / "docs")
+    tokenize(TokenizeConfig(vocab_size=320), tmp_path / "docs", tmp_path / "shards")
+    cfg.train.max_steps, cfg.train.save_every, cfg.train.eval_every = 4, 0, 0
+    train.run(cfg.model, cfg.train, tmp_path / "shards", tmp_path / "ck")
+    assert main(["export", str(tmp_path / "ck"), "-o", str(tmp_path / "out"), "--push-to-hub", "me/tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "no Hugging Face token" in err and "huggingface-cli upload me/tiny" in err
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "README.md").is_file()

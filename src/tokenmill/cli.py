@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--format", choices=["hf", "gguf"], help="default: the config's export.formats (hf)")
     p.add_argument("--outtype", choices=OUTTYPES, help="GGUF tensor type (default f16)")
+    p.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the folder to the Hugging Face Hub (needs a token)")
     p = stage("report", "Write report.html for a run folder: loss curves, learning rate, data funnel.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p = stage("run", "Run the whole pipeline from one YAML (or a built-in config: demo, tiny).")
@@ -234,6 +235,9 @@ def _dispatch(args) -> None:
     elif c == "export":
         run_stage(c, cfg.export, [args.source], args.output, lambda out: export.run(cfg.export, args.source, out), args.force)
         print(f"exported to {args.output}")
+        if args.push_to_hub:
+            from tokenmill.export.card import push_to_hub
+            print(f"uploaded: {push_to_hub(args.output, args.push_to_hub)}")
     elif c == "report":
         print(f"report: {report.run(args.run_dir)}")
     elif c == "run":
@@ -257,6 +261,8 @@ def _run(cfg: PipelineConfig, args) -> None:
     print(f"\nfinished in {time.time() - started:.0f}s")
     print(f"report:     {out['report']}")
     print(f"model:      {out['model']}  (AutoModelForCausalLM.from_pretrained works on it)")
+    for gguf_file in sorted(Path(out["model"]).glob("*.gguf")):
+        print(f"gguf:       {gguf_file}  (llama.cpp: tokenmill generate {gguf_file})")
     print(f"val loss:   {out['val_loss']:.4f} nats/token ({out['bits_per_byte']:.3f} bits/byte); "
           f"unigram entropy of the corpus: {out['unigram_entropy']:.4f} nats/token")
     print(f"sample:\n{out['sample']}")

@@ -85,7 +85,9 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
                         lambda out: _eval_counts(evaluation.run(cfg.eval, d["train"], eval_sets, out,
                                                                 cfg.train.seq_len, before=cfg.model.init_from)),
                         force)
-    run_stage("export", cfg.export, [d["train"]], d["export"], lambda out: export.run(cfg.export, d["train"], out), force)
+    # eval is an input: the model card carries its results
+    run_stage("export", cfg.export, [d["train"], d["eval"]], d["export"],
+              lambda out: export.run(cfg.export, d["train"], out), force)
     report_path = report.run(run_dir)
     first = next(iter(json.loads((d["eval"] / "results.json").read_text())["sets"].values()))
     first_shards = next(iter(shards.values())) if named else shards

@@ -4,6 +4,9 @@ that llama.cpp and Ollama run (`60_export/`).
     tokenmill export runs/x -o my-model                                   # HF folder (safetensors + tokenizer)
     tokenmill export runs/x -o my-model --format gguf --outtype q8_0      # my-model/x-q8_0.gguf
     tokenmill export runs/x/40_checkpoints/step-00000200 -o my-model      # a checkpoint (LoRA merged first)
+    tokenmill export runs/x -o my-model --push-to-hub my-org/my-model     # and upload it (needs a token)
+
+The folder gets a model card (README.md, see card.py) written from the run.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from tokenmill.atomic import atomic_write_text
+from tokenmill.export.card import model_card
 from tokenmill.export.gguf_writer import K_QUANTS, OUTTYPES, write_gguf
 from tokenmill.model.source import load_source
 from tokenmill.schema import StrictModel
@@ -27,6 +32,8 @@ class ExportConfig(StrictModel):
     gguf_outtypes: list[OutType] = Field(default_factory=lambda: ["f16"],
                                          description="GGUF tensor types: f32 f16 bf16 q8_0 q4_0 (written here), "
                                                      "q4_k_m q5_k_m q6_k (llama.cpp's quantizer)")
+    license: str | None = Field(None, description="the model card's license (an SPDX id such as apache-2.0); "
+                                                  "default: other")
 
 
 def export_name(source: Path) -> str:
@@ -48,10 +55,12 @@ def run(cfg: ExportConfig, source: Path, out_dir: Path) -> dict:
     if "hf" in cfg.formats:
         model.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
+    name = export_name(source)
     if "gguf" in cfg.formats:
-        name = export_name(source)
         counts["gguf"] = [export_gguf(model, tokenizer, out_dir / f"{name}-{t}.gguf", t, name)
                           for t in cfg.gguf_outtypes]
+    gguf_files = [Path(g["file"]).name for g in counts.get("gguf", [])]
+    atomic_write_text(out_dir / "README.md", model_card(name, source, cfg.license, gguf_files))
     return counts
 
 

@@ -1,0 +1,110 @@
+"""The model card (README.md with Hugging Face front matter) of an exported folder, written from the run:
+where the data came from and what survived each stage, the tokens trained on, the evaluation before and
+after, the resolved config, and how to load the model. Also the upload to the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from tokenmill.stage import read_manifest
+
+DATA_STAGES = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup"}
+
+
+def run_dir_of(source: Path) -> Path | None:
+    """The run folder a run, its 40_checkpoints or one of its checkpoints belongs to."""
+    for folder in (source, *Path(source).resolve().parents):
+        if (folder / "config.resolved.yaml").is_file():
+            return folder
+    return None
+
+
+def model_card(name: str, source: Path, license: str | None, gguf_files: list[str]) -> str:
+    run = run_dir_of(source)
+    config = yaml.safe_load((run / "config.resolved.yaml").read_text()) if run else {}
+    base = (config.get("model") or {}).get("init_from")
+    datasets = list(config.get("datasets") or {}) or (config.get("ingest") or {}).get("paths", [])
+    front = {"library_name": "transformers", "pipeline_tag": "text-generation", "license": license or "other",
+             "tags": ["tokenmill", "continued-pretraining" if base else "pretraining", *(["gguf"] if gguf_files else [])]}
+    if base:
+        front["base_model"] = base
+    if datasets:
+        front["datasets"] = [str(d) for d in datasets]
+    body = [f"# {name}", "", "Trained with tokenmill" + (f", continued from `{base}`." if base else ", from scratch."), ""]
+    if run:
+        body += data_section(run) + training_section(run) + evaluation_section(run)
+    body += usage_section(name, gguf_files)
+    if config:
+        body += ["## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body)
+
+
+def data_section(run: Path) -> list[str]:
+    roots = sorted((run / "datasets").iterdir()) if (run / "datasets").is_dir() else [run]
+    rows = ["| dataset | stage | documents in | documents out |", "|---|---|---|---|"]
+    for root in roots:
+        for stage, folder in DATA_STAGES.items():
+            m = read_manifest(root / folder)
+            if m:
+                c = m["counts"]
+                rows.append(f"| {root.name if root != run else 'all'} | {stage} | {c.get('docs_in', c.get('docs_out', ''))} "
+                            f"| {c.get('docs_out', '')} |")
+    return ["## Data", "", *rows, ""] if len(rows) > 2 else []
+
+
+def training_section(run: Path) -> list[str]:
+    m = read_manifest(run / "40_checkpoints")
+    if not m:
+        return []
+    c = m["counts"]
+    return ["## Training", "", f"{c.get('steps', 0):,} optimizer steps, {c.get('tokens', 0):,} tokens, "
+            f"{c.get('params', 0) / 1e6:.1f}M parameters; final training loss {c.get('train_loss', 0):.4f}.", ""]
+
+
+def evaluation_section(run: Path) -> list[str]:
+    path = run / "50_eval" / "results.json"
+    if not path.is_file():
+        return []
+    results = json.loads(path.read_text())
+    before = results.get("before", {}).get("sets", {})
+    rows = ["| set | loss before | loss after | perplexity after | bits/byte after |", "|---|---|---|---|---|"]
+    for set_name, after in results["sets"].items():
+        b = before.get(set_name, {}).get("loss")
+        rows.append(f"| {set_name} | {'' if b is None else f'{b:.4f}'} | {after['loss']:.4f} | "
+                    f"{after['perplexity']:.2f} | {after['bits_per_byte']:.4f} |")
+    for task, r in results.get("tasks", {}).items():
+        rows.append(f"| {task} (accuracy) | {results.get('before', {}).get('tasks', {}).get(task, {}).get('acc', '')} "
+                    f"| {r['acc']:.4f} ± {r['acc_stderr']:.4f} | | |")
+    return ["## Evaluation", "", "Before: the base model; after: this model, measured the same way.", "", *rows, ""]
+
+
+def usage_section(name: str, gguf_files: list[str]) -> list[str]:
+    lines = ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             f'model = AutoModelForCausalLM.from_pretrained("{name}")',
+             f'tokenizer = AutoTokenizer.from_pretrained("{name}")', "```", ""]
+    if gguf_files:
+        lines += ["llama.cpp / Ollama:", "", "```bash", f"llama-cli -m {gguf_files[0]} -p 'Once upon a time'", "```", ""]
+    return lines
+
+
+def push_to_hub(folder: Path, repo_id: str) -> str:
+    """Upload the folder as a model repo; without a token or offline, say so and leave the folder as it is."""
+    import os
+
+    from huggingface_hub import HfApi, get_token
+    ready = f"the folder is ready: upload it later with `huggingface-cli upload {repo_id} {folder}`"
+    if os.environ.get("HF_HUB_OFFLINE"):
+        raise RuntimeError(f"HF_HUB_OFFLINE is set, so nothing was uploaded to {repo_id}; {ready}")
+    if not get_token():
+        raise RuntimeError(f"no Hugging Face token (run `huggingface-cli login` or set HF_TOKEN), so nothing was "
+                           f"uploaded to {repo_id}; {ready}")
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model").commit_url
+    except OSError as e:  # requests' connection errors are OSErrors: offline in all but name
+        raise RuntimeError(f"could not reach the Hugging Face Hub ({e}); {ready}") from e
