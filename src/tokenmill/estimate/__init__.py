@@ -1,0 +1,141 @@
+"""Estimate a run before running it: parameters, FLOPs, memory per device, time and cost.
+
+    tokenmill estimate my.yaml --gpus 8xH100 --price-per-gpu-hour 2.5
+    tokenmill estimate demo --gpus cpu --json
+
+The model is built on PyTorch's meta device (exact parameter counts for any config, no memory, no
+download beyond a base model's config.json). FLOPs per token follow the PaLM convention that training's
+MFU uses (`train/perf.py`): 6 x (non-embedding parameters + LM head) + 12 x layers x hidden x seq_len,
+attention not halved for causality. Memory is a sum of parts (`memory.py`), each named in the breakdown;
+`bench/estimate_vs_measured.py` checks the total and the step time against real runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from tokenmill.estimate.memory import MemoryPlan, memory_breakdown
+from tokenmill.train import perf
+
+ACCELERATORS = yaml.safe_load((Path(__file__).parent / "accelerators.yaml").read_text())
+DEFAULT_MFU = {"gpu": 0.40, "cpu": 0.60}  # GPU: llm-foundry's published H100 range 35-46%; CPU: our loop, measured
+
+
+@dataclass
+class Devices:
+    kind: str          # "cpu" or an ACCELERATORS name
+    count: int
+    peak_flops: float  # per device, in the run's precision
+    memory_gib: float | None
+
+    @classmethod
+    def parse(cls, spec: str, bf16: bool) -> "Devices":
+        """'8xH100', 'H100', or 'cpu' (whose peak is measured here, like training's MFU)."""
+        count, _, name = spec.rpartition("x") if "x" in spec.lower() and spec[0].isdigit() else ("1", "", spec)
+        if name.lower() == "cpu":
+            return cls("cpu", int(count), perf.measured_matmul_peak(torch.device("cpu")), None)
+        match = next((k for k in ACCELERATORS if k.lower() == name.lower()), None)
+        if match is None:
+            raise ValueError(f"--gpus {spec}: unknown device {name!r}; known: cpu, {', '.join(ACCELERATORS)} "
+                             f"(add one to tokenmill/estimate/accelerators.yaml)")
+        spec_ = ACCELERATORS[match]
+        return cls(match, int(count), 1e12 * spec_["bf16_tflops" if bf16 else "fp32_tflops"], spec_["memory_gib"])
+
+
+def meta_model(cfg):
+    """The model the run would train, on the meta device: shapes and counts without weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tokenmill.model import build_model
+    from tokenmill.model.resolve import resolve_model_path
+    with torch.device("meta"):
+        if cfg.model.init_from:
+            config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.init_from))
+            return AutoModelForCausalLM.from_config(config)
+        return build_model(cfg.model, vocab_size_of(cfg), eos_id=0)
+
+
+def vocab_size_of(cfg) -> int:
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    if cfg.tokenize.tokenizer:
+        from tokenmill.tokenize.tokenizer import load_tokenizer
+        return len(load_tokenizer(cfg.tokenize.tokenizer, cfg.tokenize.eos_token))
+    return cfg.tokenize.vocab_size
+
+
+def trainable_parameters(model, lora) -> int:
+    """All parameters, or LoRA's: r x (in + out) per adapted linear layer, plus the embeddings (and an
+    untied head) when they train too."""
+    if lora is None:
+        return sum(p.numel() for p in model.parameters())
+    count = sum(lora.r * (m.in_features + m.out_features) for name, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora.target_modules)
+    if lora.train_embeddings:
+        count += model.get_input_embeddings().weight.numel()
+        if not model.config.tie_word_embeddings:
+            count += model.get_output_embeddings().weight.numel()
+    return count
+
+
+def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mfu: float | None = None,
+             world_size: int | None = None) -> dict:
+    on_gpu = gpus.lower() != "cpu"
+    bf16 = on_gpu and cfg.train.precision != "fp32"
+    devices = Devices.parse(gpus, bf16)
+    world = world_size or devices.count
+    model = meta_model(cfg)
+    t = cfg.train
+    params = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    flops_token = perf.flops_per_token(model, t.seq_len)
+    accum = t.accum_steps(world)
+    tokens_per_step = t.seq_len * t.micro_batch_size * accum * world
+    mfu = mfu or DEFAULT_MFU["gpu" if on_gpu else "cpu"]
+    step_time = flops_token * tokens_per_step * (4 / 3 if t.activation_checkpointing else 1) / (
+        world * devices.peak_flops * mfu)
+    plan = MemoryPlan(params=params, trainable=trainable_parameters(model, cfg.model.lora), config=model.config,
+                      micro_batch_size=t.micro_batch_size, seq_len=t.seq_len, world_size=world,
+                      parallel="fsdp" if t.parallel == "fsdp" else ("ddp" if world > 1 else "none"),
+                      bf16=bf16, activation_checkpointing=t.activation_checkpointing,
+                      loss_chunk_tokens=t.loss_chunk_tokens, cpu_offload=t.fsdp_cpu_offload, on_gpu=on_gpu)
+    memory = memory_breakdown(plan)
+    total_time = step_time * t.max_steps
+    cost = total_time / 3600 * devices.count * price_per_gpu_hour if price_per_gpu_hour else None
+    return {"params": params, "params_embedding": embedding, "params_trainable": plan.trainable,
+            "flops_per_token": flops_token, "flops_total": flops_token * tokens_per_step * t.max_steps,
+            "memory_gib_per_device": round(sum(memory.values()), 3),
+            "memory_breakdown_gib": {k: round(v, 4) for k, v in memory.items()},
+            "device_memory_gib": devices.memory_gib, "step_time_s": step_time, "total_time_s": total_time,
+            "cost_usd": cost, "tokens_per_step": tokens_per_step, "tokens_total": tokens_per_step * t.max_steps,
+            "chinchilla_tokens": 20 * params, "mfu": mfu, "devices": asdict(devices),
+            "flops_convention": "PaLM: 6 x (non-embedding params + LM head) + 12 x layers x hidden x seq_len"}
+
+
+def format_estimate(e: dict) -> str:
+    d = e["devices"]
+    fits = "" if e["device_memory_gib"] is None else (
+        f" of {e['device_memory_gib']} GiB" + ("" if e["memory_gib_per_device"] <= e["device_memory_gib"]
+                                                else "  ← does not fit: try fsdp, activation checkpointing or LoRA"))
+    lines = [f"parameters       {e['params'] / 1e6:,.1f}M ({e['params_embedding'] / 1e6:,.1f}M embedding, "
+             f"{e['params_trainable'] / 1e6:,.1f}M trainable)",
+             f"FLOPs per token  {e['flops_per_token']:.3g} ({e['flops_convention']})",
+             f"tokens           {e['tokens_total']:,} ({e['tokens_per_step']:,} per step); Chinchilla-optimal for "
+             f"this size: {e['chinchilla_tokens']:,.0f} (20 per parameter; not a target for CPT)",
+             f"memory/device    {e['memory_gib_per_device']:.2f} GiB{fits}"]
+    lines += [f"  {name:<15}{gib:8.3f} GiB" for name, gib in e["memory_breakdown_gib"].items()]
+    lines += [f"time             {e['step_time_s']:.3g} s/step, {_duration(e['total_time_s'])} on {d['count']} x "
+              f"{d['kind']} at {e['mfu']:.0%} MFU (peak {d['peak_flops'] / 1e12:.3g} TFLOP/s per device)"]
+    if e["cost_usd"] is not None:
+        lines.append(f"cost             ${e['cost_usd']:,.2f}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours >= 1 else f"{math.ceil(seconds / 60)} min"
