@@ -110,7 +110,7 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
     return {"params": params, "params_embedding": embedding, "params_trainable": plan.trainable,
             "flops_per_token": flops_token, "flops_total": flops_token * tokens_per_step * t.max_steps,
             "memory_gib_per_device": round(sum(memory.values()), 3),
-            "memory_breakdown_gib": {k: round(v, 4) for k, v in memory.items()},
+            "memory_breakdown_gib": memory,
             "device_memory_gib": devices.memory_gib, "step_time_s": step_time, "total_time_s": total_time,
             "cost_usd": cost, "tokens_per_step": tokens_per_step, "tokens_total": tokens_per_step * t.max_steps,
             "chinchilla_tokens": 20 * params, "mfu": mfu, "devices": asdict(devices),

@@ -1,0 +1,67 @@
+"""`tokenmill estimate`: exact counts against built models, the memory parts moving the way each option
+moves them, time and cost arithmetic, and the CLI's JSON."""
+
+import json
+
+import pytest
+
+from conftest import tiny_pipeline
+from tokenmill.cli import main
+from tokenmill.config import validate
+from tokenmill.estimate import estimate
+from tokenmill.model import build_model, count_parameters
+from tokenmill.train import perf
+
+
+def config(corpus, **train):
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(train)
+    return validate(raw)
+
+
+def test_counts_equal_the_built_model(corpus):
+    cfg = config(corpus)
+    e = estimate(cfg, "cpu")
+    model = build_model(cfg.model, cfg.tokenize.vocab_size, 0)
+    assert e["params"] == count_parameters(model)
+    assert e["flops_per_token"] == perf.flops_per_token(model, cfg.train.seq_len)
+    assert e["tokens_per_step"] == cfg.train.seq_len * cfg.train.micro_batch_size
+
+
+def test_lora_trainable_count_equals_peft(corpus):
+    from tokenmill.model.lora import apply_lora
+    raw = tiny_pipeline(corpus)
+    raw["model"]["lora"] = {"r": 4, "train_embeddings": False}
+    cfg = validate(raw)
+    e = estimate(cfg, "cpu")
+    model = apply_lora(build_model(cfg.model, cfg.tokenize.vocab_size, 0), cfg.model.lora)
+    assert e["params_trainable"] == count_parameters(model, trainable=True)
+    full = estimate(config(corpus), "cpu")["memory_breakdown_gib"]
+    assert e["memory_breakdown_gib"]["optimizer"] == pytest.approx(8 * e["params_trainable"] / 2**30)
+    assert e["memory_breakdown_gib"]["optimizer"] < full["optimizer"]
+
+
+def test_each_option_moves_its_memory_part(corpus):
+    base = estimate(config(corpus, micro_batch_size=8), "8xH100")
+    parts = base["memory_breakdown_gib"]
+    ckpt = estimate(config(corpus, micro_batch_size=8, activation_checkpointing=True), "8xH100")
+    assert ckpt["memory_breakdown_gib"]["activations"] < parts["activations"]
+    assert ckpt["step_time_s"] == pytest.approx(base["step_time_s"] * 4 / 3)  # the recomputed forward
+    fsdp = estimate(config(corpus, micro_batch_size=8, parallel="fsdp"), "8xH100")["memory_breakdown_gib"]
+    assert fsdp["optimizer"] == pytest.approx(parts["optimizer"] / 8) and "fsdp_buffers" in fsdp
+    unchunked = estimate(config(corpus, micro_batch_size=8, loss_chunk_tokens=None), "8xH100")
+    assert unchunked["memory_breakdown_gib"]["loss"] > parts["loss"]
+    assert parts["weights"] == pytest.approx(6 * base["params"] / 2**30, rel=1e-3)  # fp32 master + bf16 copy
+
+
+def test_time_and_cost_arithmetic_and_the_json(corpus, tmp_path, capsys):
+    import yaml
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_pipeline(corpus)))
+    assert main(["estimate", str(path), "--gpus", "4xA100", "--price-per-gpu-hour", "2", "--mfu", "0.5", "--json"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert {"params", "flops_per_token", "memory_gib_per_device", "step_time_s", "total_time_s", "cost_usd"} <= set(e)
+    assert e["step_time_s"] == pytest.approx(e["flops_per_token"] * e["tokens_per_step"] / (4 * 312e12 * 0.5))
+    assert e["cost_usd"] == pytest.approx(e["total_time_s"] / 3600 * 4 * 2)
+    assert main(["estimate", str(path), "--gpus", "2xB999"]) == 2
+    assert "unknown device 'B999'" in capsys.readouterr().err
