@@ -27,6 +27,14 @@ def test_run_end_to_end_then_skip_then_rerun_downstream(tiny_config, tmp_path, c
     assert (run_dir / "config.resolved.yaml").is_file() and (run_dir / "60_export" / "model.safetensors").is_file()
     report = (run_dir / "report.html").read_text()
     assert report.count("data:image/png;base64") >= 5 and 'alt="length histogram"' in report
+    from tokenmill.report import _fmt
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = json.loads((run_dir / "50_eval" / "results.json").read_text())
+    assert f"<td>{_fmt(max(r['mem/peak_gib'] for r in rows if 'mem/peak_gib' in r))}</td>" in report
+    assert f"<td>{_fmt(evals['sets']['val']['loss'])}</td>" in report
+    for part in ("Estimate vs measured", "Stage durations", "Resolved config", 'alt="throughput"', 'alt="MFU"',
+                 "Sample</h2><pre>The king"):
+        assert part in report, part
     results = json.loads((run_dir / "50_eval" / "results.json").read_text())["sets"]["val"]
     unigram = json.loads((run_dir / "30_shards" / "val" / "meta.json").read_text())["unigram_entropy_nats"]
     assert results["loss"] < unigram  # the model learnt more than token frequencies

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from tokenmill import dedup, evaluation, export, filters, ingest, recipes, report, tokenize, train
-from tokenmill.atomic import atomic_write_text
+from tokenmill.atomic import atomic_write_json, atomic_write_text
 from tokenmill.config import PipelineConfig, dump_config
 from tokenmill.dedup import DedupConfig
 from tokenmill.filters import FilterConfig
@@ -72,6 +72,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     if cfg.recipe.name != "none":
         print(recipes.describe(cfg.recipe, cfg.train, cfg.mixture))
     shards = prepare_data(cfg, run_dir, force)
+    _save_estimate(cfg, run_dir)
     d = {name: run_dir / folder for name, folder in MODEL_DIRS.items()}
     named = isinstance(shards, dict)
     sections = {"model": cfg.model, "train": cfg.train, **({"mixture": cfg.mixture} if named else {})}
@@ -88,13 +89,37 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     # eval is an input: the model card carries its results
     run_stage("export", cfg.export, [d["train"], d["eval"]], d["export"],
               lambda out: export.run(cfg.export, d["train"], out), force)
+    sample = generate(_sampled_model(cfg, d["export"]), cfg.generate)
+    atomic_write_text(run_dir / "sample.txt", sample)
     report_path = report.run(run_dir)
     first = next(iter(json.loads((d["eval"] / "results.json").read_text())["sets"].values()))
     first_shards = next(iter(shards.values())) if named else shards
     return {"report": report_path, "model": d["export"], "val_loss": first["loss"],
             "bits_per_byte": first["bits_per_byte"],
             "unigram_entropy": read_meta(first_shards / "val").get("unigram_entropy_nats"),
-            "sample": generate(_sampled_model(cfg, d["export"]), cfg.generate), "eval": results["counts"]}
+            "sample": sample, "eval": results["counts"]}
+
+
+def _save_estimate(cfg: PipelineConfig, run_dir: Path) -> None:
+    """What `tokenmill estimate` predicts for this machine, for the report to set beside the measurements."""
+    from tokenmill.device import pick_device
+    from tokenmill.estimate import estimate
+    device = pick_device(cfg.train.device)
+    if device.type == "cuda":
+        import torch
+        name = torch.cuda.get_device_name(device).replace(" ", "")
+        from tokenmill.estimate import ACCELERATORS
+        known = next((k for k in ACCELERATORS if k.replace("-", "") in name), None)
+        if known is None:
+            return  # an accelerator without a table entry: no estimate rather than a wrong one
+        spec = known
+    else:
+        spec = "cpu"
+    trained = [d for d in (run_dir / "30_shards" / "tokenizer", run_dir / "30_tokenizer" / "tokenizer") if d.is_dir()]
+    if trained and not cfg.tokenize.tokenizer:  # the vocabulary actually trained (small corpora fall short of vocab_size)
+        tokenizer_dir = trained[0]
+        cfg = cfg.model_copy(update={"tokenize": cfg.tokenize.model_copy(update={"tokenizer": str(tokenizer_dir)})})
+    atomic_write_json(run_dir / "estimate.json", estimate(cfg, spec))
 
 
 def _sampled_model(cfg: PipelineConfig, export_dir: Path) -> Path:

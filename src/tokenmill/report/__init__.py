@@ -180,6 +180,36 @@ def mixture_sections(plan_path: Path) -> list[str]:
             _table(totals, ("dataset", "tokens trained on", "epochs"))]
 
 
+def estimate_sections(estimate_path: Path, rows: list[dict]) -> list[str]:
+    """What `tokenmill estimate` predicted before the run, beside what the run measured."""
+    if not estimate_path.is_file():
+        return []
+    e = json.loads(estimate_path.read_text())
+    speeds = sorted(r["perf/tokens_per_s"] for r in rows if "perf/tokens_per_s" in r)
+    memory = [r["mem/peak_gib"] for r in rows if "mem/peak_gib" in r]
+    measured_step = e["tokens_per_step"] / speeds[len(speeds) // 2] if speeds else None
+    table = [("peak memory (GiB)", e["memory_gib_per_device"], max(memory) if memory else ""),
+             ("step time (s)", e["step_time_s"], measured_step or ""),
+             ("FLOPs per token", e["flops_per_token"], ""), ("parameters", e["params"], "")]
+    return ["<h3>Estimate vs measured</h3>", _table(table, ("", "estimated before the run", "measured"))]
+
+
+def stage_duration_sections(run_dir: Path, dataset_roots: list[Path]) -> list[str]:
+    rows = []
+    for root in dataset_roots or [run_dir]:
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name[:2].isdigit()):
+            m = read_manifest(folder)
+            if m:
+                label = folder.name if root == run_dir else f"{root.name}/{folder.name}"
+                rows.append((label, m["duration_s"], m["started_at"]))
+    if dataset_roots:
+        for folder in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name[:2].isdigit()):
+            m = read_manifest(folder)
+            if m:
+                rows.append((folder.name, m["duration_s"], m["started_at"]))
+    return ["<h2>Stage durations</h2>", _table(rows, ("stage", "seconds", "started (UTC)"))] if rows else []
+
+
 def render(run_dir: Path) -> str:
     rows = read_metrics(run_dir)
     evals_path = run_dir / "50_eval" / "results.json"
@@ -189,15 +219,26 @@ def render(run_dir: Path) -> str:
     val_meta = (dataset_roots[0] if dataset_roots else run_dir) / "30_shards" / "val" / "meta.json"
     unigram = json.loads(val_meta.read_text()).get("unigram_entropy_nats") if val_meta.is_file() else None
     sections = [f"<h1>tokenmill run: {html.escape(run_dir.name)}</h1>", "<h2>Training</h2>",
-                _img(plots.loss_curves(rows, unigram), "loss"), _img(plots.learning_rate(rows), "learning rate")]
+                _img(plots.loss_curves(rows, unigram), "loss"), _img(plots.learning_rate(rows), "learning rate"),
+                _img(plots.metric_over_steps(rows, "perf/tokens_per_s", "Throughput", "tokens/s"), "throughput"),
+                _img(plots.metric_over_steps(rows, "perf/mfu", "Model FLOPs utilisation", "MFU"), "MFU"),
+                _img(plots.metric_over_steps(rows, "mem/peak_gib", "Peak memory", "GiB"), "memory")]
+    sections += estimate_sections(run_dir / "estimate.json", rows)
     if evals:
         sections += evaluation_sections(evals)
+    sample = run_dir / "sample.txt"
+    if sample.is_file():
+        sections.append(f"<h2>Sample</h2><pre>{html.escape(sample.read_text())}</pre>")
     sections += mixture_sections(run_dir / "40_checkpoints" / "plan.json")
     if dataset_roots:
         for root in dataset_roots:
             sections += [f"<h2>Dataset {html.escape(root.name)}</h2>", *data_sections(root)]
     else:
         sections += data_sections(run_dir)
+    sections += stage_duration_sections(run_dir, dataset_roots)
+    config = run_dir / "config.resolved.yaml"
+    if config.is_file():
+        sections.append(f"<h2>Resolved config</h2><pre>{html.escape(config.read_text())}</pre>")
     style = ("body{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;color:#222}"
              "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;"
              "text-align:right}img{max-width:100%}pre{white-space:pre-wrap;background:#f4f4f4;padding:.5rem}")

@@ -48,6 +48,17 @@ def learning_rate(rows: list[dict]) -> str | None:
     return _png(fig)
 
 
+def metric_over_steps(rows: list[dict], key: str, title: str, ylabel: str) -> str | None:
+    """One logged metric (e.g. perf/tokens_per_s, perf/mfu, mem/peak_gib) against the optimizer step."""
+    points = [(r["step"], r[key]) for r in rows if key in r]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 2.4))
+    ax.plot(*zip(*points))
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+    return _png(fig)
+
+
 def funnel(stages: list[tuple[str, int, int]], unit: str) -> str | None:
     """Horizontal bars of (stage, in, out)."""
     if not stages:
