@@ -32,6 +32,7 @@ class LlamaCpp:
         params.n_ctx = n_ctx
         params.n_parallel = 1
         params.warmup = False
+        params.verbosity = 0  # llama.cpp's load and server logs otherwise fill stderr
         params.cpuparams.n_threads = threads or min(8, os.cpu_count() or 1)
         params.cpuparams_batch.n_threads = params.cpuparams.n_threads
         self.server = xllamacpp.Server(params)
