@@ -56,6 +56,7 @@ def metric_over_steps(rows: list[dict], key: str, title: str, ylabel: str) -> st
     fig, ax = plt.subplots(figsize=(7, 2.4))
     ax.plot(*zip(*points))
     ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+    ax.set_ylim(bottom=0)  # from zero: a flat memory line must not look like a jump
     return _png(fig)
 
 
@@ -97,7 +98,7 @@ def bars(counts: dict[str, int], title: str, xlabel: str) -> str | None:
     if not counts:
         return None
     items = sorted(counts.items(), key=lambda kv: kv[1])[-20:]
-    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * len(items)))
+    fig, ax = plt.subplots(figsize=(7, max(1.8, 0.6 + 0.35 * len(items))))  # one bar still shows
     ax.barh([k for k, _ in items], [v for _, v in items], color="#5f27cd")
     ax.set(xlabel=xlabel, title=title)
     return _png(fig)
