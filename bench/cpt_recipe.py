@@ -60,7 +60,7 @@ def variant_config(variant: str, base: str, train: dict, lora: dict | None) -> d
     config = {"model": {"init_from": base, "lora": lora},
               "train": {**train, "warmup_steps": 0, "eval_every": 0, "save_every": 0, "log_every": 5}}
     if variant == "naive":
-        config["train"].update(schedule="constant")
+        config["train"].update(schedule="constant", lr_min=train["lr_max"])
     elif variant == "cosine":
         config["train"].update(schedule="cosine", lr_min=train["lr_max"] / 100)
     if variant in ("naive", "cosine"):

@@ -64,3 +64,10 @@ def test_the_readme_configs_are_valid():
     assert len(blocks) >= 2
     for block in blocks:
         validate(yaml.safe_load(block))
+
+
+def test_a_small_lr_max_does_not_trip_over_the_default_lr_min():
+    assert validate({"train": {"lr_max": 2e-4}}).train.lr_min == pytest.approx(2e-5)
+    assert validate({}).train.lr_min == 3e-4
+    with pytest.raises(ConfigError, match=r"lr_min \(0.0003\) is above lr_max \(0.0002\)"):
+        validate({"train": {"lr_max": 2e-4, "lr_min": 3e-4}})

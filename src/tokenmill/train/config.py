@@ -18,7 +18,8 @@ class TrainConfig(StrictModel):
     batch_tokens: int | None = Field(None, gt=0, description="global tokens per optimizer step; sets grad_accum_steps")
     max_steps: int = Field(1000, gt=0, description="optimizer steps")
     lr_max: float = Field(3e-3, gt=0)
-    lr_min: float = Field(3e-4, ge=0)
+    lr_min: float = Field(3e-4, ge=0, description="final LR of the decay; when not given and lr_max is below "
+                                                  "3e-4: lr_max / 10")
     warmup_steps: int = Field(50, ge=0, description="optimizer steps of linear warmup")
     schedule: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of max_steps spent decaying")
@@ -57,6 +58,9 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self):
         problems = []
+        if self.lr_min > self.lr_max and "lr_min" not in self.model_fields_set:
+            # A small lr_max (continued pre-training) must not trip over a default the user never wrote.
+            object.__setattr__(self, "lr_min", self.lr_max / 10)  # not validate_assignment: this is the validator
         if self.lr_min > self.lr_max:
             problems.append(f"lr_min ({self.lr_min}) is above lr_max ({self.lr_max})")
         if self.warmup_steps >= self.max_steps:
