@@ -97,13 +97,16 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
     accum = t.accum_steps(world)
     tokens_per_step = t.seq_len * t.micro_batch_size * accum * world
     mfu = mfu or DEFAULT_MFU["gpu" if on_gpu else "cpu"]
-    step_time = flops_token * tokens_per_step * (4 / 3 if t.activation_checkpointing else 1) / (
-        world * devices.peak_flops * mfu)
+    # Hardware FLOPs: checkpointing recomputes the forward (+1/3); LoRA computes no weight gradients for the
+    # frozen base (4 of its 6 FLOPs per parameter and token remain).
+    hardware = (4 / 3 if t.activation_checkpointing else 1) * (4 / 6 if cfg.model.lora else 1)
+    step_time = flops_token * tokens_per_step * hardware / (world * devices.peak_flops * mfu)
     plan = MemoryPlan(params=params, trainable=trainable_parameters(model, cfg.model.lora), config=model.config,
                       micro_batch_size=t.micro_batch_size, seq_len=t.seq_len, world_size=world,
                       parallel="fsdp" if t.parallel == "fsdp" else ("ddp" if world > 1 else "none"),
                       bf16=bf16, activation_checkpointing=t.activation_checkpointing,
-                      loss_chunk_tokens=t.loss_chunk_tokens, cpu_offload=t.fsdp_cpu_offload, on_gpu=on_gpu)
+                      loss_chunk_tokens=t.loss_chunk_tokens, cpu_offload=t.fsdp_cpu_offload, on_gpu=on_gpu,
+                      loaded_checkpoint=bool(cfg.model.init_from))
     memory = memory_breakdown(plan)
     total_time = step_time * t.max_steps
     cost = total_time / 3600 * devices.count * price_per_gpu_hour if price_per_gpu_hour else None

@@ -12,6 +12,8 @@
   fsdp_buffers two gathered decoder layers (FSDP2 prefetches the next while computing one)
   runtime      CPU: this process's resident memory before training (interpreter, torch, transformers);
                GPU: the CUDA context (~0.5 GiB)
+  checkpoint_file  CPU, continued pre-training: the base's safetensors file, memory-mapped when loaded, whose
+               pages count in the process's resident memory
 Sources: EleutherAI's Transformer Math 101, Megatron's memory calculator, the notes in ../shared/notes.
 """
 
@@ -38,6 +40,7 @@ class MemoryPlan:
     loss_chunk_tokens: int | None
     cpu_offload: bool
     on_gpu: bool
+    loaded_checkpoint: bool = False  # continued pre-training: the base's weights were read from disk
 
 
 def memory_breakdown(p: MemoryPlan) -> dict[str, float]:
@@ -63,6 +66,8 @@ def memory_breakdown(p: MemoryPlan) -> dict[str, float]:
     chunk = min(p.loss_chunk_tokens or tokens, tokens)
     parts["loss"] = chunk * vocab * 4 * (2 if p.loss_chunk_tokens else 3)
     parts["runtime"] = CUDA_CONTEXT_GIB * GIB if p.on_gpu else process_rss_bytes()
+    if p.loaded_checkpoint and not p.on_gpu:
+        parts["checkpoint_file"] = 4 * p.params  # safetensors maps the file: its pages stay in the resident set
     return {name: size / GIB for name, size in parts.items()}
 
 
