@@ -277,8 +277,12 @@ def _run(cfg: PipelineConfig, args) -> None:
     print(f"model:      {out['model']}  (AutoModelForCausalLM.from_pretrained works on it)")
     for gguf_file in sorted(Path(out["model"]).glob("*.gguf")):
         print(f"gguf:       {gguf_file}  (llama.cpp: tokenmill generate {gguf_file})")
-    print(f"val loss:   {out['val_loss']:.4f} nats/token ({out['bits_per_byte']:.3f} bits/byte); "
-          f"unigram entropy of the corpus: {out['unigram_entropy']:.4f} nats/token")
+    for name, result in out["sets"].items():  # before → after for continued pre-training
+        before = f"{out['before'][name]['loss']:.4f} → " if name in out["before"] else ""
+        print(f"eval {name + ':':<6} {before}{result['loss']:.4f} nats/token ({result['bits_per_byte']:.3f} bits/byte)")
+    if out["unigram_entropy"] is not None:
+        print(f"unigram entropy of the corpus: {out['unigram_entropy']:.4f} nats/token (what knowing only token "
+              f"frequencies gives)")
     print(f"sample:\n{out['sample']}")
 
 

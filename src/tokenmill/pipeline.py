@@ -92,11 +92,10 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     sample = generate(_sampled_model(cfg, d["export"]), cfg.generate)
     atomic_write_text(run_dir / "sample.txt", sample)
     report_path = report.run(run_dir)
-    first = next(iter(json.loads((d["eval"] / "results.json").read_text())["sets"].values()))
-    first_shards = next(iter(shards.values())) if named else shards
-    return {"report": report_path, "model": d["export"], "val_loss": first["loss"],
-            "bits_per_byte": first["bits_per_byte"],
-            "unigram_entropy": read_meta(first_shards / "val").get("unigram_entropy_nats"),
+    evaluated = json.loads((d["eval"] / "results.json").read_text())
+    return {"report": report_path, "model": d["export"], "sets": evaluated["sets"],
+            "before": evaluated.get("before", {}).get("sets", {}),
+            "unigram_entropy": None if named else read_meta(shards / "val").get("unigram_entropy_nats"),
             "sample": sample, "eval": results["counts"]}
 
 
