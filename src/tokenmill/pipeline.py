@@ -104,16 +104,14 @@ def _save_estimate(cfg: PipelineConfig, run_dir: Path) -> None:
     from tokenmill.device import pick_device
     from tokenmill.estimate import estimate
     device = pick_device(cfg.train.device)
+    spec = "cpu"
     if device.type == "cuda":
         import torch
-        name = torch.cuda.get_device_name(device).replace(" ", "")
-        from tokenmill.estimate import ACCELERATORS
-        known = next((k for k in ACCELERATORS if k.replace("-", "") in name), None)
-        if known is None:
+
+        from tokenmill.train.perf import accelerator_named
+        spec = accelerator_named(torch.cuda.get_device_name(device))
+        if spec is None:
             return  # an accelerator without a table entry: no estimate rather than a wrong one
-        spec = known
-    else:
-        spec = "cpu"
     trained = [d for d in (run_dir / "30_shards" / "tokenizer", run_dir / "30_tokenizer" / "tokenizer") if d.is_dir()]
     if trained and not cfg.tokenize.tokenizer:  # the vocabulary actually trained (small corpora fall short of vocab_size)
         tokenizer_dir = trained[0]

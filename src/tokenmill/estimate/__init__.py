@@ -13,16 +13,14 @@ attention not halved for causality. Memory is a sum of parts (`memory.py`), each
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import torch
-import yaml
 
 from tokenmill.estimate.memory import MemoryPlan, memory_breakdown
 from tokenmill.train import perf
+from tokenmill.train.perf import ACCELERATORS
 
-ACCELERATORS = yaml.safe_load((Path(__file__).parent / "accelerators.yaml").read_text())
 DEFAULT_MFU = {"gpu": 0.40, "cpu": 0.60}  # GPU: llm-foundry's published H100 range 35-46%; CPU: our loop, measured
 
 
@@ -36,7 +34,7 @@ class Devices:
     @classmethod
     def parse(cls, spec: str, bf16: bool) -> "Devices":
         """'8xH100', 'H100', or 'cpu' (whose peak is measured here, like training's MFU)."""
-        count, _, name = spec.rpartition("x") if "x" in spec.lower() and spec[0].isdigit() else ("1", "", spec)
+        count, name = re.fullmatch(r"(?:(\d+)x)?(.+)", spec.strip()).groups(default="1")
         if name.lower() == "cpu":
             # Best of three: one short measurement on a busy machine can read 30% low.
             peak = max(perf.measured_matmul_peak(torch.device("cpu")) for _ in range(3))
@@ -44,7 +42,7 @@ class Devices:
         match = next((k for k in ACCELERATORS if k.lower() == name.lower()), None)
         if match is None:
             raise ValueError(f"--gpus {spec}: unknown device {name!r}; known: cpu, {', '.join(ACCELERATORS)} "
-                             f"(add one to tokenmill/estimate/accelerators.yaml)")
+                             f"(add one to tokenmill/train/accelerators.yaml)")
         spec_ = ACCELERATORS[match]
         return cls(match, int(count), 1e12 * spec_["bf16_tflops" if bf16 else "fp32_tflops"], spec_["memory_gib"])
 

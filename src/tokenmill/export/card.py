@@ -10,9 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from tokenmill.report.tokens import DATA_FOLDERS
 from tokenmill.stage import read_manifest
-
-DATA_STAGES = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup"}
 
 
 def run_dir_of(source: Path) -> Path | None:
@@ -47,7 +46,7 @@ def data_section(run: Path) -> list[str]:
     roots = sorted((run / "datasets").iterdir()) if (run / "datasets").is_dir() else [run]
     rows = ["| dataset | stage | documents in | documents out |", "|---|---|---|---|"]
     for root in roots:
-        for stage, folder in DATA_STAGES.items():
+        for stage, folder in DATA_FOLDERS.items():
             m = read_manifest(root / folder)
             if m:
                 c = m["counts"]

@@ -195,18 +195,14 @@ def estimate_sections(estimate_path: Path, rows: list[dict]) -> list[str]:
 
 
 def stage_duration_sections(run_dir: Path, dataset_roots: list[Path]) -> list[str]:
+    """Each stage's duration: every dataset's data stages first, then the run's own stages."""
     rows = []
-    for root in dataset_roots or [run_dir]:
+    for root in [*dataset_roots, run_dir]:
+        prefix = "" if root == run_dir else f"{root.name}/"
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name[:2].isdigit()):
             m = read_manifest(folder)
             if m:
-                label = folder.name if root == run_dir else f"{root.name}/{folder.name}"
-                rows.append((label, m["duration_s"], m["started_at"]))
-    if dataset_roots:
-        for folder in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name[:2].isdigit()):
-            m = read_manifest(folder)
-            if m:
-                rows.append((folder.name, m["duration_s"], m["started_at"]))
+                rows.append((prefix + folder.name, m["duration_s"], m["started_at"]))
     return ["<h2>Stage durations</h2>", _table(rows, ("stage", "seconds", "started (UTC)"))] if rows else []
 
 

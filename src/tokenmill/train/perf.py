@@ -7,12 +7,19 @@ matrix products, plus 12 x layers x hidden x seq_len for attention scores and va
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
-# Dense bf16 peak FLOP/s (vendor figures, no sparsity).
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
-                  "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
+ACCELERATORS: dict[str, dict] = yaml.safe_load((Path(__file__).parent / "accelerators.yaml").read_text())
+
+
+def accelerator_named(device_name: str) -> str | None:
+    """The ACCELERATORS entry a CUDA device name matches (the longest key first: H100-PCIe before H100)."""
+    squeezed = device_name.replace(" ", "").replace("-", "").lower()
+    return next((k for k in sorted(ACCELERATORS, key=len, reverse=True)
+                 if k.replace("-", "").lower() in squeezed), None)
 
 
 def flops_per_token(model, seq_len: int) -> float:
@@ -40,10 +47,10 @@ def measured_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float3
 
 def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return peak if dtype == torch.bfloat16 else peak / 2
+        key = accelerator_named(torch.cuda.get_device_name(device))
+        if key is not None:
+            peak = ACCELERATORS[key]["bf16_tflops"] * 1e12
+            return peak if dtype == torch.bfloat16 else peak / 2
     return measured_matmul_peak(device, dtype)
 
 
