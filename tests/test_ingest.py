@@ -213,3 +213,53 @@ def test_an_installed_packages_python_source_is_a_corpus(tmp_path):
     assert {"__init__.py", "decoder.py", "encoder.py"} <= set(docs)
     assert {d.metadata["language"] for d in docs.values()} == {"Python"}
     assert "def dumps(" in docs["__init__.py"].text
+
+
+def test_compressed_text_formats_and_the_kernel_docs_suffixes(tmp_path):
+    """Any text format behind gzip, zstd, bz2 or xz reads like the plain file (Debian ships docs as .rst.gz)."""
+    import bz2
+    import lzma
+
+    import zstandard
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    compress = {".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress, ".bz2": bz2.compress,
+                ".xz": lzma.compress}
+    expected = {}
+    for i, (suffix, fn) in enumerate(compress.items()):
+        for kind in (".rst", ".txt", ".tex", ".adoc", ".org"):
+            text = f"{kind} document number {i}, with ünïcode"
+            (src / "sub" / f"doc{i}{kind}{suffix}").write_bytes(fn(text.encode()))
+            expected[f"sub/doc{i}{kind}{suffix}"] = text
+    (src / "lines.jsonl.bz2").write_bytes(bz2.compress(b'{"text": "bz2 line"}\n'))
+    (src / "tool.py.xz").write_bytes(lzma.compress(b"print('hi')\n"))
+    (src / "table.yaml.gz").write_bytes(gzip.compress(b"a: 1\n"))  # not a format tokenmill reads: skipped
+    counts, docs = ingest([src], tmp_path)
+    assert {k: docs[k].text for k in expected} == expected
+    assert docs["lines.jsonl.bz2:1"].text == "bz2 line"
+    assert docs["tool.py.xz"].metadata["language"] == "Python"
+    assert counts["files"] == len(expected) + 2 and counts["bad_records"] == 0
+
+
+def test_corrupt_compressed_text_is_counted_and_named(tmp_path, caplog):
+    import lzma
+    (tmp_path / "ok.md").write_text("fine")
+    (tmp_path / "broken.rst.xz").write_bytes(lzma.compress(b"x" * 1000)[:20])
+    counts, docs = ingest([tmp_path / "ok.md", tmp_path / "broken.rst.xz"], tmp_path)
+    assert counts["bad_records"] == 1 and list(docs) == ["ok.md"]
+    assert "broken.rst.xz: unreadable compressed data" in caplog.text
+    with pytest.raises(ValueError, match="broken.rst.xz"):
+        ingest([tmp_path / "broken.rst.xz"], tmp_path, strict=True)
+
+
+def test_hidden_and_vcs_folders_are_skipped_and_a_path_given_twice_is_read_once(tmp_path):
+    src = tmp_path / "repo"
+    for folder in ("docs", ".git/objects", ".cache", "CVS", "docs/.ipynb_checkpoints"):
+        (src / folder).mkdir(parents=True, exist_ok=True)
+        (src / folder / "notes.md").write_text(f"text in {folder}")
+    (src / ".hidden.md").write_text("a hidden file")
+    counts, docs = ingest([src, src / "docs", str(src / "**/*.md"), src / "docs" / "notes.md"], tmp_path)
+    assert sorted(d.text for d in docs.values()) == ["text in docs"]
+    assert counts["files"] == 1
+    explicit, docs = ingest([src / ".hidden.md"], tmp_path)  # named explicitly: read
+    assert [d.text for d in docs.values()] == ["a hidden file"]

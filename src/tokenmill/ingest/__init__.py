@@ -1,9 +1,11 @@
 """Ingest: files, folders and globs of raw text → document shards (`00_raw/`).
 
-Formats: .txt .md, .jsonl(.gz/.zst), .json (array or object of records), .csv .tsv, .parquet, .html .htm
+Formats: .txt .md .rst .tex .adoc .org, .jsonl, .json (array or object of records), .csv .tsv, .parquet, .html .htm
 (main text extracted with trafilatura), .pdf (pages joined), .warc(.gz) (HTML response records), .urls
 (a list of URLs, scraped politely: see scrape.py), source code (.py .js .c .rs ... with the language in
-metadata: see code.py); and hf://NAME[/CONFIG]:SPLIT datasets (hf_datasets.py). Bad records are counted and named (file, line or row); --strict stops.
+metadata: see code.py); any of the text formats compressed (.gz .zst .bz2 .xz); and hf://NAME[/CONFIG]:SPLIT
+datasets (hf_datasets.py). Hidden and version-control folders are skipped. Bad records are counted and named
+(file, line or row); --strict stops.
 
     tokenmill ingest corpus/ 'more/*.jsonl.gz' -o runs/x/00_raw
 """
@@ -18,7 +20,7 @@ from pydantic import Field
 
 from tokenmill.documents import Document, write_documents
 from tokenmill.ingest.hf_datasets import is_dataset_spec, parse, read_dataset
-from tokenmill.ingest.readers import READERS, ReadStats, _record, read_file
+from tokenmill.ingest.readers import DECOMPRESSORS, READERS, ReadStats, _record, read_file, reader_for
 from tokenmill.ingest.scrape import ScrapeConfig
 from tokenmill.ingest.sources import resolve_inputs
 from tokenmill.schema import StrictModel
@@ -44,11 +46,12 @@ def input_files(cfg: IngestConfig) -> list[tuple[Path, str]]:
     if not cfg.paths:
         raise ValueError("ingest.paths is empty: give files, folders, globs or hf:// datasets to read")
     file_specs = [p for p in cfg.paths if not is_dataset_spec(p)]
-    return resolve_inputs(file_specs, suffixes=tuple(READERS)) if file_specs else []
+    known = f"{', '.join(READERS)}; text formats also compressed: {', '.join(DECOMPRESSORS)}"
+    return resolve_inputs(file_specs, lambda name: reader_for(name) is not None, known) if file_specs else []
 
 
 def dataset_specs(cfg: IngestConfig) -> list[str]:
-    return [p for p in cfg.paths if is_dataset_spec(p)]
+    return list(dict.fromkeys(p for p in cfg.paths if is_dataset_spec(p)))  # a dataset named twice is read once
 
 
 def input_keys(cfg: IngestConfig) -> list[Path | str]:

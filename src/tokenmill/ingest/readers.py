@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
 import io
+import lzma
 import json
 import logging
 import sys
@@ -54,25 +56,61 @@ def _emit(doc: Document, stats: ReadStats) -> Iterator[Document]:
 
 
 def read_text(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
-    text = _decode(path.read_bytes(), str(path), stats, cfg.strict)
-    yield from _emit(Document(id=doc_id, text=text, source=str(path)), stats)
+    text = _read_text(path, stats, cfg.strict)
+    if text is not None:
+        yield from _emit(Document(id=doc_id, text=text, source=str(path)), stats)
 
 
 def read_code(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
     """One document per source file, with its language and its path (relative to the input spec)."""
-    text = _decode(path.read_bytes(), str(path), stats, cfg.strict)
-    metadata = {"language": language_of(path), "path": doc_id}
-    yield from _emit(Document(id=doc_id, text=text, source=str(path), metadata=metadata), stats)
+    text = _read_text(path, stats, cfg.strict)
+    metadata = {"language": language_of(Path(uncompressed_name(path.name))), "path": doc_id}
+    if text is not None:
+        yield from _emit(Document(id=doc_id, text=text, source=str(path), metadata=metadata), stats)
+
+
+def _open_zstd(path: Path):
+    import zstandard
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
+
+
+# Any text format may come compressed (Debian ships its docs as .rst.gz and .txt.gz, corpora come as .jsonl.zst).
+DECOMPRESSORS = {".gz": lambda p: gzip.open(p, "rb"), ".zst": _open_zstd, ".zstd": _open_zstd,
+                 ".bz2": lambda p: bz2.open(p, "rb"), ".xz": lambda p: lzma.open(p, "rb")}
+# What a truncated or corrupt archive raises while it is read.
+CORRUPT = (EOFError, gzip.BadGzipFile, OSError, lzma.LZMAError)
+
+
+def uncompressed_name(name: str) -> str:
+    """`notes.rst.gz` → `notes.rst`; other names as they are."""
+    return next((name[:-len(s)] for s in DECOMPRESSORS if name.endswith(s)), name)
 
 
 def _open_binary(path: Path):
-    """Plain, .gz or .zst, transparently."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.name.endswith(".zst"):
-        import zstandard
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
-    return open(path, "rb")
+    """Plain or compressed (gzip, zstd, bz2, xz), transparently."""
+    opener = next((open_ for suffix, open_ in DECOMPRESSORS.items() if path.name.endswith(suffix)), None)
+    return opener(path) if opener else open(path, "rb")
+
+
+def read_bytes(path: Path) -> bytes:
+    with _open_binary(path) as f:
+        return f.read()
+
+
+def _is_corrupt(e: Exception) -> bool:
+    return isinstance(e, CORRUPT) or type(e).__name__ == "ZstdError"  # zstandard's own type for corrupt frames
+
+
+def _read_text(path: Path, stats: ReadStats, strict: bool) -> str | None:
+    """A whole file as text, decompressed; a corrupt archive is counted (or raised under --strict) as None."""
+    try:
+        raw = read_bytes(path)
+    except Exception as e:
+        if not _is_corrupt(e):
+            raise
+        _bad(str(path), f"unreadable compressed data ({e})", stats, strict)
+        return None
+    return _decode(raw, str(path), stats, strict)
 
 
 def _record(record, where: str, default_id: str, source: str, cfg, stats: ReadStats) -> Iterator[Document]:
@@ -100,19 +138,20 @@ def read_jsonl(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Docum
                     _bad(where, f"malformed JSON ({e.msg})", stats, cfg.strict)
                     continue
                 yield from _record(record, where, f"{doc_id}:{line_no}", str(path), cfg, stats)
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
-        # A truncated or corrupt archive: keep what was read, count the rest as one bad record.
-        _bad(str(path), f"unreadable compressed data ({e})", stats, cfg.strict)
-    except Exception as e:  # zstandard raises its own error type for corrupt frames
-        if type(e).__name__ != "ZstdError":
+    except Exception as e:
+        if not _is_corrupt(e):
             raise
+        # A truncated or corrupt archive: keep what was read, count the rest as one bad record.
         _bad(str(path), f"unreadable compressed data ({e})", stats, cfg.strict)
 
 
 def read_json(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
     """A JSON array of records, or an object whose values are records (keys become ids)."""
+    text = _read_text(path, stats, cfg.strict)
+    if text is None:
+        return
     try:
-        data = json.loads(_decode(path.read_bytes(), str(path), stats, cfg.strict))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         _bad(f"{path}:{e.lineno}", f"malformed JSON ({e.msg})", stats, cfg.strict)
         return
@@ -129,7 +168,9 @@ def read_json(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Docume
 
 def read_csv(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
     csv.field_size_limit(sys.maxsize)  # real documents are longer than csv's 128 KB default
-    text = _decode(path.read_bytes(), str(path), stats, cfg.strict)
+    text = _read_text(path, stats, cfg.strict)
+    if text is None:
+        return
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.name.endswith(".tsv") else ",")
     if reader.fieldnames is None or cfg.text_field not in reader.fieldnames:
         _bad(str(path), f"no column {cfg.text_field!r} (columns: {reader.fieldnames}); set ingest.text_field",
@@ -185,7 +226,10 @@ def _extract_with_resiliparse(html: str) -> tuple[str, dict]:
 
 
 def read_html(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
-    text, metadata = extract_html(_decode(path.read_bytes(), str(path), stats, cfg.strict), cfg.html_extractor)
+    html = _read_text(path, stats, cfg.strict)
+    if html is None:
+        return
+    text, metadata = extract_html(html, cfg.html_extractor)
     yield from _emit(Document(id=doc_id, text=text, source=str(path), metadata=metadata), stats)
 
 
@@ -251,14 +295,25 @@ def read_url_list(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Do
 
 
 Reader = Callable[[Path, str, object, ReadStats], Iterator[Document]]
+TEXT_FORMATS = (".txt", ".md", ".rst", ".tex", ".adoc", ".asciidoc", ".org")
 READERS: dict[str, Reader] = {
-    ".txt": read_text, ".md": read_text, ".jsonl": read_jsonl, ".jsonl.gz": read_jsonl, ".jsonl.zst": read_jsonl,
-    ".json": read_json, ".csv": read_csv, ".tsv": read_csv, ".parquet": read_parquet, ".html": read_html, ".htm": read_html,
+    **{suffix: read_text for suffix in TEXT_FORMATS}, ".jsonl": read_jsonl, ".json": read_json,
+    ".csv": read_csv, ".tsv": read_csv, ".parquet": read_parquet, ".html": read_html, ".htm": read_html,
     ".pdf": read_pdf, ".warc": read_warc, ".warc.gz": read_warc, ".urls": read_url_list,
     **{suffix: read_code for suffix in LANGUAGES},
 }
+# Containers with their own compression, or read by a library from the path: never behind a decompressor.
+NOT_DECOMPRESSED = {read_parquet, read_pdf, read_warc, read_url_list}
+
+
+def reader_for(name: str) -> Reader | None:
+    """The reader of a file name (`a.jsonl`, `a.rst.gz`, `a.warc.gz`), or None when tokenmill cannot read it."""
+    for candidate in dict.fromkeys([name, uncompressed_name(name)]):
+        suffix = next((s for s in sorted(READERS, key=len, reverse=True) if candidate.endswith(s)), None)
+        if suffix and (candidate == name or READERS[suffix] not in NOT_DECOMPRESSED):
+            return READERS[suffix]
+    return None
 
 
 def read_file(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
-    suffix = next(s for s in sorted(READERS, key=len, reverse=True) if path.name.endswith(s))
-    yield from READERS[suffix](path, doc_id, cfg, stats)
+    yield from reader_for(path.name)(path, doc_id, cfg, stats)
