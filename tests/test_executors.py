@@ -4,7 +4,7 @@ import pytest
 
 from tokenmill import engine
 from tokenmill.cli import main
-from tokenmill.documents import Document, read_documents, write_documents
+from tokenmill.documents import Document, document_shards, read_documents, read_shard, write_documents
 from tokenmill.filters import FilterConfig, pipeline
 from tokenmill.filters import run as filter_run
 
@@ -40,3 +40,33 @@ def test_ray_executor_on_a_local_cluster(tmp_path):
     counts = filter_run(cfg, tmp_path / "in", tmp_path / "out")
     assert counts["docs_in"] == 7 and counts["docs_out"] == 6 and counts["drops"] == {"length/too_short": 1}
     assert sorted(d.id for d in read_documents(tmp_path / "out")) == [f"d{i}" for i in range(6)]
+
+
+def test_every_core_by_default_and_the_output_does_not_depend_on_tasks_or_workers(tmp_path, monkeypatch):
+    """Default: one task per input shard, run on every core; filter and dedup (exact, MinHash, lines) give the
+    same shards with the same documents in the same order for any tasks/workers."""
+    import random
+
+    from conftest import make_text
+    from tokenmill.dedup import DedupConfig
+    from tokenmill.dedup import run as dedup_run
+    rng = random.Random(3)
+    texts = [make_text(rng, 12) for _ in range(30)]
+    docs = [Document(f"d{i:02d}", texts[i % 24] + ("" if i < 24 else " Extra words.")) for i in range(30)]
+    docs += [Document("short", "tiny"), Document("exact", texts[5])]
+    write_documents(docs, tmp_path / "in", docs_per_shard=5)  # 7 shards
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)
+    assert engine.build_executor(engine.for_input(engine.ExecutorConfig(), tmp_path / "in"), [], tmp_path / "l") \
+        .workers == 2
+    outputs = {}
+    for executor in ({}, {"tasks": 1}, {"tasks": 3, "workers": 2}):
+        out = tmp_path / f"run{len(outputs)}"
+        counts = filter_run(FilterConfig(steps=[{"name": "length", "min_chars": 20}], executor=executor),
+                            tmp_path / "in", out / "filtered")
+        dedup = dedup_run(DedupConfig(lines={"min_docs": 5}, executor=executor), out / "filtered", out / "dedup")
+        outputs[str(executor)] = [[(d.id, d.text) for d in read_shard(shard)] for shard in document_shards(out / "dedup")]
+        assert dedup["drops"].get("minhash/near_duplicate") and dedup["drops"].get("exact/duplicate") == 1
+    assert counts["tasks"] == 3
+    first, *others = outputs.values()
+    assert len(first) > 1 and all(other == first for other in others)
+

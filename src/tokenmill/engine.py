@@ -4,14 +4,18 @@ One module knows datatrove: our document shards as its reader/writer (adapters k
 `metadata`), the executor choice (local processes, Slurm, Ray), a tally step for the data funnel, and the
 per-step stats that datatrove writes (`logs/stats.json`), which become our manifests' counts.
 
-Work is split into `tasks` (input shards are dealt out by rank); each finished task leaves a completion
-marker, so a killed stage re-runs only its unfinished tasks. `workers` only sets how many run at once: the
-output does not depend on it.
+Work is split into `tasks`, by default one per input shard, so every core has work as long as there are
+as many shards as cores (ingest cuts shards by size for that). Whatever the task count, each output shard
+holds what is left of the input shard of the same name, in order: a stage's output does not depend on the
+machine it ran on. Each finished task leaves a completion marker, so a killed stage re-runs only
+its unfinished tasks. `workers` only sets how many run at once (default: every core): the output does not
+depend on it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +23,7 @@ from datatrove.data import Document as DtDocument
 from datatrove.pipeline.base import PipelineStep
 from pydantic import Field
 
-from tokenmill.documents import SHARD_GLOB
+from tokenmill.documents import SHARD_GLOB, document_shards
 from tokenmill.schema import StrictModel
 
 
@@ -34,15 +38,20 @@ class SlurmConfig(StrictModel):
 
 class ExecutorConfig(StrictModel):
     kind: Literal["local", "slurm", "ray"] = Field("local", description="datatrove executor")
-    tasks: int = Field(1, gt=0, description="units of work: input shards are dealt out across them")
-    workers: int = Field(-1, description="tasks run at once (local: processes; -1: all)")
+    tasks: int | None = Field(None, gt=0, description="units of work; None: one per input shard (the output then "
+                                                     "keeps the input's shards); fewer: shards are dealt out")
+    workers: int = Field(-1, description="tasks run at once (local: processes; -1: one per CPU core)")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     ray_address: str | None = Field(None, description="Ray cluster address; None starts or joins a local one")
+
+
+SHARD_KEY = "tokenmill_shard"  # the input shard a document came from (its name's stem), while in a pipeline
 
 
 def _from_shard(self, data: dict, path: str, id_in_file: int | str) -> dict:
     metadata = data.pop("metadata", None) or {}
     metadata["source"] = data.pop("source", "")
+    metadata[SHARD_KEY] = Path(path).name.removesuffix(".jsonl.gz")
     return {"text": data["text"], "id": data["id"], "metadata": metadata}
 
 
@@ -50,6 +59,7 @@ def _to_shard(self, document: DtDocument) -> dict:
     metadata = dict(document.metadata)
     source = metadata.pop("source", "")
     metadata.pop("file_path", None)
+    metadata.pop(SHARD_KEY, None)
     return {"id": document.id, "text": document.text, "source": source, "metadata": metadata}
 
 
@@ -59,8 +69,20 @@ def reader(in_dir: Path) -> PipelineStep:
 
 
 def writer(out_dir: Path) -> PipelineStep:
+    """Each document into the shard named like the input shard it came from."""
     from datatrove.pipeline.writers import JsonlWriter
-    return JsonlWriter(str(out_dir), output_filename="docs-${rank}.jsonl.gz", adapter=_to_shard, compression="gzip")
+
+    class ShardByShardWriter(JsonlWriter):
+        def write(self, document: DtDocument, rank: int = 0, **kwargs):
+            # A task reads its shards one after the other: close a shard once the task has moved on, so open
+            # files stay one per task however many shards it has.
+            name = self._get_output_filename(document, rank, **kwargs)
+            for open_name in [n for n in self.output_mg.get_open_files() if n != name]:
+                self.close_file(open_name)
+            super().write(document, rank, **kwargs)
+
+    return ShardByShardWriter(str(out_dir), output_filename="${%s}.jsonl.gz" % SHARD_KEY, adapter=_to_shard,
+                              compression="gzip")
 
 
 class Tally(PipelineStep):
@@ -79,11 +101,18 @@ class Tally(PipelineStep):
             yield doc
 
 
+def for_input(cfg: ExecutorConfig, in_dir: Path) -> ExecutorConfig:
+    """The executor config with its task count fixed: the user's, or one per shard of `in_dir`."""
+    return cfg if cfg.tasks else cfg.model_copy(update={"tasks": len(document_shards(in_dir))})
+
+
 def build_executor(cfg: ExecutorConfig, pipeline: list, logging_dir: Path, depends=None):
+    if cfg.tasks is None:
+        raise ValueError("internal: fix the task count with engine.for_input before running a pipeline")
     common = {"pipeline": pipeline, "tasks": cfg.tasks, "logging_dir": str(logging_dir), "depends": depends}
     if cfg.kind == "local":
-        workers = cfg.workers if cfg.workers > 0 else cfg.tasks
-        return _local(common, workers)
+        workers = cfg.workers if cfg.workers > 0 else os.cpu_count() or 1
+        return _local(common, min(workers, cfg.tasks))
     if cfg.kind == "ray":
         from datatrove.executor import RayPipelineExecutor
         _ensure_ray(cfg.ray_address)

@@ -9,7 +9,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from tokenmill.documents import read_documents, write_documents
+from tokenmill.documents import read_documents, rewrite_shards
 
 _SPACE = re.compile(r"\s+")
 
@@ -31,17 +31,14 @@ def exact_dedup(in_dir: Path, out_dir: Path) -> dict:
         if key not in keeper or doc.id < keeper[key]:
             keeper[key] = doc.id
     kept_ids = set(keeper.values())
-    n_in = 0
 
-    def keep():
-        nonlocal n_in
-        for doc in read_documents(in_dir):
-            n_in += 1
-            if doc.id in kept_ids:
-                kept_ids.discard(doc.id)  # a repeated id keeps only its first copy
-                yield doc
+    def keep(doc):
+        if doc.id in kept_ids:
+            kept_ids.discard(doc.id)  # a repeated id keeps only its first copy
+            return doc
+        return None
 
-    n_out = write_documents(keep(), out_dir)
+    n_in, n_out = rewrite_shards(in_dir, out_dir, keep)
     return {"drops": {"exact/duplicate": n_in - n_out} if n_in > n_out else {},
             "cluster_sizes": size_histogram(group_size.values())}
 

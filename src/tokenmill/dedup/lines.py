@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field
 
 from tokenmill.dedup.exact import normalise
-from tokenmill.documents import read_documents, write_documents
+from tokenmill.documents import read_documents, rewrite_shards
 from tokenmill.schema import StrictModel
 
 
@@ -32,17 +32,16 @@ def line_dedup(cfg: LineDedupConfig, in_dir: Path, out_dir: Path) -> dict:
     boilerplate = {k for k, n in docs_with_line.items() if n >= cfg.min_docs}
     stats = Counter()
 
-    def cleaned():
-        for doc in read_documents(in_dir):
-            lines = doc.text.splitlines(keepends=True)
-            kept = [l for l in lines if len(l.strip()) < cfg.min_line_chars or _key(l) not in boilerplate]
-            stats["lines_removed"] += len(lines) - len(kept)
-            doc.text = "".join(kept)
-            if len(doc.text.strip()) < cfg.min_doc_chars:
-                stats["dropped"] += 1
-                continue
-            yield doc
+    def cleaned(doc):
+        lines = doc.text.splitlines(keepends=True)
+        kept = [l for l in lines if len(l.strip()) < cfg.min_line_chars or _key(l) not in boilerplate]
+        stats["lines_removed"] += len(lines) - len(kept)
+        doc.text = "".join(kept)
+        if len(doc.text.strip()) < cfg.min_doc_chars:
+            stats["dropped"] += 1
+            return None
+        return doc
 
-    write_documents(cleaned(), out_dir)
+    rewrite_shards(in_dir, out_dir, cleaned)
     drops = {"lines/too_short_after_line_dedup": stats["dropped"]} if stats["dropped"] else {}
     return {"drops": drops, "boilerplate_lines": len(boilerplate), "lines_removed": stats["lines_removed"]}

@@ -38,9 +38,13 @@ def minhash_dedup(cfg: MinhashConfig, executor: engine.ExecutorConfig, in_dir: P
     from datatrove.utils.hashing import HashConfig
     dt_cfg = DtConfig(n_grams=cfg.n_grams, num_buckets=cfg.num_buckets, hashes_per_bucket=cfg.hashes_per_bucket,
                       seed=cfg.seed, hash_config=HashConfig(precision=64))
+    # One task per input shard in the two stages that read documents, whatever the executor says: datatrove
+    # names a document by (task, index), and the cluster stage keeps the root of each cluster, so the same
+    # layout gives the same decisions on any machine.
+    shards = engine.for_input(executor.model_copy(update={"tasks": None}), in_dir).tasks
     stages = [
         ([engine.reader(in_dir), MinhashDedupSignature(output_folder=str(work / "signatures"), config=dt_cfg)],
-         executor.tasks),
+         shards),
         ([MinhashDedupBuckets(input_folder=str(work / "signatures"), output_folder=str(work / "buckets"), config=dt_cfg)],
          cfg.num_buckets),
         ([MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove_ids"), config=dt_cfg,
@@ -48,7 +52,7 @@ def minhash_dedup(cfg: MinhashConfig, executor: engine.ExecutorConfig, in_dir: P
         # The filter must read with the signature stage's task layout: removal ids are (task, document index).
         ([engine.reader(in_dir), engine.Tally("in"),
           MinhashDedupFilter(input_folder=str(work / "remove_ids"), exclusion_writer=engine.writer(work / "removed")),
-          engine.Tally("out"), engine.writer(out_dir)], executor.tasks),
+          engine.Tally("out"), engine.writer(out_dir)], shards),
     ]
     for index, (pipeline, tasks) in enumerate(stages):
         engine.run_pipeline(executor.model_copy(update={"tasks": tasks}), pipeline, work / f"logs_{index}")

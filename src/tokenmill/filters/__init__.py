@@ -1,6 +1,6 @@
 """Filter: the configured filters as a datatrove pipeline; every drop counted by filter and reason.
 
-    tokenmill filter runs/x/00_raw -o runs/x/10_filtered [--executor local|slurm|ray] [--set filter.executor.tasks=8]
+    tokenmill filter runs/x/00_raw -o runs/x/10_filtered [--executor local|slurm|ray] [--set filter.executor.workers=8]
 
 Pipeline: reader → tally(in) → filter 1 … filter n → tally(out) → writer. Dropped documents go to
 `dropped/<filter>/` (metadata.filter_reason says why) so a person can look at what was removed.
@@ -48,8 +48,8 @@ def pipeline(cfg: FilterConfig, in_dir: Path, out_dir: Path) -> list:
 
 
 def run(cfg: FilterConfig, in_dir: Path, out_dir: Path) -> dict:
-    logs = out_dir / "logs"
-    engine.run_pipeline(cfg.executor, pipeline(cfg, in_dir, out_dir), logs)
+    logs, executor = out_dir / "logs", engine.for_input(cfg.executor, in_dir)
+    engine.run_pipeline(executor, pipeline(cfg, in_dir, out_dir), logs)
     stats = [s["stats"] for s in engine.step_stats(logs)]
     tally_in, filters, tally_out = stats[1], stats[2:-2], stats[-2]
     drops = {}
@@ -64,4 +64,4 @@ def run(cfg: FilterConfig, in_dir: Path, out_dir: Path) -> dict:
                 if engine.total(counts, "rewritten")}
     return {"docs_in": engine.total(tally_in, "docs"), "docs_out": engine.total(tally_out, "docs"),
             "chars_in": engine.total(tally_in, "chars"), "chars_out": engine.total(tally_out, "chars"),
-            "drops": dict(sorted(drops.items())), "rewrites": rewrites, "tasks": cfg.executor.tasks}
+            "drops": dict(sorted(drops.items())), "rewrites": rewrites, "tasks": executor.tasks}

@@ -33,7 +33,9 @@ class IngestConfig(StrictModel):
     text_field: str = Field("text", description="JSON key holding a record's text")
     id_field: str | None = Field(None, description="JSON key / column holding a record's id (default: file and line)")
     metadata_fields: list[str] | None = Field(None, description="JSON keys / columns kept as metadata (default: all)")
-    docs_per_shard: int = Field(50_000, gt=0, description="documents per output shard")
+    docs_per_shard: int = Field(50_000, gt=0, description="documents per output shard, at most")
+    chars_per_shard: int = Field(16_000_000, gt=0, description="characters per output shard, about: shards are the "
+                                                              "later data stages' parallel tasks")
     strict: bool = Field(False, description="stop at the first bad record instead of counting and skipping it")
     html_extractor: Literal["trafilatura", "resiliparse"] = Field(
         "trafilatura", description="main-text extraction of HTML, WARC and scraped pages: trafilatura (quality) "
@@ -72,7 +74,7 @@ def iter_documents(cfg: IngestConfig, stats: ReadStats | None = None) -> Iterato
 def run(cfg: IngestConfig, out_dir: Path) -> dict:
     files = input_files(cfg)
     stats = ReadStats()
-    n_docs = write_documents(iter_documents(cfg, stats), out_dir, cfg.docs_per_shard)
+    n_docs = write_documents(iter_documents(cfg, stats), out_dir, cfg.docs_per_shard, cfg.chars_per_shard)
     return {"files": len(files), "docs_out": n_docs, "chars_out": stats.chars,
             "bad_records": stats.bad_records, "decode_errors": stats.decode_errors, "empty": stats.empty,
             "skipped_not_html": stats.skipped_not_html}
