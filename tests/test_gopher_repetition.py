@@ -9,7 +9,8 @@ from datatrove.pipeline.filters import GopherRepetitionFilter
 from datatrove.utils.text import split_into_words
 
 from tokenmill.filters.datatrove_blocks import GopherRepetitionFilter as GopherRepetitionConfig
-from tokenmill.filters.gopher_repetition import FastGopherRepetitionFilter, MemoisedWordSplitter, runs
+from tokenmill.filters.gopher_repetition import FastGopherRepetitionFilter
+from tokenmill.words import MemoisedWordSplitter, runs
 from tokenmill.ingest.sources import package_dir
 from conftest import make_text
 

@@ -263,3 +263,13 @@ def test_hidden_and_vcs_folders_are_skipped_and_a_path_given_twice_is_read_once(
     assert counts["files"] == 1
     explicit, docs = ingest([src / ".hidden.md"], tmp_path)  # named explicitly: read
     assert [d.text for d in docs.values()] == ["a hidden file"]
+
+
+def test_a_linked_file_outside_the_folder_is_read_under_its_name_in_the_folder(tmp_path):
+    """Debian's docs link shared files (underscore.js) from elsewhere on disk into the docs folder."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "shared.md").write_text("shared text")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "link.md").symlink_to(tmp_path / "elsewhere" / "shared.md")
+    counts, docs = ingest([tmp_path / "docs", tmp_path / "elsewhere"], tmp_path)
+    assert list(docs) == ["link.md"] and counts["files"] == 1  # and read once, though reached twice

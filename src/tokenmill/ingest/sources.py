@@ -55,8 +55,8 @@ def resolve_inputs(specs: list[str], readable: Callable[[str], bool], known: str
         for f in matches:
             if readable(f.name):
                 # Ids are relative to the spec's base so that they (and the seeded split) do not depend on
-                # where the corpus lies on disk.
-                files.setdefault(f.resolve(), str(f.resolve().relative_to(base.resolve())))
+                # where the corpus lies on disk; a linked file keeps its name in the folder, not its target's.
+                files.setdefault(f.resolve(), str(f.absolute().relative_to(base.absolute())))
     if not files:
         raise FileNotFoundError(f"{specs}: no readable files (known types: {known})")
     return sorted(files.items(), key=lambda item: item[1])
