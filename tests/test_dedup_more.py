@@ -76,3 +76,20 @@ def test_lsh_candidate_probability_is_the_s_curve():
     assert candidate_probability(0.75, 14, 8) == pytest.approx(0.772, abs=0.001)
     assert candidate_probability(0.6846977, 14, 8) == pytest.approx(0.5, abs=1e-4)  # the threshold
     assert candidate_probability(0.5, 14, 8) < 0.06 < 0.99 < candidate_probability(0.9, 14, 8)
+
+
+def test_sentence_dedup_removes_a_repeated_three_sentence_span_and_counts_it(tmp_path):
+    """C4's rule: the second copy of a 3-sentence span loses it; a document left too short is dropped."""
+    rng = random.Random(1)
+    shared = "The tide came in at noon. The boats were pulled ashore by the men. Nobody spoke of the storm again. "
+    long_a, long_b = make_text(rng, 12).replace("\n", " "), make_text(rng, 12).replace("\n", " ")
+    docs = [Document("a", shared + long_a), Document("b", long_b + " " + shared),
+            Document("c", shared + "Too short now.")]
+    write_documents(docs, tmp_path / "in")
+    config = DedupConfig(exact=False, minhash=None, sentences={"min_doc_words": 20})
+    counts = run(config, tmp_path / "in", tmp_path / "out")
+    kept = {d.id: d.text for d in read_documents(tmp_path / "out")}
+    assert kept["a"] == docs[0].text  # the first occurrence stays
+    assert "The tide came in at noon" not in kept["b"] and long_b.strip()[:40] in kept["b"]
+    assert "c" not in kept and counts["drops"] == {"sentences/too_short_after_sentence_dedup": 1}
+    assert counts["sentences_removed"] >= 3

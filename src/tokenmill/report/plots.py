@@ -104,6 +104,17 @@ def bars(counts: dict[str, int], title: str, xlabel: str) -> str | None:
     return _png(fig)
 
 
+def score_histograms(scores: dict[str, dict[str, int]], bin_width: float) -> str | None:
+    """Documents per score bin, one panel per quality classifier ({filter: {bin's lower edge: documents}})."""
+    if not scores:
+        return None
+    fig, axes = plt.subplots(1, len(scores), figsize=(7, 2.8), squeeze=False)
+    for ax, (name, bins) in zip(axes[0], scores.items()):
+        ax.bar([float(b) for b in bins], list(bins.values()), width=bin_width, align="edge", color="#10ac84")
+        ax.set(xlabel="score", ylabel="documents", title=f"{name} scores")
+    return _png(fig)
+
+
 def cluster_sizes(by_method: dict[str, dict[str, int]]) -> str | None:
     """Number of duplicate clusters of each size, one series per dedup method (log-log)."""
     series = {method: sizes for method, sizes in by_method.items() if sizes}
