@@ -1,3 +1,5 @@
+import random
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
@@ -74,3 +76,33 @@ def test_split_is_by_document_seeded_and_never_empty(tmp_path):
     write_documents([Document("only", "one document")], tmp_path / "one")
     with pytest.raises(ValueError, match="at least 2"):
         validation_ids(tmp_path / "one", cfg)
+
+
+def test_tokenization_on_the_executor_gives_the_same_ids_in_the_same_order_for_any_task_count(tmp_path):
+    """Reference: one process encoding every document in order. Parallel tasks write parts per document shard,
+    merged into one meta.json; the split reads as the same stream whatever the task count."""
+    from conftest import make_text
+
+    from tokenmill.tokenize.tokenizer import train_bpe
+    rng = random.Random(5)
+    docs = [Document(f"doc{i:03d}", make_text(rng, rng.randint(3, 12))) for i in range(60)]
+    write_documents(docs, tmp_path / "docs", docs_per_shard=13)  # 5 shards
+    tok = train_bpe((d.text for d in docs), 400)
+    tok.save_pretrained(tmp_path / "tok")
+    val = validation_ids(tmp_path / "docs", TokenizeConfig(tokenizer=str(tmp_path / "tok")))
+    expected = {split: [tok(d.text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                        for d in docs if (d.id in val) == (split == "val")] for split in ("train", "val")}
+    metas = []
+    for executor in ({}, {"tasks": 1}, {"tasks": 2, "workers": 2}):
+        out = tmp_path / f"out{len(metas)}"
+        cfg = TokenizeConfig(tokenizer=str(tmp_path / "tok"), tokens_per_shard=300, executor=executor)
+        counts = run(cfg, tmp_path / "docs", out)
+        for split in ("train", "val"):
+            meta = check_split(out / split)
+            stream = np.concatenate([s.tokens for s in open_split(out / split)]).tolist()
+            assert stream == [t for ids in expected[split] for t in ids], (executor, split)
+            assert meta["n_docs"] == len(expected[split]) and not list((out / split).glob("part-*"))
+            metas.append(meta)
+        assert counts["docs_in"] == 60
+    assert metas[0] == metas[2] == metas[4] and metas[1] == metas[3] == metas[5]
+    assert len(metas[0]["shards"]) > 5  # per document shard, and cut at tokens_per_shard

@@ -5,20 +5,30 @@
 
 Output: tokenizer/ (HF format), train/ and val/ (see tokenize/shards.py). The split is by document, so
 no document has tokens on both sides, and seeded by document id, so it does not depend on input order.
+
+Encoding runs on the datatrove executors (local, Slurm, Ray), one task per document shard by default: each
+writes the token shards of its document shards (one thread each; N tasks encode N shards at once), and the
+split's meta.json is merged at the end. The token ids, and the order of the documents, are those of one
+process encoding the shards in order, for any task count.
 """
 
 from __future__ import annotations
 
 import hashlib
+from itertools import groupby
 from pathlib import Path
 from typing import Callable, Iterable
 
+from datatrove.pipeline.base import PipelineStep
 from pydantic import Field
 
+from tokenmill import engine
 from tokenmill.documents import Document, read_documents
 from tokenmill.schema import StrictModel
-from tokenmill.tokenize.shards import ShardWriter
+from tokenmill.tokenize.shards import ShardWriter, merge_parts
 from tokenmill.tokenize.tokenizer import load_tokenizer, train_bpe
+
+SPLITS = ("train", "val")
 
 
 class TokenizeConfig(StrictModel):
@@ -29,7 +39,8 @@ class TokenizeConfig(StrictModel):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of documents held out for validation")
     seed: int = Field(0, description="seed of the document-level split")
     tokens_per_shard: int = Field(1 << 28, gt=0, description="tokens per shard file")
-    batch_docs: int = Field(256, gt=0, description="documents encoded per batch (Rust threads)")
+    batch_docs: int = Field(256, gt=0, description="documents encoded per batch")
+    executor: engine.ExecutorConfig = Field(default_factory=engine.ExecutorConfig)
 
 
 def split_of(doc_id: str, seed: int) -> float:
@@ -38,13 +49,20 @@ def split_of(doc_id: str, seed: int) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-def validation_ids(in_dir: Path, cfg: TokenizeConfig) -> set[str]:
-    """The documents whose split number is among the lowest val_fraction: at least one, never all."""
+def validation_boundary(in_dir: Path, cfg: TokenizeConfig) -> tuple[float, str]:
+    """The last (split number, id) of the validation documents: those whose split number is among the lowest
+    val_fraction, at least one and never all. A document is held out when its (split number, id) is <= this."""
     ids = sorted((split_of(d.id, cfg.seed), d.id) for d in read_documents(in_dir))
     if len(ids) < 2:
         raise ValueError(f"{in_dir}: {len(ids)} document(s) left; a train/validation split needs at least 2")
     n_val = min(len(ids) - 1, max(1, round(len(ids) * cfg.val_fraction)))
-    return {doc_id for _, doc_id in ids[:n_val]}
+    return ids[n_val - 1]
+
+
+def validation_ids(in_dir: Path, cfg: TokenizeConfig) -> set[str]:
+    """The ids of the documents held out for validation."""
+    boundary = validation_boundary(in_dir, cfg)
+    return {d.id for d in read_documents(in_dir) if (split_of(d.id, cfg.seed), d.id) <= boundary}
 
 
 def train_tokenizer(cfg: TokenizeConfig, in_dirs: list[Path], out_dir: Path) -> dict:
@@ -60,16 +78,42 @@ def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
     else:
         tok = train_bpe((d.text for d in read_documents(in_dir)), cfg.vocab_size, cfg.min_frequency)
     tok.save_pretrained(out_dir / "tokenizer")
-    val_ids = validation_ids(in_dir, cfg)
-    writers = {split: ShardWriter(out_dir / split, len(tok), tok.eos_token_id, cfg.tokens_per_shard)
-               for split in ("train", "val")}
-    encode_documents(tok, read_documents(in_dir), lambda doc: writers["val" if doc.id in val_ids else "train"],
-                     cfg.batch_docs)
-    metas = {split: w.close() for split, w in writers.items()}
+    step = EncodeShards(out_dir, validation_boundary(in_dir, cfg), cfg)
+    engine.run_pipeline(engine.for_input(cfg.executor, in_dir), [engine.reader(in_dir), step], out_dir / "logs")
+    metas = {split: merge_parts(out_dir / split, len(tok), tok.eos_token_id) for split in SPLITS}
     return {"vocab_size": len(tok), "eos_id": tok.eos_token_id,
             **{f"{s}_{k}": m[k] for s, m in metas.items() for k in ("n_docs", "n_tokens", "n_bytes")},
             "docs_in": sum(m["n_docs"] for m in metas.values()),
             "tokens_out": sum(m["n_tokens"] for m in metas.values())}
+
+
+class EncodeShards(PipelineStep):
+    """Encodes a task's documents into the token shards of their document shard, one part per shard and split."""
+
+    type = "🔢 - TOKENIZE"
+    name = "encode"
+
+    def __init__(self, out_dir: Path, val_boundary: tuple[float, str], cfg: TokenizeConfig):
+        super().__init__()
+        self.out_dir, self.val_boundary, self.cfg = Path(out_dir), tuple(val_boundary), cfg
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        tok = load_tokenizer(str(self.out_dir / "tokenizer"), self.cfg.eos_token)
+        for part, docs in groupby(data, key=lambda doc: doc.metadata[engine.SHARD_KEY]):
+            writers = {split: ShardWriter(self.out_dir / split, len(tok), tok.eos_token_id, self.cfg.tokens_per_shard,
+                                          part=part.removeprefix("docs-")) for split in SPLITS}
+            encode_documents(tok, self._counted(docs), lambda doc: writers[self._split(doc.id)], self.cfg.batch_docs)
+            for writer in writers.values():
+                writer.close()
+        yield from ()
+
+    def _split(self, doc_id: str) -> str:
+        return "val" if (split_of(doc_id, self.cfg.seed), doc_id) <= self.val_boundary else "train"
+
+    def _counted(self, docs):
+        for doc in docs:
+            self.stat_update("docs")
+            yield doc
 
 
 def encode_documents(tok, docs: Iterable[Document], writer_of: Callable[[Document], ShardWriter],

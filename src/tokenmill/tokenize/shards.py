@@ -1,10 +1,13 @@
 """The token-shard format. The only module that knows its bytes; the trainer and `shards check` use it.
 
 A split folder (`30_shards/train/`, `30_shards/val/`) holds:
-  tokens-NNNNN.bin   64-byte header, then the token ids as little-endian uint16 (vocab <= 65536) or uint32.
-                     Documents are packed back to back, each followed by the EOS id.
-  tokens-NNNNN.idx   int64 offsets of each document's first token (numpy .npy).
-  meta.json          dtype, vocab size, EOS id, per-shard counts, UTF-8 bytes of the source text.
+  tokens-PART-NNNNN.bin  64-byte header, then the token ids as little-endian uint16 (vocab <= 65536) or uint32.
+                         Documents are packed back to back, each followed by the EOS id.
+  tokens-PART-NNNNN.idx  int64 offsets of each document's first token (numpy .npy).
+  meta.json              dtype, vocab size, EOS id, the shards in order with their counts, UTF-8 bytes of the
+                         source text. Written last, when every part is whole: no meta.json, no split.
+Parallel writers (one per document shard, `PART`) each leave part-PART.json and its token counts; `merge_parts`
+joins them into meta.json in part order, so the split reads as one stream whatever wrote it.
 Header: magic b"TKMSHRD1", version u32, itemsize u32, n_tokens u64, n_docs u64, zero padding.
 """
 
@@ -33,10 +36,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class ShardWriter:
-    """Appends documents (each followed by EOS) to shards of at most `tokens_per_shard` tokens."""
+    """Appends documents (each followed by EOS) to shards of at most `tokens_per_shard` tokens. With a `part`
+    name it is one of several writers of the split: close() then leaves the part's record for `merge_parts`."""
 
-    def __init__(self, out_dir: Path, vocab_size: int, eos_id: int, tokens_per_shard: int = 1 << 28):
+    def __init__(self, out_dir: Path, vocab_size: int, eos_id: int, tokens_per_shard: int = 1 << 28,
+                 part: str | None = None):
         self.out_dir, self.eos_id, self.tokens_per_shard = Path(out_dir), eos_id, tokens_per_shard
+        self.prefix, self.part = f"tokens-{part}" if part else "tokens", part
         self.vocab_size, self.dtype = vocab_size, token_dtype(vocab_size)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shards: list[dict] = []
@@ -58,7 +64,7 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         self._finish_shard()
-        self._name = f"tokens-{len(self.shards):05d}"
+        self._name = f"{self.prefix}-{len(self.shards):05d}"
         self._file = open(self.out_dir / f"{self._name}.bin.tmp", "wb")
         self._file.write(b"\0" * HEADER_BYTES)
         self._n_tokens, self._offsets = 0, []
@@ -76,13 +82,37 @@ class ShardWriter:
 
     def close(self) -> dict:
         self._finish_shard()
+        if self.part is not None:
+            np.save(self.out_dir / f"part-{self.part}.unigram.npy", self.unigram)
+            atomic_write_json(self.out_dir / f"part-{self.part}.json", {"shards": self.shards, "n_bytes": self.n_bytes})
+            return {"shards": self.shards, "n_bytes": self.n_bytes}
+        return self._write_meta(self.shards, self.n_bytes, self.unigram)
+
+    def _write_meta(self, shards: list[dict], n_bytes: int, unigram: np.ndarray) -> dict:
         meta = {"format": "tokenmill-shards", "version": VERSION, "dtype": self.dtype.name,
-                "vocab_size": self.vocab_size, "eos_id": self.eos_id, "shards": self.shards,
-                "n_tokens": sum(s["n_tokens"] for s in self.shards),
-                "n_docs": sum(s["n_docs"] for s in self.shards), "n_bytes": self.n_bytes,
-                "unigram_entropy_nats": unigram_entropy(self.unigram)}
+                "vocab_size": self.vocab_size, "eos_id": self.eos_id, "shards": shards,
+                "n_tokens": sum(s["n_tokens"] for s in shards), "n_docs": sum(s["n_docs"] for s in shards),
+                "n_bytes": n_bytes, "unigram_entropy_nats": unigram_entropy(unigram)}
         atomic_write_json(self.out_dir / "meta.json", meta)
         return meta
+
+
+def merge_parts(split_dir: Path, vocab_size: int, eos_id: int) -> dict:
+    """meta.json of a split written in parts, the parts in name order; the part records are removed."""
+    split_dir = Path(split_dir)
+    split_dir.mkdir(parents=True, exist_ok=True)
+    records = sorted(split_dir.glob("part-*.json"))
+    shards, n_bytes, unigram = [], 0, np.zeros(vocab_size, dtype=np.int64)
+    for record in records:
+        part = json.loads(record.read_text())
+        shards += part["shards"]
+        n_bytes += part["n_bytes"]
+        unigram += np.load(record.with_name(record.name.replace(".json", ".unigram.npy")))
+    meta = ShardWriter(split_dir, vocab_size, eos_id)._write_meta(shards, n_bytes, unigram)
+    for record in records:
+        record.unlink()
+        record.with_name(record.name.replace(".json", ".unigram.npy")).unlink()
+    return meta
 
 
 def unigram_entropy(counts: np.ndarray) -> float:
