@@ -131,3 +131,8 @@ def test_quality_train_and_fasttext_score_refuse_bad_input(tmp_path, capsys):
         cfg = FilterConfig(steps=[{"name": "fasttext_score", "model": str(model)}])
         with pytest.raises((ValueError, FileNotFoundError, RuntimeError), match=message):
             filter_run(cfg, tmp_path / "docs", tmp_path / f"out_{model.stem}")
+
+
+def test_epochs_grow_for_small_sets_and_stay_at_fasttexts_default_for_large_ones():
+    from tokenmill.filters.quality_train import epochs_for
+    assert epochs_for(400_000) == 5 and epochs_for(2_000) == 20 and epochs_for(10) == 50

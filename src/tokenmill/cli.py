@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--positive", nargs="+", required=True, metavar="PATH", help="documents of the kind to keep")
     p.add_argument("--negative", nargs="+", required=True, metavar="PATH", help="documents of the kind to drop")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="the fastText model (.bin)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, help="passes over the data (default: 5 to 50, by the number of documents)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of fastText")
     p = sub.add_parser("shards", help="Check token shards: headers, sizes, index, counts.",
                        epilog=f"example:\n  {EXAMPLES['shards']}", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,7 +219,7 @@ def _dispatch(args) -> None:
         result = quality_train.train(args.positive, args.negative, args.output, settings)
         print(f"{args.output}: trained on {result['per_class']:,} documents per class; held out "
               f"{result['held_out']:,}: precision {result['precision']:.3f}, recall {result['recall']:.3f}, "
-              f"F1 {result['f1']:.3f} (label __label__hq at probability 0.5)")
+              f"F1 {result['f1']:.3f} (label __label__hq at probability 0.5; {result['settings']['epochs']} epochs)")
         return
     if args.command == "convert-gguf":
         from tokenmill.model import gguf

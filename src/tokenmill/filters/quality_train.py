@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -29,12 +29,18 @@ MIN_DOCS = 10  # per set: fewer leaves nothing to hold out
 
 @dataclass
 class TrainSettings:
-    epochs: int = 5
+    epochs: int | None = None  # None: enough for ~40,000 example updates, 5 to 50 (see `epochs_for`)
     lr: float = 0.1
     word_ngrams: int = 2
     dim: int = 64
     held_out: float = 0.1
     seed: int = 0
+
+
+def epochs_for(n_examples: int) -> int:
+    """fastText's default of 5 epochs suits DCLM's ~400k examples; a few thousand documents need more passes
+    (measured: 1,041 per class, Python vs kernel docs, held-out F1 0.79 at 5 epochs, 0.98 at 20)."""
+    return max(5, min(50, -(-40_000 // max(1, n_examples))))
 
 
 def documents(paths: list[str]) -> Iterator[Document]:
@@ -66,6 +72,8 @@ def train(positive: list[str], negative: list[str], out_path: Path, settings: Tr
                         continue
                     line = f"{LABELS[side]} {one_line(doc.text)}\n"
                     (test_f if draw < keep * settings.held_out else train_f).write(line)
+        n_train = sum(1 for _ in open(train_file))
+        settings = replace(settings, epochs=settings.epochs or epochs_for(n_train))
         model = fasttext.train_supervised(str(train_file), epoch=settings.epochs, lr=settings.lr,
                                           wordNgrams=settings.word_ngrams, dim=settings.dim, verbose=0, seed=settings.seed)
         metrics = held_out_metrics(model, test_file)
