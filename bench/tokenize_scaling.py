@@ -31,7 +31,7 @@ SOURCES = [ROOT / "runs" / "bench_minhash" / "kernel" / "docs", ROOT / "runs" / 
 def corpus(mb: int) -> Path:
     from tokenmill.documents import Document, read_documents, write_documents
     folder = WORK / f"docs_{mb}mb"
-    if (folder / "docs-00000.jsonl.gz").is_file():
+    if any(folder.glob("docs-*.jsonl.gz")):
         return folder
     if not all(s.is_dir() for s in SOURCES):
         raise SystemExit("run bench/minhash_vs_datatrove.py --corpora kernel python-docs first (it ingests them)")

@@ -8,7 +8,7 @@ from tokenmill.ingest import IngestConfig, run
 
 
 def ingest(paths, tmp_path, **kw):
-    out = tmp_path / "out"
+    out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"  # a fresh folder: a stage's folder holds its markers
     counts = run(IngestConfig(paths=[str(p) for p in paths], **kw), out)
     return counts, {d.id: d for d in read_documents(out)}
 
@@ -273,3 +273,24 @@ def test_a_linked_file_outside_the_folder_is_read_under_its_name_in_the_folder(t
     (tmp_path / "docs" / "link.md").symlink_to(tmp_path / "elsewhere" / "shared.md")
     counts, docs = ingest([tmp_path / "docs", tmp_path / "elsewhere"], tmp_path)
     assert list(docs) == ["link.md"] and counts["files"] == 1  # and read once, though reached twice
+
+
+def test_ingest_runs_in_units_on_the_executor_and_its_shards_do_not_depend_on_tasks(tmp_path):
+    """Files are cut into units of ~bytes_per_unit by their sorted order; each unit is a task writing its
+    own shards. Default (one task per unit, every core), 1 task and 2 tasks give the same shards."""
+    from tokenmill.documents import document_shards, read_shard
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02d}.txt").write_text(f"file {i} " + "words " * (20 + i))
+    (src / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    outputs = []
+    for executor in ({}, {"tasks": 1}, {"tasks": 2, "workers": 2}):
+        counts, _ = ingest([src], tmp_path, bytes_per_unit=1000, executor=executor)
+        out = sorted(tmp_path.glob("out*"))[-1]
+        outputs.append([(shard.name, [(d.id, d.text) for d in read_shard(shard)]) for shard in document_shards(out)])
+        assert counts["units"] > 3 and counts["files"] == 31 and counts["docs_out"] == 31
+        assert counts["bad_records"] == 1
+    assert outputs[0] == outputs[1] == outputs[2]
+    ids = [doc_id for _, docs in outputs[0] for doc_id, _ in docs]
+    assert ids == sorted(ids, key=lambda i: i.split(":")[0])  # the files' sorted order, across shards

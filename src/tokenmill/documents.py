@@ -30,10 +30,10 @@ def _open_shard(path: Path):
 
 
 def write_documents(docs: Iterable[Document], out_dir: Path, docs_per_shard: int = 50_000,
-                    chars_per_shard: int | None = None) -> int:
-    """Write documents into numbered shards under `out_dir`, a new shard after `docs_per_shard` documents or
-    `chars_per_shard` characters; returns how many were written. The shards are the data stages' units of
-    parallel work: each is one task."""
+                    chars_per_shard: int | None = None, prefix: str = "docs") -> int:
+    """Write documents into numbered shards `PREFIX-NNNNN.jsonl.gz` under `out_dir`, a new shard after
+    `docs_per_shard` documents or `chars_per_shard` characters; returns how many were written. The shards are
+    the data stages' units of parallel work: each is one task."""
     out_dir.mkdir(parents=True, exist_ok=True)
     count, shard, f = 0, 0, None
     in_shard = chars = 0
@@ -42,7 +42,7 @@ def write_documents(docs: Iterable[Document], out_dir: Path, docs_per_shard: int
             if f is None or in_shard == docs_per_shard or (chars_per_shard and chars >= chars_per_shard):
                 if f:
                     f.close()
-                f, in_shard, chars = _open_shard(out_dir / f"docs-{shard:05d}.jsonl.gz"), 0, 0
+                f, in_shard, chars = _open_shard(out_dir / f"{prefix}-{shard:05d}.jsonl.gz"), 0, 0
                 shard += 1
             f.write(json.dumps(asdict(doc), ensure_ascii=False) + "\n")
             count, in_shard, chars = count + 1, in_shard + 1, chars + len(doc.text)

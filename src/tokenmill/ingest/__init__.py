@@ -7,6 +7,11 @@ metadata: see code.py); any of the text formats compressed (.gz .zst .bz2 .xz); 
 datasets (hf_datasets.py). Hidden and version-control folders are skipped. Bad records are counted and named
 (file, line or row); --strict stops.
 
+Reading runs on the datatrove executors: the input files, in their sorted order, are cut into units of about
+`bytes_per_unit` on disk (each dataset spec, and all `.urls` lists together, are one unit: politeness to a
+host is kept in one process), one task per unit, writing `docs-UUUUU-NNNNN.jsonl.gz`. The units depend on the
+files alone, so the shards, and the order of the documents, do not depend on the task or worker count.
+
     tokenmill ingest corpus/ 'more/*.jsonl.gz' -o runs/x/00_raw
 """
 
@@ -18,6 +23,9 @@ from typing import Iterator, Literal
 
 from pydantic import Field
 
+from datatrove.pipeline.base import PipelineStep
+
+from tokenmill import engine
 from tokenmill.documents import Document, write_documents
 from tokenmill.ingest.hf_datasets import is_dataset_spec, parse, read_dataset
 from tokenmill.ingest.readers import DECOMPRESSORS, READERS, ReadStats, _record, read_file, reader_for
@@ -41,6 +49,8 @@ class IngestConfig(StrictModel):
         "trafilatura", description="main-text extraction of HTML, WARC and scraped pages: trafilatura (quality) "
                                    "or resiliparse (~30x faster; pip install resiliparse)")
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig, description="politeness of .urls fetching")
+    bytes_per_unit: int = Field(32_000_000, gt=0, description="input bytes (on disk) read by one task, about")
+    executor: engine.ExecutorConfig = Field(default_factory=engine.ExecutorConfig)
 
 
 def input_files(cfg: IngestConfig) -> list[tuple[Path, str]]:
@@ -71,10 +81,54 @@ def iter_documents(cfg: IngestConfig, stats: ReadStats | None = None) -> Iterato
         yield from read_dataset(spec, cfg, stats, _record)
 
 
-def run(cfg: IngestConfig, out_dir: Path) -> dict:
+Unit = list[tuple[Path, str]] | str  # files (path, id), or a dataset spec
+
+
+def work_units(cfg: IngestConfig) -> list[Unit]:
+    """The input cut into units of work, from the sorted file list alone (not from the machine)."""
+    units: list[Unit] = []
     files = input_files(cfg)
-    stats = ReadStats()
-    n_docs = write_documents(iter_documents(cfg, stats), out_dir, cfg.docs_per_shard, cfg.chars_per_shard)
-    return {"files": len(files), "docs_out": n_docs, "chars_out": stats.chars,
-            "bad_records": stats.bad_records, "decode_errors": stats.decode_errors, "empty": stats.empty,
-            "skipped_not_html": stats.skipped_not_html}
+    lists = [f for f in files if f[0].name.endswith(".urls")]
+    current, size = [], 0
+    for path, doc_id in (f for f in files if not f[0].name.endswith(".urls")):
+        current.append((path, doc_id))
+        size += path.stat().st_size
+        if size >= cfg.bytes_per_unit:
+            units.append(current)
+            current, size = [], 0
+    units += [u for u in (current, lists) if u]
+    return units + dataset_specs(cfg)
+
+
+class ReadUnits(PipelineStep):
+    """Reads the units dealt to this task, each into its own shards; counts what the readers skipped."""
+
+    type = "📥 - INGEST"
+    name = "read"
+
+    def __init__(self, cfg: IngestConfig, units: list[Unit], out_dir: Path):
+        super().__init__()
+        self.cfg, self.units, self.out_dir = cfg, units, Path(out_dir)
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        for index in range(rank, len(self.units), world_size):
+            stats = ReadStats()
+            unit = self.units[index]
+            docs = (read_dataset(unit, self.cfg, stats, _record) if isinstance(unit, str) else
+                    (doc for path, doc_id in unit for doc in read_file(path, doc_id, self.cfg, stats)))
+            written = write_documents(docs, self.out_dir, self.cfg.docs_per_shard, self.cfg.chars_per_shard,
+                                      prefix=f"docs-{index:05d}")
+            self.stat_update("docs_out", value=written)
+            for key, value in vars(stats).items():
+                self.stat_update(key, value=value)
+        yield from ()
+
+
+def run(cfg: IngestConfig, out_dir: Path) -> dict:
+    units = work_units(cfg)
+    executor = cfg.executor if cfg.executor.tasks else cfg.executor.model_copy(update={"tasks": len(units)})
+    engine.run_pipeline(executor, [ReadUnits(cfg, units, out_dir)], out_dir / "logs")
+    stats = engine.step_stats(out_dir / "logs")[0]["stats"]
+    counted = {key: engine.total(stats, key) for key in ("docs_out", *vars(ReadStats()))}
+    return {"files": sum(len(u) for u in units if not isinstance(u, str)), "units": len(units),
+            **{("chars_out" if k == "chars" else k): v for k, v in counted.items()}}
