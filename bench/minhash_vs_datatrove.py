@@ -56,10 +56,13 @@ def dedup(docs: Path, implementation: str) -> tuple[float, Path, dict]:
     return time.perf_counter() - started, out, counts
 
 
-def same_files(a: Path, b: Path, pattern: str) -> bool:
+def same_files(a: Path, b: Path, pattern: str) -> bool | str:
+    """True when both sides wrote the same files, byte for byte; "none" when neither wrote any."""
     files_a = sorted(p.relative_to(a) for p in a.rglob(pattern))
     files_b = sorted(p.relative_to(b) for p in b.rglob(pattern))
-    return bool(files_a) and files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
+    if not files_a and not files_b:
+        return "none"
+    return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
 
 
 def kept_ids(folder: Path) -> list[str]:

@@ -70,3 +70,15 @@ def test_every_core_by_default_and_the_output_does_not_depend_on_tasks_or_worker
     first, *others = outputs.values()
     assert len(first) > 1 and all(other == first for other in others)
 
+
+
+def test_a_local_pipeline_with_workers_runs_after_a_ray_one(tmp_path):
+    """The Ray client is shut down after a Ray stage: a local stage forking its workers later does not hang."""
+    pytest.importorskip("ray")
+    import ray
+    docs = [Document(f"d{i}", TEXT + f" Number {i}.") for i in range(4)]
+    write_documents(docs, tmp_path / "in", docs_per_shard=2)
+    filter_run(FilterConfig(executor={"kind": "ray", "workers": 2}), tmp_path / "in", tmp_path / "ray_out")
+    assert not ray.is_initialized()
+    counts = filter_run(FilterConfig(executor={"workers": 2}), tmp_path / "in", tmp_path / "local_out")
+    assert counts["docs_out"] == 4 and counts["tasks"] == 2

@@ -106,3 +106,30 @@ def test_tokenization_on_the_executor_gives_the_same_ids_in_the_same_order_for_a
         assert counts["docs_in"] == 60
     assert metas[0] == metas[2] == metas[4] and metas[1] == metas[3] == metas[5]
     assert len(metas[0]["shards"]) > 5  # per document shard, and cut at tokens_per_shard
+
+
+FORK_AFTER_RUST_THREADS = """
+import os, sys
+os.environ["TOKENIZERS_PARALLELISM"] = "true"  # as the CLI sets it
+from pathlib import Path
+from tokenmill.documents import Document, write_documents
+from tokenmill.tokenize import TokenizeConfig, run
+from tokenmill.tokenize.tokenizer import train_bpe
+out = Path(sys.argv[1])
+docs = [Document(f"d{i:03d}", f"text number {i} " * 40) for i in range(200)]
+write_documents(docs, out / "docs", docs_per_shard=50)
+tok = train_bpe((d.text for d in docs), 300)
+tok.save_pretrained(out / "tok")
+tok.backend_tokenizer.encode_batch([d.text for d in docs] * 10)  # the parent has used the Rust thread pool
+print(run(TokenizeConfig(tokenizer=str(out / "tok"), executor={"workers": 2}), out / "docs", out / "shards")["docs_in"])
+"""
+
+
+def test_forked_tokenize_workers_do_not_hang_after_the_parent_used_rust_threads(tmp_path):
+    """Without one thread per task, the forked workers hang in encode_batch (the suite hung here once)."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", FORK_AFTER_RUST_THREADS, str(tmp_path)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "200"

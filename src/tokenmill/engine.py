@@ -139,6 +139,14 @@ def _ensure_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
 
 
+def _shutdown_ray() -> None:
+    """Leave no Ray client behind: a later local stage forks its workers, and a process forked while Ray's
+    threads run hangs (seen: the next local pipeline's pool never started)."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def step_stats(logging_dir: Path) -> list[dict]:
     """The merged per-step stats of a finished pipeline, in pipeline order: [{"name", "stats": {...}}]."""
     path = Path(logging_dir) / "stats.json"
@@ -158,7 +166,11 @@ def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None
     from tokenmill.stage import StagePending
     executor = build_executor(cfg, pipeline, logging_dir)
     if cfg.kind != "slurm":
-        executor.run()
+        try:
+            executor.run()
+        finally:
+            if cfg.kind == "ray":
+                _shutdown_ray()
         _merge_stats(logging_dir, cfg.tasks)
         return
     if len(executor.get_incomplete_ranks()) == 0:

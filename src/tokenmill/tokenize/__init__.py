@@ -15,6 +15,7 @@ process encoding the shards in order, for any task count.
 from __future__ import annotations
 
 import hashlib
+import os
 from itertools import groupby
 from pathlib import Path
 from typing import Callable, Iterable
@@ -99,6 +100,20 @@ class EncodeShards(PipelineStep):
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         tok = load_tokenizer(str(self.out_dir / "tokenizer"), self.cfg.eos_token)
+        # One thread per task: the tasks are the parallelism. It is also what keeps a forked worker alive: a
+        # child forked after its parent used the Rust thread pool hangs in it when TOKENIZERS_PARALLELISM is
+        # "true" (the CLI sets it), as tokenizers then skips its own after-fork guard (seen in the suite).
+        previous = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            yield from self._encode_parts(tok, data)
+        finally:
+            if previous is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+    def _encode_parts(self, tok, data):
         for part, docs in groupby(data, key=lambda doc: doc.metadata[engine.SHARD_KEY]):
             writers = {split: ShardWriter(self.out_dir / split, len(tok), tok.eos_token_id, self.cfg.tokens_per_shard,
                                           part=part.removeprefix("docs-")) for split in SPLITS}
