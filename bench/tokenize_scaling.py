@@ -5,7 +5,8 @@
 
 The corpus is the kernel and Python documentation (ingested by bench/minhash_vs_datatrove.py's folders, or here),
 repeated with fresh ids until it holds `--mb` MB of text, in 16 MB document shards. Three measurements:
-- raw, one thread: `Tokenizer.encode_batch` over the texts held in memory, RAYON_NUM_THREADS=1 (its own process);
+- raw, one thread: `Tokenizer.encode_batch` over the texts held in memory, RAYON_NUM_THREADS=1 (its own
+  process), on the first `--raw-shards` shards (a rate: MB/s);
 - raw, all threads: the same with every core (what one tokenmill process did before);
 - tokenmill: `tokenize.run` with `--tasks` tasks, reading the shards, writing token shards, merging meta.json.
 The target is tokenmill >= 0.9 x tasks x raw one-thread. Peak RSS of each task's process is reported too.
@@ -53,7 +54,9 @@ import sys, time
 from tokenmill.documents import read_documents
 from transformers import AutoTokenizer
 tok = AutoTokenizer.from_pretrained(sys.argv[2]).backend_tokenizer
-texts = [d.text for d in read_documents(sys.argv[1])]
+from tokenmill.documents import document_shards, read_shard
+texts = [d.text for shard in document_shards(sys.argv[1])[:int(sys.argv[3])] for d in read_shard(shard)]
+print(sum(map(len, texts)) / 1e6)
 started = time.perf_counter()
 for i in range(0, len(texts), 256):
     tok.encode_batch(texts[i:i + 256], add_special_tokens=False)
@@ -61,19 +64,21 @@ print(time.perf_counter() - started)
 """
 
 
-def raw_seconds(docs: Path, tokenizer: Path, threads: int | None) -> float:
+def raw_mb_per_s(docs: Path, tokenizer: Path, shards: int, threads: int | None) -> float:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "true"}
     if threads:
         env["RAYON_NUM_THREADS"] = str(threads)
-    out = subprocess.run([sys.executable, "-c", RAW, str(docs), str(tokenizer)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", RAW, str(docs), str(tokenizer), str(shards)], env=env, check=True,
                          capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    mb, seconds = map(float, out.strip().splitlines()[-2:])
+    return mb / seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=1000)
     parser.add_argument("--tasks", type=int, default=os.cpu_count())
+    parser.add_argument("--raw-shards", type=int, default=12, help="shards the raw rates are measured on")
     args = parser.parse_args()
     from tokenmill.documents import read_documents
     from tokenmill.tokenize import TokenizeConfig, run, train_tokenizer
@@ -82,17 +87,16 @@ def main() -> None:
     tokenizer = WORK / "tokenizer"
     if not (tokenizer / "tokenizer" / "tokenizer.json").is_file():
         train_tokenizer(TokenizeConfig(vocab_size=8192), SOURCES, tokenizer)
+    one = raw_mb_per_s(docs, tokenizer / "tokenizer", args.raw_shards, 1)
+    every = raw_mb_per_s(docs, tokenizer / "tokenizer", args.raw_shards, None)
     out = WORK / "shards"
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     counts = run(TokenizeConfig(tokenizer=str(tokenizer / "tokenizer"), executor={"workers": args.tasks}), docs, out)
-    t_ours = time.perf_counter() - started
-    t_one = raw_seconds(docs, tokenizer / "tokenizer", 1)
-    t_all = raw_seconds(docs, tokenizer / "tokenizer", None)
+    ours = mb / (time.perf_counter() - started)
     row = {"mb": round(mb, 1), "shards": len(list(docs.glob("docs-*.jsonl.gz"))), "tasks": args.tasks,
-           "tokens": counts["tokens_out"], "raw_one_thread_mb_s": round(mb / t_one, 2),
-           "raw_all_threads_mb_s": round(mb / t_all, 2), "tokenmill_mb_s": round(mb / t_ours, 2),
-           "ratio_to_tasks_x_raw_one_thread": round((mb / t_ours) / (args.tasks * mb / t_one), 3)}
+           "tokens": counts["tokens_out"], "raw_one_thread_mb_s": round(one, 2), "raw_all_threads_mb_s": round(every, 2),
+           "tokenmill_mb_s": round(ours, 2), "ratio_to_tasks_x_raw_one_thread": round(ours / (args.tasks * one), 3)}
     print(json.dumps(row, indent=1))
     path = ROOT / "bench" / "results" / "tokenize_scaling.json"
     path.write_text(json.dumps(row, indent=1))

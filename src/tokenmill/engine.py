@@ -21,6 +21,7 @@ from typing import Literal
 
 from datatrove.data import Document as DtDocument
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers import JsonlWriter
 from pydantic import Field
 
 from tokenmill.documents import SHARD_GLOB, document_shards
@@ -68,19 +69,19 @@ def reader(in_dir: Path) -> PipelineStep:
     return JsonlReader(str(in_dir), glob_pattern=SHARD_GLOB, adapter=_from_shard, add_file_path=False)
 
 
+class ShardByShardWriter(JsonlWriter):
+    """Writes each document into the shard named like the input shard it came from."""
+
+    def write(self, document: DtDocument, rank: int = 0, **kwargs):
+        # A task reads its shards one after the other: close a shard once the task has moved on, so open
+        # files stay one per task however many shards it has.
+        name = self._get_output_filename(document, rank, **kwargs)
+        for open_name in [n for n in self.output_mg.get_open_files() if n != name]:
+            self.close_file(open_name)
+        super().write(document, rank, **kwargs)
+
+
 def writer(out_dir: Path) -> PipelineStep:
-    """Each document into the shard named like the input shard it came from."""
-    from datatrove.pipeline.writers import JsonlWriter
-
-    class ShardByShardWriter(JsonlWriter):
-        def write(self, document: DtDocument, rank: int = 0, **kwargs):
-            # A task reads its shards one after the other: close a shard once the task has moved on, so open
-            # files stay one per task however many shards it has.
-            name = self._get_output_filename(document, rank, **kwargs)
-            for open_name in [n for n in self.output_mg.get_open_files() if n != name]:
-                self.close_file(open_name)
-            super().write(document, rank, **kwargs)
-
     return ShardByShardWriter(str(out_dir), output_filename="${%s}.jsonl.gz" % SHARD_KEY, adapter=_to_shard,
                               compression="gzip")
 
@@ -101,9 +102,14 @@ class Tally(PipelineStep):
             yield doc
 
 
+def with_default_tasks(cfg: ExecutorConfig, tasks: int) -> ExecutorConfig:
+    """The executor config with its task count fixed: the user's, or `tasks`."""
+    return cfg if cfg.tasks else cfg.model_copy(update={"tasks": tasks})
+
+
 def for_input(cfg: ExecutorConfig, in_dir: Path) -> ExecutorConfig:
     """The executor config with its task count fixed: the user's, or one per shard of `in_dir`."""
-    return cfg if cfg.tasks else cfg.model_copy(update={"tasks": len(document_shards(in_dir))})
+    return with_default_tasks(cfg, len(document_shards(in_dir)))
 
 
 def build_executor(cfg: ExecutorConfig, pipeline: list, logging_dir: Path, depends=None):

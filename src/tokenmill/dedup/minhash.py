@@ -26,6 +26,7 @@ from datatrove.utils.text import TextNormConfig, simplify_text
 from pydantic import Field
 
 from tokenmill import engine
+from tokenmill.documents import document_shards
 from tokenmill.schema import StrictModel
 
 
@@ -53,7 +54,7 @@ def minhash_dedup(cfg: MinhashConfig, executor: engine.ExecutorConfig, in_dir: P
     # One task per input shard in the two stages that read documents, whatever the executor says: datatrove
     # names a document by (task, index), and the cluster stage keeps the root of each cluster, so the same
     # layout gives the same decisions on any machine.
-    shards = engine.for_input(executor.model_copy(update={"tasks": None}), in_dir).tasks
+    shards = len(document_shards(in_dir))
     stages = [
         ([engine.reader(in_dir), SIGNATURES[cfg.implementation](output_folder=str(work / "signatures"), config=dt_cfg,
                                                                  language=cfg.language)], shards),

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field
 
 from tokenmill import engine
+from tokenmill.documents import document_shards
 from tokenmill.schema import StrictModel
 
 
@@ -30,7 +31,7 @@ def sentence_dedup(cfg: SentenceDedupConfig, executor: engine.ExecutorConfig, in
     dt_cfg = SentDedupConfig(n_sentences=cfg.n_sentences, split_sentences=cfg.split_sentences,
                              min_doc_words=cfg.min_doc_words, min_num_sentences=cfg.min_num_sentences)
     # Documents are named by (task, index), as in MinHash: one task per input shard in the reading stages.
-    shards = engine.for_input(executor.model_copy(update={"tasks": None}), in_dir).tasks
+    shards = len(document_shards(in_dir))
     stages = [
         ([engine.reader(in_dir), SentenceDedupSignature(output_folder=str(work / "signatures"), config=dt_cfg,
                                                         language=cfg.language)], shards),

@@ -75,13 +75,19 @@ def input_keys(cfg: IngestConfig) -> list[Path | str]:
 def iter_documents(cfg: IngestConfig, stats: ReadStats | None = None) -> Iterator[Document]:
     """Every document the config's paths hold, in a deterministic order (bad records counted in `stats`)."""
     stats = stats if stats is not None else ReadStats()
-    for path, doc_id in input_files(cfg):
-        yield from read_file(path, doc_id, cfg, stats)
-    for spec in dataset_specs(cfg):
-        yield from read_dataset(spec, cfg, stats, _record)
+    for unit in work_units(cfg):
+        yield from read_unit(unit, cfg, stats)
 
 
 Unit = list[tuple[Path, str]] | str  # files (path, id), or a dataset spec
+
+
+def read_unit(unit: Unit, cfg: IngestConfig, stats: ReadStats) -> Iterator[Document]:
+    if isinstance(unit, str):
+        yield from read_dataset(unit, cfg, stats, _record)
+        return
+    for path, doc_id in unit:
+        yield from read_file(path, doc_id, cfg, stats)
 
 
 def work_units(cfg: IngestConfig) -> list[Unit]:
@@ -113,10 +119,7 @@ class ReadUnits(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         for index in range(rank, len(self.units), world_size):
             stats = ReadStats()
-            unit = self.units[index]
-            docs = (read_dataset(unit, self.cfg, stats, _record) if isinstance(unit, str) else
-                    (doc for path, doc_id in unit for doc in read_file(path, doc_id, self.cfg, stats)))
-            written = write_documents(docs, self.out_dir, self.cfg.docs_per_shard, self.cfg.chars_per_shard,
+            written = write_documents(read_unit(self.units[index], self.cfg, stats), self.out_dir, self.cfg.docs_per_shard, self.cfg.chars_per_shard,
                                       prefix=f"docs-{index:05d}")
             self.stat_update("docs_out", value=written)
             for key, value in vars(stats).items():
@@ -126,8 +129,7 @@ class ReadUnits(PipelineStep):
 
 def run(cfg: IngestConfig, out_dir: Path) -> dict:
     units = work_units(cfg)
-    executor = cfg.executor if cfg.executor.tasks else cfg.executor.model_copy(update={"tasks": len(units)})
-    engine.run_pipeline(executor, [ReadUnits(cfg, units, out_dir)], out_dir / "logs")
+    engine.run_pipeline(engine.with_default_tasks(cfg.executor, len(units)), [ReadUnits(cfg, units, out_dir)], out_dir / "logs")
     stats = engine.step_stats(out_dir / "logs")[0]["stats"]
     counted = {key: engine.total(stats, key) for key in ("docs_out", *vars(ReadStats()))}
     return {"files": sum(len(u) for u in units if not isinstance(u, str)), "units": len(units),
