@@ -29,6 +29,10 @@ def _open_shard(path: Path):
     return gzip.open(path, "wt", encoding="utf-8", compresslevel=1)
 
 
+def _line(doc: Document) -> str:
+    return json.dumps(asdict(doc), ensure_ascii=False) + "\n"
+
+
 def write_documents(docs: Iterable[Document], out_dir: Path, docs_per_shard: int = 50_000,
                     chars_per_shard: int | None = None, prefix: str = "docs") -> int:
     """Write documents into numbered shards `PREFIX-NNNNN.jsonl.gz` under `out_dir`, a new shard after
@@ -44,7 +48,7 @@ def write_documents(docs: Iterable[Document], out_dir: Path, docs_per_shard: int
                     f.close()
                 f, in_shard, chars = _open_shard(out_dir / f"{prefix}-{shard:05d}.jsonl.gz"), 0, 0
                 shard += 1
-            f.write(json.dumps(asdict(doc), ensure_ascii=False) + "\n")
+            f.write(_line(doc))
             count, in_shard, chars = count + 1, in_shard + 1, chars + len(doc.text)
     finally:
         if f:
@@ -63,7 +67,7 @@ def rewrite_shards(in_dir: Path, out_dir: Path, keep: Callable[[Document], Docum
                 n_in += 1
                 kept = keep(doc)
                 if kept is not None:
-                    f.write(json.dumps(asdict(kept), ensure_ascii=False) + "\n")
+                    f.write(_line(kept))
                     n_out += 1
     return n_in, n_out
 

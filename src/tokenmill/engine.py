@@ -194,6 +194,14 @@ def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None
                        "Run the same command again when they have finished to collect the stage.")
 
 
+def run_pipelines(executor: ExecutorConfig, pipelines: list[tuple[list, int]], work: Path) -> list[dict]:
+    """Run pipelines one after the other, each with its own task count (`work/logs_N`); returns the last
+    one's per-step stats."""
+    for index, (pipeline, tasks) in enumerate(pipelines):
+        run_pipeline(executor.model_copy(update={"tasks": tasks}), pipeline, work / f"logs_{index}")
+    return [s["stats"] for s in step_stats(work / f"logs_{len(pipelines) - 1}")]
+
+
 def slurm_script(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> str:
     """The sbatch script the Slurm executor would submit (for review, or to submit by hand)."""
     executor = build_executor(cfg, pipeline, logging_dir)

@@ -67,9 +67,7 @@ def minhash_dedup(cfg: MinhashConfig, executor: engine.ExecutorConfig, in_dir: P
           MinhashDedupFilter(input_folder=str(work / "remove_ids"), exclusion_writer=engine.writer(work / "removed")),
           engine.Tally("out"), engine.writer(out_dir)], shards),
     ]
-    for index, (pipeline, tasks) in enumerate(stages):
-        engine.run_pipeline(executor.model_copy(update={"tasks": tasks}), pipeline, work / f"logs_{index}")
-    stats = [s["stats"] for s in engine.step_stats(work / "logs_3")]
+    stats = engine.run_pipelines(executor, stages, work)
     removed = engine.total(stats[1], "docs") - engine.total(stats[-2], "docs")
     return {"drops": {"minhash/near_duplicate": removed} if removed else {},
             "cluster_sizes": cluster_sizes(work / "remove_ids")}

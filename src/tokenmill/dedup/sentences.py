@@ -42,9 +42,7 @@ def sentence_dedup(cfg: SentenceDedupConfig, executor: engine.ExecutorConfig, in
                               exclusion_writer=engine.writer(work / "removed")),
           engine.Tally("out"), engine.writer(out_dir)], shards),
     ]
-    for index, (pipeline, tasks) in enumerate(stages):
-        engine.run_pipeline(executor.model_copy(update={"tasks": tasks}), pipeline, work / f"logs_{index}")
-    stats = [s["stats"] for s in engine.step_stats(work / "logs_2")]
+    stats = engine.run_pipelines(executor, stages, work)
     dropped = engine.total(stats[1], "docs") - engine.total(stats[-2], "docs")
     return {"drops": {"sentences/too_short_after_sentence_dedup": dropped} if dropped else {},
             "sentences_removed": engine.total(stats[2], "removed_sentences")}

@@ -146,8 +146,7 @@ class FastTextScoreBlock(ScoreBlock):
     def scores(self, texts: list[str]) -> list[float]:
         if self.model is None:
             self.model = load_fasttext(self.cfg.model, self.cfg.label)
-        labels, probs = self.model.predict([one_line(t) for t in texts], k=-1)
-        return [dict(zip(ls, ps)).get(self.cfg.label, 0.0) for ls, ps in zip(labels, probs)]
+        return label_probabilities(self.model, texts, self.cfg.label)
 
 
 def load_fasttext(path: str, label: str | None = None):
@@ -159,6 +158,12 @@ def load_fasttext(path: str, label: str | None = None):
     if label is not None and label not in model.get_labels():
         raise ValueError(f"filter fasttext_score: {path} has no label {label!r} (labels: {model.get_labels()})")
     return model
+
+
+def label_probabilities(model, texts: list[str], label: str) -> list[float]:
+    """A fastText model's probability of `label` for each text (0 where the label is not predicted)."""
+    labels, probs = model.predict([one_line(t) for t in texts], k=-1)
+    return [dict(zip(ls, ps)).get(label, 0.0) for ls, ps in zip(labels, probs)]
 
 
 def one_line(text: str) -> str:

@@ -20,7 +20,7 @@ from typing import Iterator
 
 from tokenmill.atomic import atomic_write_json
 from tokenmill.documents import SHARD_GLOB, Document, read_documents
-from tokenmill.filters.classifiers import one_line
+from tokenmill.filters.classifiers import label_probabilities, one_line
 from tokenmill.tokenize import split_of
 
 LABELS = {"positive": "__label__hq", "negative": "__label__lq"}
@@ -91,8 +91,8 @@ def held_out_metrics(model, test_file: Path) -> dict:
     """Precision, recall and F1 of `__label__hq` at probability 0.5, and accuracy, on the held-out lines."""
     lines = test_file.read_text().splitlines()
     truth = [line.split(" ", 1)[0] == LABELS["positive"] for line in lines]
-    labels, probs = model.predict([line.split(" ", 1)[1] if " " in line else "" for line in lines], k=-1)
-    predicted = [dict(zip(ls, ps)).get(LABELS["positive"], 0.0) >= 0.5 for ls, ps in zip(labels, probs)]
+    texts = [line.split(" ", 1)[1] if " " in line else "" for line in lines]
+    predicted = [p >= 0.5 for p in label_probabilities(model, texts, LABELS["positive"])]
     tp = sum(t and p for t, p in zip(truth, predicted))
     precision = tp / max(1, sum(predicted))
     recall = tp / max(1, sum(truth))
