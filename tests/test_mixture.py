@@ -14,7 +14,7 @@ from tokenmill.ingest import IngestConfig
 from tokenmill.ingest import run as ingest
 from tokenmill.tokenize import TokenizeConfig
 from tokenmill.tokenize import run as tokenize
-from tokenmill.train.checkpoint import checkpoint_dirs
+from tokenmill.checkpoints import checkpoint_dirs
 from tokenmill.train.config import TrainConfig
 from tokenmill.train.data import Windows
 from tokenmill.train.mixture import MixtureConfig, MixtureSampler, allocate, solve_plan

@@ -48,7 +48,8 @@ def test_run_end_to_end_then_skip_then_rerun_downstream(tiny_config, tmp_path, c
     assert capsys.readouterr().out.count("up to date") == len(STAGES)
     assert started(run_dir) == first
 
-    assert main(["run", str(config), "-o", str(run_dir), "--set", "train.lr_max=5e-3"]) == 0
+    # More steps: training continues from its step-60 checkpoint, and what depends on it re-runs.
+    assert main(["run", str(config), "-o", str(run_dir), "--set", "train.max_steps=64"]) == 0
     after = started(run_dir)
     changed = [s for s in STAGES if after[s] != first[s]]
     assert changed == ["40_checkpoints", "50_eval", "60_export"]

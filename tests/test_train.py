@@ -10,7 +10,7 @@ from conftest import Crash, crash_at_step, tiny_pipeline
 from tokenmill import export, train
 from tokenmill.config import validate
 from tokenmill.tokenize.shards import open_split
-from tokenmill.train.checkpoint import checkpoint_dirs
+from tokenmill.checkpoints import checkpoint_dirs
 from tokenmill.train.data import WindowSampler
 
 

@@ -107,7 +107,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_checkpoint(shards, corpus, tmp
     cfg = validate(raw)
     with pytest.raises(TrainingDiverged):
         train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
-    from tokenmill.train.checkpoint import checkpoint_dirs
+    from tokenmill.checkpoints import checkpoint_dirs
     assert checkpoint_dirs(tmp_path / "ck") and not (tmp_path / "ck" / "final").exists()
 
 

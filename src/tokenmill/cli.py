@@ -254,7 +254,7 @@ def _dispatch(args) -> None:
         run_stage(c, sections, inputs, args.output,
                   lambda out: train.run(cfg.model, cfg.train, shards, out, mixture=cfg.mixture,
                                         resume_from=args.resume_from), args.force,
-                  resumable=True, resume_despite=("mixture",), keep_existing=args.resume_from is not None)
+                  resumable=True, resume_despite=train.RESUMABLE_CHANGES, keep_existing=args.resume_from is not None)
     elif c == "eval":
         _eval(cfg, args)
     elif c == "generate":

@@ -25,7 +25,7 @@ from tokenmill.dedup import DedupConfig
 from tokenmill.filters import FilterConfig
 from tokenmill.generate import generate
 from tokenmill.ingest import IngestConfig
-from tokenmill.stage import run_stage
+from tokenmill.stage import prepare_resumable, run_stage
 from tokenmill.tokenize.shards import read_meta
 
 DATA_DIRS = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup", "tokenize": "30_shards"}
@@ -71,14 +71,16 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
     if cfg.recipe.name != "none":
         print(recipes.describe(cfg.recipe, cfg.train, cfg.mixture))
+    d = {name: run_dir / folder for name, folder in MODEL_DIRS.items()}
+    named = bool(cfg.datasets)
+    sections = {"model": cfg.model, "train": cfg.train, **({"mixture": cfg.mixture} if named else {})}
+    if not force:  # a training run this config cannot continue is refused before the data stages run
+        prepare_resumable("train", sections, None, d["train"], train.RESUMABLE_CHANGES)
     shards = prepare_data(cfg, run_dir, force)
     _save_estimate(cfg, run_dir)
-    d = {name: run_dir / folder for name, folder in MODEL_DIRS.items()}
-    named = isinstance(shards, dict)
-    sections = {"model": cfg.model, "train": cfg.train, **({"mixture": cfg.mixture} if named else {})}
     run_stage("train", sections, list(shards.values()) if named else [shards], d["train"],
               lambda out: train.run(cfg.model, cfg.train, shards, out, run_dir / "metrics.jsonl", mixture=cfg.mixture),
-              force, resumable=True, resume_despite=("mixture",))
+              force, resumable=True, resume_despite=train.RESUMABLE_CHANGES)
     default_sets = {name: str(path) for name, path in (shards if named else {"val": shards}).items()}
     eval_sets = {name: Path(path) for name, path in (cfg.train.eval_sets or default_sets).items()}
     # train is in the key for its eval_sets and seq_len (its other changes change the train stage's key anyway)

@@ -80,11 +80,8 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
               resume_despite: tuple[str, ...] = (), keep_existing: bool = False) -> dict:
     """Run `fn` unless `out_dir` already holds this exact stage; returns the manifest.
 
-    `resumable` stages (training) write in place so that a killed run resumes from its checkpoints; a key
-    file marks whose checkpoints they are, so a changed config never resumes from another run's state,
-    except for the sections named in `resume_despite`, whose changes the stage itself judges on resume
-    (a mixture's future stages may change; its past ones may not). `keep_existing` keeps the folder whatever
-    its key (the user named a checkpoint in it to resume from) and marks it as this config's.
+    `resumable` stages (training) write in place so that a killed run resumes from its checkpoints; see
+    prepare_resumable for when a changed config continues and when it is refused.
     Under torchrun only rank 0 manages the folder and manifest; the other ranks run `fn`, which meets rank 0
     at the process-group rendezvous, after the folder is ready.
     """
@@ -101,16 +98,8 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
     started = time.time()
     log(f"[{name}] running → {out_dir}")
     if resumable:
-        key_file = out_dir / ".stage_key"
-        resume_key = stage_key(name, {k: v for k, v in cfg.items() if k not in resume_despite}, keys) \
-            if isinstance(cfg, dict) else key
         if main_process:
-            changed = not key_file.is_file() or key_file.read_text() != resume_key
-            if force or (changed and not keep_existing):
-                shutil.rmtree(out_dir, ignore_errors=True)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / MANIFEST).unlink(missing_ok=True)
-            atomic_write_text(key_file, resume_key)
+            prepare_resumable(name, cfg, keys, out_dir, resume_despite, force, keep_existing)
         counts = fn(out_dir)
         manifest = _manifest(name, key, cfg, keys, counts, started)
         if main_process:
@@ -122,6 +111,84 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
             atomic_write_json(staging / MANIFEST, manifest)
     log(f"[{name}] done in {manifest['duration_s']:.1f}s: {_summary(counts)}")
     return manifest
+
+
+RUN_RECORD = ".stage_record.json"  # the config and inputs that a resumable folder's checkpoints were made with
+
+
+class ResumeConflict(ValueError):
+    """A folder holds a run whose config differs from this one in a way it cannot be continued with."""
+
+
+def prepare_resumable(name: str, cfg: StageConfig, keys: dict[str, str] | None, out_dir: Path,
+                      resume_despite: tuple[str, ...] = (), force: bool = False, keep_existing: bool = False) -> None:
+    """Make `out_dir` ready for a resumable stage without ever losing a run's checkpoints by accident.
+
+    A folder holding a run continues when the config changed only in keys of `resume_despite` (dotted
+    paths such as `train.max_steps`; the stage judges those itself on resume); any other change is refused
+    with the keys that changed and what to do. `force` discards the run; `keep_existing` (the user named a
+    checkpoint to resume from) keeps it whatever changed. `keys` None checks the config alone (before the
+    inputs exist), and writes nothing.
+    """
+    from tokenmill.checkpoints import checkpoint_dirs, holds_run
+    out_dir = Path(out_dir)
+    config, record = _config_json(cfg), _read_record(out_dir)
+    if force:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    elif keep_existing:
+        pass
+    elif holds_run(out_dir):
+        changes = _changes(record, config, keys, resume_despite) if record else \
+            _legacy_changes(name, cfg, keys, out_dir, resume_despite)
+        if changes:
+            newest = checkpoint_dirs(out_dir)[-1] if checkpoint_dirs(out_dir) else out_dir
+            raise ResumeConflict(
+                f"{out_dir} holds a {name} run (newest checkpoint: {newest.name}) made with another config, which "
+                "this one cannot simply continue:\n" + "\n".join(f"  - {c}" for c in changes) +
+                f"\nIts checkpoints are kept. Either continue it with the new config (tokenmill train ... "
+                f"--resume-from {newest}), write to another folder (-o), or add --force to discard it and start "
+                "over (with tokenmill run, --force re-runs every stage)")
+    elif record and record["config"] != config:
+        shutil.rmtree(out_dir)  # our own folder of a run that never saved a checkpoint: nothing to keep
+    if keys is None:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    (out_dir / ".stage_key").unlink(missing_ok=True)  # the record's predecessor
+    atomic_write_json(out_dir / RUN_RECORD, {"stage": name, "config": config, "inputs": keys})
+
+
+def _read_record(out_dir: Path) -> dict | None:
+    path = out_dir / RUN_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict) and obj:
+        return {k: v for key, value in obj.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): obj}
+
+
+def _changes(record: dict, config: dict, keys: dict[str, str] | None, resume_despite: tuple[str, ...]) -> list[str]:
+    """The changed config keys (dotted) outside `resume_despite`, and a changed input."""
+    old, new = _flatten(record["config"]), _flatten(config)
+    allowed = lambda key: any(key == p or key.startswith(p + ".") for p in resume_despite)  # noqa: E731
+    changes = [f"{key}: {json.dumps(old.get(key))} → {json.dumps(new.get(key))}"
+               for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key) and not allowed(key)]
+    if keys is not None and sorted(record["inputs"].values()) != sorted(keys.values()):
+        changes.append(f"the input data changed ({', '.join(keys)})")
+    return changes
+
+
+def _legacy_changes(name, cfg, keys, out_dir: Path, resume_despite) -> list[str]:
+    """Folders written before the record kept only a hash of the config with the sections it may change
+    removed; when it differs, what changed cannot be told."""
+    key_file = out_dir / ".stage_key"
+    sections = {k: v for k, v in cfg.items() if k not in resume_despite} if isinstance(cfg, dict) else cfg
+    if keys is not None and key_file.is_file() and key_file.read_text() == stage_key(name, sections, keys):
+        return []
+    return ["the config or the data (this folder was written by an earlier tokenmill, which kept no record of "
+            "its config)"] if keys is not None else []
 
 
 def _manifest(name, key, cfg, keys, counts, started) -> dict:

@@ -13,16 +13,16 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from tokenmill.model.lora import merge
 from tokenmill.model.resolve import resolve_model_path
-from tokenmill.train.checkpoint import latest_checkpoint
+from tokenmill.checkpoints import FINAL, is_checkpoint, latest_whole, require_whole
 
 
 def resolve_source(path: Path | str) -> Path:
     """A run folder means its final model; a checkpoints folder its final model or newest checkpoint."""
     path = resolve_model_path(path)
-    for candidate in (path / "40_checkpoints" / "final", path / "final", path):
+    for candidate in (path / "40_checkpoints" / FINAL, path / FINAL, path):
         if (candidate / "config.json").is_file():
             return candidate
-    newest = latest_checkpoint(path) or latest_checkpoint(path / "40_checkpoints")
+    newest = latest_whole(path) or latest_whole(path / "40_checkpoints")
     if newest:
         return newest
     raise FileNotFoundError(f"{path}: no model here (expected a run folder, a checkpoint, a HF model folder "
@@ -38,16 +38,13 @@ def find_tokenizer(path: Path) -> Path:
     raise FileNotFoundError(f"{path}: no tokenizer found beside it; use a run folder or a checkpoint inside one")
 
 
-def is_checkpoint(path: Path) -> bool:
-    return (path / "state.json").is_file()
-
-
 def load_source(spec: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
     """(model in fp32 on CPU, its tokenizer, the folder it came from); a LoRA checkpoint comes merged."""
     source = resolve_source(spec)
     tokenizer = AutoTokenizer.from_pretrained(find_tokenizer(source))
     if not is_checkpoint(source):
         return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="sdpa"), tokenizer, source
+    require_whole(source)
     if (source / "dcp").is_dir():
         raise ValueError(f"{source}: a sharded FSDP checkpoint; use the run's final/ folder, or resume and "
                          "finish the run, which gathers the shards")

@@ -27,7 +27,7 @@ from tokenmill.model.resolve import resolve_model_path
 from tokenmill.tokenize.shards import open_split, read_meta
 from tokenmill.train import perf
 from tokenmill.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
-from tokenmill.train.config import TrainConfig
+from tokenmill.train.config import RESUMABLE_CHANGES, TrainConfig
 from tokenmill.train.data import Windows, WindowSampler
 from tokenmill.train.mixture import MixtureConfig, MixtureSampler, solve_plan
 from tokenmill.train.distributed import World, init_world, is_fsdp, local_device, shutdown, unwrap, wrap
@@ -36,7 +36,7 @@ from tokenmill.train.metrics import ConsoleSink, JsonlSink, Sinks, TensorBoardSi
 from tokenmill.train.optim import build_optimizer
 from tokenmill.train.schedule import SCHEDULES
 
-__all__ = ["TrainConfig", "run"]
+__all__ = ["RESUMABLE_CHANGES", "TrainConfig", "run"]
 log = logging.getLogger(__name__)
 
 
@@ -177,6 +177,9 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
     resume_from = resume_point(out_dir, resume_from)
     if resume_from:
         state = load_checkpoint(resume_from, model, optimizer, world)
+        if state["step"] > cfg.max_steps:
+            raise ValueError(f"{resume_from}: the run is at step {state['step']}, past train.max_steps "
+                             f"{cfg.max_steps}; raise max_steps to continue it, or export this checkpoint as it is")
         sampler.load_state_dict(state.pop("loader"))
         log.info("resuming from %s (step %d)", resume_from, state["step"])
     forward_model = torch.compile(model) if cfg.compile else model

@@ -1,54 +1,30 @@
 """Checkpoints: everything that decides the next batch, saved together and atomically.
 
-    40_checkpoints/step-00000200/
-        model.safetensors   weights (no pickle), or dcp/ for FSDP: sharded torch.distributed.checkpoint
-                            files (model and optimizer) that load on any number of ranks
-        optimizer.pt        optimizer state (tensors and numbers; loaded with weights_only=True); not with dcp/
-        config.json         the model's HF config (+ adapter_config.json for LoRA), so a checkpoint exports alone
-        rng-R.pt            torch RNG states of rank R
-        state.json          step, tokens seen, loader position
-A checkpoint is built in a `.partial` folder and renamed when whole, so a killed save never replaces a good
-checkpoint; only the newest `keep_last` are kept.
+What a checkpoint folder holds is described in tokenmill/checkpoints.py, its one home. A checkpoint is built
+in a `.partial` folder and renamed when whole, so a killed save never replaces a good checkpoint; only the
+newest `keep_last` are kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
 
+from tokenmill.checkpoints import checkpoint_dirs, latest_whole, require_whole, step_dir
 from tokenmill.train.distributed import World, is_fsdp, unwrap
-
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
-
-
-def checkpoint_dirs(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first."""
-    if not Path(root).is_dir():
-        return []
-    found = [p for p in Path(root).iterdir() if _STEP_DIR.match(p.name) and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: p.name)
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    dirs = checkpoint_dirs(root)
-    return dirs[-1] if dirs else None
 
 
 def resume_point(out_dir: Path, resume_from: Path | None = None) -> Path | None:
-    """The checkpoint a run continues from: the one asked for, else the newest in its own folder."""
+    """The checkpoint a run continues from: the one asked for (refused unless whole), else the newest whole
+    one in its own folder."""
     if resume_from is None:
-        return latest_checkpoint(out_dir)
-    resume_from = Path(resume_from)
-    if not (resume_from / "state.json").is_file():
-        raise FileNotFoundError(f"{resume_from}: not a complete checkpoint (a step-NNNNNNNN folder with state.json); "
-                                f"complete ones in {resume_from.parent}: "
-                                f"{', '.join(p.name for p in checkpoint_dirs(resume_from.parent)) or 'none'}")
+        return latest_whole(out_dir)
+    resume_from = require_whole(resume_from)
     later = [p.name for p in checkpoint_dirs(out_dir) if p.name > resume_from.name]
     if later:
         # They belong to the timeline being abandoned; saving over them would mix two runs in one folder.
@@ -58,7 +34,7 @@ def resume_point(out_dir: Path, resume_from: Path | None = None) -> Path | None:
 
 
 def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int, world: World = World()) -> Path:
-    final = Path(root) / f"step-{state['step']:08d}"
+    final = step_dir(root, state["step"])
     tmp = final.with_name(f".{final.name}.partial")
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,6 +10,15 @@ from tokenmill.schema import StrictModel
 
 Logger = Literal["console", "jsonl", "tensorboard", "wandb"]
 
+# What a run may change and still continue from its newest checkpoint, with no flag: how long it runs (more
+# steps), how it is watched and saved, settings that change speed and not the result, and the mixture, whose
+# sampler refuses on resume a change to a stage that has already begun. Any other change is refused with
+# what to do (tokenmill.stage.prepare_resumable); a run's checkpoints are never deleted because of it.
+RESUMABLE_CHANGES = ("mixture", "train.max_steps", "train.log_every", "train.eval_every", "train.eval_tokens",
+                     "train.eval_sets", "train.eval_at_start", "train.save_every", "train.keep_last", "train.device",
+                     "train.threads", "train.compile", "train.activation_checkpointing", "train.loss_chunk_tokens",
+                     "train.loggers", "train.wandb_project", "train.spike_factor")
+
 
 class TrainConfig(StrictModel):
     seq_len: int = Field(256, gt=1, description="tokens per training sequence")

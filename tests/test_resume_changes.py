@@ -1,0 +1,102 @@
+"""A run's checkpoints are never lost because its config changed: a compatible change (more steps)
+continues from the newest checkpoint, any other is refused with what to do, and a damaged checkpoint is
+named and skipped (automatic resume) or refused (named by the user)."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import tiny_pipeline
+from tokenmill.checkpoints import checkpoint_dirs
+from tokenmill.cli import main
+from tokenmill.config import validate
+from tokenmill.pipeline import run_pipeline
+from tokenmill.stage import ResumeConflict, file_digest
+
+
+def steps_and_losses(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+
+@pytest.fixture
+def train_cli(shards, corpus, tmp_path):
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=8, save_every=4, keep_last=2, log_every=1, eval_every=4)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return lambda out, *extra: main(["train", str(shards), "--config", str(config), "-o", str(out), *extra])
+
+
+def test_more_steps_continue_from_the_newest_checkpoint_without_a_flag(train_cli, tmp_path, capsys):
+    run = tmp_path / "a"
+    assert train_cli(run) == 0
+    step8 = run / "step-00000008"
+    assert train_cli(tmp_path / "reference", "--resume-from", str(step8), "--set", "train.max_steps=10") == 0
+    assert train_cli(run, "--set", "train.max_steps=10") == 0  # the user extends the run: no flag
+    assert [p.name for p in checkpoint_dirs(run)] == ["step-00000008", "step-00000010"]
+    extended = steps_and_losses(run / "metrics.jsonl")
+    assert [s for s, _ in extended] == list(range(1, 11))  # steps 1-8 kept, 9-10 added: not restarted
+    reference = steps_and_losses(tmp_path / "reference" / "metrics.jsonl")
+    assert [s for s, _ in reference] == [9, 10]
+    assert [v for _, v in extended[-2:]] == pytest.approx([v for _, v in reference], rel=1e-6)
+
+
+def test_an_incompatible_change_is_refused_and_keeps_every_checkpoint(train_cli, tmp_path, capsys):
+    run = tmp_path / "a"
+    assert train_cli(run) == 0
+    before = {p.name: file_digest(p / "model.safetensors") for p in checkpoint_dirs(run)}
+    capsys.readouterr()
+    assert train_cli(run, "--set", "train.lr_max=0.001", "--set", "train.max_steps=12") == 2
+    err = capsys.readouterr().err
+    assert "train.lr_max: 0.01 → 0.001" in err and "max_steps" not in err  # more steps alone would continue
+    assert "--resume-from" in err and "--force" in err and "step-00000008" in err
+    assert {p.name: file_digest(p / "model.safetensors") for p in checkpoint_dirs(run)} == before
+    assert (run / "final" / "config.json").is_file()
+
+    assert train_cli(run, "--set", "train.max_steps=6") == 2  # fewer steps than the run already made
+    assert "at step 8, past train.max_steps 6" in capsys.readouterr().err
+
+    assert train_cli(run, "--set", "train.lr_max=0.001", "--force") == 0  # the explicit discard
+    assert [s for s, _ in steps_and_losses(run / "metrics.jsonl")][0] == 1
+    assert file_digest(run / "step-00000008" / "model.safetensors") != before["step-00000008"]
+
+
+def test_a_truncated_checkpoint_is_skipped_when_automatic_and_refused_when_named(train_cli, tmp_path, capsys, caplog):
+    run = tmp_path / "a"
+    assert train_cli(run) == 0
+    weights = run / "step-00000008" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    capsys.readouterr()
+    assert train_cli(tmp_path / "b", "--resume-from", str(run / "step-00000008")) == 2
+    err = capsys.readouterr().err
+    assert "step-00000008: model.safetensors is damaged or cut short (1,000 bytes" in err
+    assert "step-00000004" in err  # the earlier one it can resume from
+    assert main(["export", str(run / "step-00000008"), "-o", str(tmp_path / "hf")]) == 2
+    assert "model.safetensors is damaged or cut short" in capsys.readouterr().err
+
+    assert train_cli(run, "--set", "train.max_steps=10") == 0  # falls back to step 4 and redoes 5-10
+    assert "skipping" in caplog.text and "step-00000008" in caplog.text
+    assert [s for s, _ in steps_and_losses(run / "metrics.jsonl")] == list(range(1, 11))
+    assert [p.name for p in checkpoint_dirs(run)] == ["step-00000008", "step-00000010"]
+
+
+def test_tokenmill_run_extends_a_finished_run_and_refuses_a_change_before_the_data_stages(corpus, tmp_path):
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=20, save_every=10, eval_every=10)
+    run_pipeline(validate(raw), tmp_path / "run")
+    filtered = (tmp_path / "run" / "10_filtered" / "manifest.json").read_text()
+
+    raw["train"]["max_steps"] = 25
+    run_pipeline(validate(raw), tmp_path / "run")
+    steps = [s for s, _ in steps_and_losses(tmp_path / "run" / "metrics.jsonl")]
+    assert steps[-1] == 25 and steps.count(20) == 1 and steps == sorted(steps)
+    assert (tmp_path / "run" / "40_checkpoints" / "step-00000020").is_dir()
+
+    raw["train"]["seq_len"] = 16
+    raw["filter"]["steps"][0]["min_chars"] = 50  # would re-run filter and dedup, if training were not refused first
+    with pytest.raises(ResumeConflict, match="train.seq_len: 32 → 16"):
+        run_pipeline(validate(raw), tmp_path / "run")
+    assert (tmp_path / "run" / "10_filtered" / "manifest.json").read_text() == filtered
+    assert (tmp_path / "run" / "40_checkpoints" / "step-00000025").is_dir()
