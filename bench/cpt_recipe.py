@@ -57,7 +57,7 @@ def shards_of(name: str, paths: list[str], tokenizer: str, val_fraction: float, 
 
 
 def variant_config(variant: str, base: str, train: dict, lora: dict | None) -> dict:
-    config = {"model": {"init_from": base, "lora": lora},
+    config = {"model": {"init_from": base, "lora": lora, **({"embeddings": {"train": "none"}} if lora else {})},
               "train": {**train, "warmup_steps": 0, "eval_every": 0, "save_every": 0, "log_every": 5}}
     if variant == "naive":
         config["train"].update(schedule="constant", lr_min=train["lr_max"])
@@ -131,7 +131,7 @@ def smollm2_part(args) -> dict:
     plays = sorted(PLAYS.glob("*_gut.txt"))[:16]
     domain = shards_of("plays", [str(p) for p in plays], str(base), val_fraction=0.25, min_chars=500)
     train = {"seq_len": 256, "micro_batch_size": 4, "max_steps": args.lora_steps, "lr_max": 2e-4, "eval_tokens": 8192}
-    lora = {"r": 16, "alpha": 32, "train_embeddings": False}
+    lora = {"r": 16, "alpha": 32}  # embeddings frozen (variant_config)
     return run_variants("smollm2", str(base), general, domain, train, lora)
 
 

@@ -32,7 +32,8 @@ CASES = {
     "small, unchunked loss": {"model": {"preset": "small"}, "train": {"micro_batch_size": 16, "loss_chunk_tokens": None}},
     "125m": {"model": {"preset": "125m"}, "train": {"micro_batch_size": 4}},
     "125m, checkpointing": {"model": {"preset": "125m"}, "train": {"micro_batch_size": 4, "activation_checkpointing": True}},
-    "125m LoRA": {"model": {"init_from": "BASE_125M", "lora": {"r": 16, "train_embeddings": False}},
+    "125m LoRA": {"model": {"init_from": "BASE_125M", "lora": {"r": 16},
+                                "embeddings": {"train": "none"}},
                   "train": {"micro_batch_size": 4}},
 }
 

@@ -31,10 +31,11 @@ def test_counts_equal_the_built_model(corpus):
 def test_lora_trainable_count_equals_peft(corpus):
     from tokenmill.model.lora import apply_lora
     raw = tiny_pipeline(corpus)
-    raw["model"]["lora"] = {"r": 4, "train_embeddings": False}
+    raw["model"]["lora"] = {"r": 4}
+    raw["model"]["embeddings"] = {"train": "none"}
     cfg = validate(raw)
     e = estimate(cfg, "cpu")
-    model = apply_lora(build_model(cfg.model, cfg.tokenize.vocab_size, 0), cfg.model.lora)
+    model = apply_lora(build_model(cfg.model, cfg.tokenize.vocab_size, 0), cfg.model.lora, train_embeddings=False)
     assert e["params_trainable"] == count_parameters(model, trainable=True)
     full = estimate(config(corpus), "cpu")["memory_breakdown_gib"]
     assert e["memory_breakdown_gib"]["optimizer"] == pytest.approx(8 * e["params_trainable"] / 2**30)

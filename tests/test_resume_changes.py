@@ -55,6 +55,8 @@ def test_an_incompatible_change_is_refused_and_keeps_every_checkpoint(train_cli,
     assert {p.name: file_digest(p / "model.safetensors") for p in checkpoint_dirs(run)} == before
     assert (run / "final" / "config.json").is_file()
 
+    assert train_cli(run, "--set", "train.micro_batch_size=2", "--set", "train.max_steps=10") == 2
+    assert "took 128 tokens per optimizer step, this one 64" in capsys.readouterr().err  # the global batch halved
     assert train_cli(run, "--set", "train.max_steps=6") == 2  # fewer steps than the run already made
     assert "at step 8, past train.max_steps 6" in capsys.readouterr().err
 

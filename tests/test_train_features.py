@@ -50,7 +50,8 @@ def base_model_dir(tmp_path, shards):
 def test_lora_cpt_trains_adapters_and_embeddings_then_merges(shards, corpus, tmp_path):
     base = base_model_dir(tmp_path, shards)
     raw = tiny_pipeline(corpus)
-    raw["model"] = {"preset": None, "init_from": str(base), "lora": {"r": 4, "alpha": 8, "embedding_lr_ratio": 0.5}}
+    raw["model"] = {"preset": None, "init_from": str(base), "lora": {"r": 4, "alpha": 8},
+                    "embeddings": {"lr_ratio": 0.5}}
     raw["tokenize"]["tokenizer"] = str(base)
     raw["train"].update(max_steps=8, save_every=4, eval_every=4)
     cfg = validate(raw)

@@ -25,6 +25,7 @@ EXAMPLES = {
     "filter": "tokenmill filter runs/x/00_raw -o runs/x/10_filtered --config my.yaml",
     "dedup": "tokenmill dedup runs/x/10_filtered -o runs/x/20_dedup",
     "tokenize": "tokenmill tokenize runs/x/20_dedup -o runs/x/30_shards --vocab-size 8192",
+    "tokenizer": "tokenmill tokenizer extend models/smollm2 --corpus handbook-ru/ --add 8000 -o tok-ru",
     "train": "tokenmill train runs/x/30_shards -o runs/x/40_checkpoints --preset small --set train.max_steps=2000",
     "eval": "tokenmill eval runs/x general=books/ domain=runs/x/30_shards --tasks cloze.jsonl -o runs/x/eval",
     "make-cloze": "tokenmill make-cloze runs/x/30_shards -o cloze.jsonl --n 500",
@@ -70,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or HF folder to reuse")
     group.add_argument("--vocab-size", type=int, metavar="N", help="train a byte-level BPE of N tokens")
+    p = stage("tokenizer", "Extend a base model's byte-level BPE with merges learned from a new language's text.")
+    p.add_argument("action", choices=["extend"])
+    p.add_argument("base", metavar="BASE", help="the base's HF folder (its tokenizer), tokenizer.json or hf://org/name")
+    p.add_argument("--corpus", nargs="+", required=True, type=Path, metavar="PATH",
+                   help="text in the new language: document shards, or files and folders tokenmill ingest reads")
+    p.add_argument("--add", type=int, required=True, metavar="N", help="new tokens to learn")
+    p.add_argument("--allow-fewer", action="store_true", help="go on when the corpus yields fewer than N")
+    p.add_argument("-o", "--output", required=True, type=Path)
     p = stage("train", "Train a model on token shards (from scratch, or from a HF checkpoint); several named "
                        "shards are mixed by the config's mixture section.")
     p.add_argument("inputs", nargs="+", metavar="SHARDS_DIR | NAME=SHARDS_DIR")
@@ -160,6 +169,10 @@ def _flag_overrides(args) -> list[str]:
         # Continued pre-training: the shards were made with the base model's tokenizer.
         sets += [f"model.init_from={json.dumps(str(args.model))}", "model.preset=null",
                  f"tokenize.tokenizer={json.dumps(str(args.model))}"]
+    if args.command == "tokenizer":
+        sets += [f"tokenize.tokenizer={json.dumps(args.base)}", f"tokenize.extend.add={args.add}"]
+        if args.allow_fewer:
+            sets.append("tokenize.extend.allow_fewer=true")
     if args.command == "ingest":
         sets.append(f"ingest.paths={json.dumps(args.paths)}")
     for flag in ("executor", "tasks") if args.command in ("filter", "dedup") else ():
@@ -238,6 +251,10 @@ def _dispatch(args) -> None:
     elif c == "tokenize":
         run_stage(c, cfg.tokenize, [args.input], args.output,
                   lambda out: tokenize.run(cfg.tokenize, args.input, out), args.force)
+    elif c == "tokenizer":
+        run_stage("tokenizer extend", cfg.tokenize, [*args.corpus, args.base], args.output,
+                  lambda out: tokenize.make_tokenizer(cfg.tokenize, args.corpus, out.parent, out.name), args.force)
+        print(f"extended tokenizer: {args.output}  (tokenmill tokenize DOCS -o SHARDS --tokenizer {args.output})")
     elif c == "train":
         shards = _train_inputs(args.inputs)
         if isinstance(shards, dict):

@@ -125,11 +125,11 @@ def validate(raw: dict, source: str = "config", dataset_names: list[str] = ()) -
             sections[name] = TypeAdapter(model).validate_python(value)
         except ValidationError as e:
             problems.extend(_describe(name, model, err) for err in e.errors())
-    problems.extend(_cross_checks(sections))
     model, tokenize = sections.get("model"), sections.get("tokenize")
     if model and model.init_from and tokenize and not tokenize.tokenizer:
         # Continued pre-training reads text through the base model's own tokenizer.
         sections["tokenize"] = tokenize.model_copy(update={"tokenizer": model.init_from})
+    problems.extend(_cross_checks(sections))
     if problems:
         raise ConfigError(source, problems)
     return PipelineConfig(**sections)
@@ -166,6 +166,17 @@ def _cross_checks(s: dict) -> list[str]:
     if datasets and mixture:
         problems += [f"mixture.stages[{i}].weights.{name}: no dataset of that name (datasets: {', '.join(datasets)})"
                      for i, stage in enumerate(mixture.stages) for name in stage.weights if name not in datasets]
+    tokenize = s.get("tokenize")
+    if tokenize and tokenize.extend:
+        if not tokenize.tokenizer:
+            problems.append("tokenize.extend: needs the base to extend: tokenize.tokenizer or model.init_from")
+        unknown = [n for n in tokenize.extend.datasets or [] if n not in (datasets or {})]
+        if unknown:
+            problems.append(f"tokenize.extend.datasets: no dataset named {', '.join(unknown)} (datasets: "
+                            f"{', '.join(datasets or {}) or 'none'})")
+        if model and model.embeddings.train == "none":
+            problems.append("model.embeddings.train: none would leave the new tokens' rows untrained "
+                            "(tokenize.extend); use new or all")
     if train and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
     return problems

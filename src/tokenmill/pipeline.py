@@ -8,7 +8,8 @@
 With named datasets (the `datasets:` section) each has the data stages' folders of its own, one tokenizer
 serves them all, and training mixes them:
       datasets/NAME/00_raw/ 10_filtered/ 20_dedup/ 30_shards/
-      30_tokenizer/          trained on every dataset (when tokenize.tokenizer names none)
+      30_tokenizer/          trained on every dataset (when tokenize.tokenizer names none), or the base's
+                             extended on tokenize.extend.datasets
       40_checkpoints/ ...
 Each stage folder holds a manifest.json; a stage re-runs when its config or its inputs changed.
 """
@@ -53,11 +54,14 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path, force: bool) -> Path | dict
     docs = {name: clean(ds.ingest_config(), ds.filter or cfg.filter, ds.dedup or cfg.dedup, roots[name], force)
             for name, ds in cfg.datasets.items()}
     tokenize_cfg, inputs = cfg.tokenize, []
-    if not cfg.tokenize.tokenizer:  # one tokenizer for every dataset, trained on all of them
+    if not cfg.tokenize.tokenizer or cfg.tokenize.extend:
+        # One tokenizer for every dataset: trained on all of them, or the base's extended on the chosen ones.
         shared = run_dir / "30_tokenizer"
-        run_stage("tokenizer", cfg.tokenize, list(docs.values()), shared,
-                  lambda out: tokenize.train_tokenizer(cfg.tokenize, list(docs.values()), out), force)
-        tokenize_cfg, inputs = cfg.tokenize.model_copy(update={"tokenizer": str(shared / "tokenizer")}), [shared]
+        sources = [docs[n] for n in (cfg.tokenize.extend and cfg.tokenize.extend.datasets or docs)]
+        run_stage("tokenizer", cfg.tokenize, sources, shared,
+                  lambda out: tokenize.make_tokenizer(cfg.tokenize, sources, out), force)
+        tokenize_cfg = cfg.tokenize.model_copy(update={"tokenizer": str(shared / "tokenizer"), "extend": None})
+        inputs = [shared]
     shards = {name: roots[name] / DATA_DIRS["tokenize"] for name in cfg.datasets}
     for name in cfg.datasets:
         run_stage(f"tokenize {name}", tokenize_cfg, [docs[name], *inputs], shards[name],

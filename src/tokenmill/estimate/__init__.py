@@ -69,14 +69,14 @@ def vocab_size_of(cfg) -> int:
     return cfg.tokenize.vocab_size
 
 
-def trainable_parameters(model, lora) -> int:
+def trainable_parameters(model, lora, train_embeddings: bool = True) -> int:
     """All parameters, or LoRA's: r x (in + out) per adapted linear layer, plus the embeddings (and an
     untied head) when they train too."""
     if lora is None:
         return sum(p.numel() for p in model.parameters())
     count = sum(lora.r * (m.in_features + m.out_features) for name, m in model.named_modules()
                 if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora.target_modules)
-    if lora.train_embeddings:
+    if train_embeddings:
         count += model.get_input_embeddings().weight.numel()
         if not model.config.tie_word_embeddings:
             count += model.get_output_embeddings().weight.numel()
@@ -101,7 +101,8 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
     # frozen base (4 of its 6 FLOPs per parameter and token remain).
     hardware = (4 / 3 if t.activation_checkpointing else 1) * (4 / 6 if cfg.model.lora else 1)
     step_time = flops_token * tokens_per_step * hardware / (world * devices.peak_flops * mfu)
-    plan = MemoryPlan(params=params, trainable=trainable_parameters(model, cfg.model.lora), config=model.config,
+    trainable = trainable_parameters(model, cfg.model.lora, cfg.model.embeddings.train != "none")
+    plan = MemoryPlan(params=params, trainable=trainable, config=model.config,
                       micro_batch_size=t.micro_batch_size, seq_len=t.seq_len, world_size=world,
                       parallel="fsdp" if t.parallel == "fsdp" else ("ddp" if world > 1 else "none"),
                       bf16=bf16, activation_checkpointing=t.activation_checkpointing,

@@ -11,6 +11,7 @@ import torch
 from pydantic import Field, model_validator
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from tokenmill.model.embeddings import EmbeddingsConfig
 from tokenmill.model.lora import LoraConfig
 from tokenmill.model.resolve import resolve_model_path
 from tokenmill.schema import StrictModel
@@ -37,6 +38,8 @@ class ModelConfig(StrictModel):
     config: str | None = Field(None, description="any transformers causal-LM config.json (or folder) to train from "
                                                  "scratch, instead of a preset; vocab_size is set from the tokenizer")
     lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of all weights")
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig,
+                                         description="new rows of an extended vocabulary; which rows train, how fast")
     hidden_size: int | None = Field(None, gt=0)
     intermediate_size: int | None = Field(None, gt=0)
     num_hidden_layers: int | None = Field(None, gt=0)
@@ -57,6 +60,12 @@ class ModelConfig(StrictModel):
         if self.init_from and self.config:
             raise ValueError("give one of preset, init_from or config, not several")
         return self
+
+    def embedding_lr_ratio(self) -> float | None:
+        """The embeddings' LR as a multiple of the schedule's; None: the same group as the other weights."""
+        if self.embeddings.lr_ratio is not None:
+            return self.embeddings.lr_ratio
+        return 0.1 if self.lora else None
 
     def shape(self) -> dict:
         """The preset with the explicit keys laid over it."""

@@ -1,11 +1,14 @@
 """LoRA for continued pre-training (peft), with the CPT practice of also training the embeddings and
-LM head at their own, smaller learning rate (Unsloth's CPT recipe: new-domain tokens need new embeddings).
+LM head at their own, smaller learning rate (Unsloth's CPT recipe: new-domain tokens need new embeddings);
+which embedding rows train, and at what rate, is `model.embeddings` (model/embeddings.py), for LoRA and full
+training alike.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from tokenmill.model.embeddings import embedding_weights
 from tokenmill.schema import StrictModel
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -16,11 +19,19 @@ class LoraConfig(StrictModel):
     alpha: int = Field(32, gt=0, description="scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), description="module names to adapt")
-    train_embeddings: bool = Field(True, description="also train embed_tokens and lm_head (full weights)")
-    embedding_lr_ratio: float = Field(0.1, gt=0, le=1, description="their learning rate as a share of lr_max")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw):
+        moved = {"train_embeddings": "model.embeddings.train (all | new | none)",
+                 "embedding_lr_ratio": "model.embeddings.lr_ratio"}
+        found = [f"model.lora.{k} moved to {v}" for k, v in moved.items() if isinstance(raw, dict) and k in raw]
+        if found:
+            raise ValueError("; ".join(found))
+        return raw
 
 
-def apply_lora(model, cfg: LoraConfig):
+def apply_lora(model, cfg: LoraConfig, train_embeddings: bool):
     try:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
@@ -28,19 +39,12 @@ def apply_lora(model, cfg: LoraConfig):
         raise ImportError("LoRA needs peft: pip install 'tokenmill[lora]' (or pip install peft)") from e
     peft_model = get_peft_model(model, PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                       target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
-    if cfg.train_embeddings:
-        # The real (tied or untied) weights, not peft copies: merging then needs nothing special.
-        for param in embedding_params(peft_model):
+    if train_embeddings:
+        # The real (tied or untied) weights, not peft copies (modules_to_save would break a tie,
+        # LLaMA-Factory#6446): merging then needs nothing special, and a tied head stays tied.
+        for param in embedding_weights(peft_model):
             param.requires_grad_(True)
     return peft_model
-
-
-def embedding_params(model) -> list:
-    params = [model.get_input_embeddings().weight]
-    head = model.get_output_embeddings()
-    if head is not None and head.weight is not params[0]:
-        params.append(head.weight)
-    return params
 
 
 def merge(model):

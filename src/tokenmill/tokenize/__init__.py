@@ -3,7 +3,11 @@
     tokenmill tokenize runs/x/20_dedup -o runs/x/30_shards --vocab-size 4096
     tokenmill tokenize runs/x/20_dedup -o runs/x/30_shards --tokenizer path/to/hf_model_dir
 
-Output: tokenizer/ (HF format), train/ and val/ (see tokenize/shards.py). The split is by document, so
+    tokenmill tokenize runs/x/20_dedup -o runs/x/30_shards --tokenizer BASE --set tokenize.extend.add=8000
+
+Output: tokenizer/ (HF format), train/ and val/ (see tokenize/shards.py). With `extend`, the base's tokenizer
+grows by merges learned from the documents (tokenize/extend.py), and the manifest holds the fertility of the
+base and of the extended tokenizer on them. The split is by document, so
 no document has tokens on both sides, and seeded by document id, so it does not depend on input order.
 
 Encoding runs on the datatrove executors (local, Slurm, Ray), one task per document shard by default: each
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from itertools import groupby
 from pathlib import Path
 from typing import Callable, Iterable
@@ -26,6 +31,8 @@ from pydantic import Field
 from tokenmill import engine
 from tokenmill.documents import Document, read_documents
 from tokenmill.schema import StrictModel
+from tokenmill.tokenize.extend import ExtendConfig, base_tokenizer, extend, read_extension
+from tokenmill.tokenize.fertility import compare, fertility
 from tokenmill.tokenize.shards import ShardWriter, merge_parts
 from tokenmill.tokenize.tokenizer import load_tokenizer, train_bpe
 
@@ -34,6 +41,8 @@ SPLITS = ("train", "val")
 
 class TokenizeConfig(StrictModel):
     tokenizer: str | None = Field(None, description="tokenizer.json or HF folder to reuse; None trains a BPE")
+    extend: ExtendConfig | None = Field(None, description="grow `tokenizer` with merges learned from the text "
+                                                          "(a new language); see docs/language.md")
     vocab_size: int = Field(4096, ge=260, le=1 << 20, description="BPE vocabulary size when training (tokens)")
     min_frequency: int = Field(2, ge=1, description="BPE: merges must occur at least this often")
     eos_token: str | None = Field(None, description="EOS token of a reused tokenizer, if it names none")
@@ -66,26 +75,69 @@ def validation_ids(in_dir: Path, cfg: TokenizeConfig) -> set[str]:
     return {d.id for d in read_documents(in_dir) if (split_of(d.id, cfg.seed), d.id) <= boundary}
 
 
-def train_tokenizer(cfg: TokenizeConfig, in_dirs: list[Path], out_dir: Path) -> dict:
-    """One BPE for several datasets (trained on all their documents), saved as out_dir/tokenizer."""
-    tok = train_bpe((d.text for folder in in_dirs for d in read_documents(folder)), cfg.vocab_size, cfg.min_frequency)
-    tok.save_pretrained(out_dir / "tokenizer")
+def texts_of(paths: list[Path]) -> Iterable[str]:
+    """The text of document shards (a stage's output) or of anything `tokenmill ingest` reads."""
+    from tokenmill.ingest import IngestConfig, iter_documents
+    for path in map(Path, paths):
+        docs = read_documents(path) if path.is_dir() and any(path.glob("docs-*.jsonl*")) else \
+            iter_documents(IngestConfig(paths=[str(path)]))
+        yield from (d.text for d in docs)
+
+
+def make_tokenizer(cfg: TokenizeConfig, in_dirs: list[Path], out_dir: Path, name: str = "tokenizer") -> dict:
+    """The tokenizer that every dataset is tokenized with, saved as out_dir/NAME: the given one, the given
+    one extended on in_dirs' text (document shards or raw text), or a BPE trained on it."""
+    if cfg.tokenizer and cfg.extend:
+        base = load_tokenizer(_tokenizer_path(cfg.tokenizer), cfg.eos_token)
+        record = extend(base, cfg.tokenizer, texts_of(in_dirs), cfg.extend, out_dir / name)
+        tok = load_tokenizer(out_dir / name, cfg.eos_token)
+        ratio = compare(*(fertility(t, texts_of(in_dirs)) for t in (base, tok)))
+        print(f"[tokenize] extended {cfg.tokenizer}: +{record['added']:,} tokens learned from "
+              f"{record['corpus']['characters']:,} characters ({', '.join(record['rules']['scripts'])} letters), "
+              f"{record['vocab_size']:,} in all, embedding rows padded to {record['padded_vocab_size']:,}; tokens "
+              f"per byte of the corpus x{ratio['all']:.2f} (its own script x{ratio['own_script'] or 0:.2f}, "
+              f"ASCII spans x{ratio['ascii'] or 1:.2f})")
+        return {"vocab_size": len(tok), "added": record["added"], "padded_vocab_size": record["padded_vocab_size"],
+                "tokens_per_byte_ratio": ratio["all"], "own_script_ratio": ratio["own_script"]}
+    else:
+        tok = load_tokenizer(_tokenizer_path(cfg.tokenizer), cfg.eos_token) if cfg.tokenizer else \
+            train_bpe(texts_of(in_dirs), cfg.vocab_size, cfg.min_frequency)
+        tok.save_pretrained(out_dir / name)
     return {"vocab_size": len(tok), "eos_id": tok.eos_token_id, "datasets": len(in_dirs)}
 
 
+def _tokenizer_path(spec: str) -> Path:
+    from tokenmill.model.resolve import resolve_model_path
+    return resolve_model_path(spec)
+
+
+def tokenizer_fertility(tok, in_dir: Path) -> dict | None:
+    """For an extended tokenizer: fertility of the base and of the extended one on in_dir's documents."""
+    record = read_extension(Path(tok.name_or_path))
+    if record is None:
+        return None
+    base = base_tokenizer(tok, record)
+    texts = lambda: (d.text for d in read_documents(in_dir))  # noqa: E731
+    result = {"base": fertility(base, texts()), "extended": fertility(tok, texts())}
+    return {**result, "ratio": compare(result["base"], result["extended"])}
+
+
 def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
-    if cfg.tokenizer:
-        tok = load_tokenizer(cfg.tokenizer, cfg.eos_token)
+    source = _tokenizer_path(cfg.tokenizer) if cfg.tokenizer else None
+    if source and not cfg.extend and read_extension(source):  # an extended one (the pipeline's shared tokenizer)
+        shutil.copytree(source, out_dir / "tokenizer")          # keeps its record
     else:
-        tok = train_bpe((d.text for d in read_documents(in_dir)), cfg.vocab_size, cfg.min_frequency)
-    tok.save_pretrained(out_dir / "tokenizer")
+        make_tokenizer(cfg, [in_dir], out_dir)
+    tok = load_tokenizer(out_dir / "tokenizer", cfg.eos_token)
     step = EncodeShards(out_dir, validation_boundary(in_dir, cfg), cfg)
     engine.run_pipeline(engine.for_input(cfg.executor, in_dir), [engine.reader(in_dir), step], out_dir / "logs")
     metas = {split: merge_parts(out_dir / split, len(tok), tok.eos_token_id) for split in SPLITS}
-    return {"vocab_size": len(tok), "eos_id": tok.eos_token_id,
-            **{f"{s}_{k}": m[k] for s, m in metas.items() for k in ("n_docs", "n_tokens", "n_bytes")},
-            "docs_in": sum(m["n_docs"] for m in metas.values()),
-            "tokens_out": sum(m["n_tokens"] for m in metas.values())}
+    counts = {"vocab_size": len(tok), "eos_id": tok.eos_token_id,
+              **{f"{s}_{k}": m[k] for s, m in metas.items() for k in ("n_docs", "n_tokens", "n_bytes")},
+              "docs_in": sum(m["n_docs"] for m in metas.values()),
+              "tokens_out": sum(m["n_tokens"] for m in metas.values())}
+    fertile = tokenizer_fertility(tok, in_dir)
+    return {**counts, "fertility": fertile} if fertile else counts
 
 
 class EncodeShards(PipelineStep):

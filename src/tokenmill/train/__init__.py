@@ -21,9 +21,10 @@ from tokenmill.atomic import atomic_write_json
 from tokenmill.device import autocast_for, compute_dtype, pick_device
 from tokenmill.evaluation.sets import same_vocabulary, split_windows, token_split
 from tokenmill.losses import chunked_head, mean_loss, next_token_loss
-from tokenmill.model import ModelConfig, build_model, count_parameters
+from tokenmill.model import ModelConfig, build_model, count_parameters, embeddings
 from tokenmill.model.lora import apply_lora, merge
 from tokenmill.model.resolve import resolve_model_path
+from tokenmill.tokenize.extend import read_extension
 from tokenmill.tokenize.shards import open_split, read_meta
 from tokenmill.train import perf
 from tokenmill.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
@@ -40,31 +41,56 @@ __all__ = ["RESUMABLE_CHANGES", "TrainConfig", "run"]
 log = logging.getLogger(__name__)
 
 
-def build(model_cfg: ModelConfig, cfg: TrainConfig, meta: dict) -> torch.nn.Module:
-    """The model as trained, before any parallel wrapper: base, then LoRA, then activation checkpointing."""
+def build(model_cfg: ModelConfig, cfg: TrainConfig, meta: dict, extension: dict | None = None) -> torch.nn.Module:
+    """The model as trained, before any parallel wrapper: base (grown for an extended vocabulary), then LoRA,
+    then activation checkpointing."""
     model = build_model(model_cfg, meta["vocab_size"], meta["eos_id"])
+    if extension and model_cfg.init_from:
+        embeddings.check_base(model, extension, model_cfg.init_from)
+        embeddings.transfer(model, extension, model_cfg.embeddings.init, cfg.seed)
     if model.config.vocab_size < meta["vocab_size"]:
         raise ValueError(f"model vocab_size {model.config.vocab_size} is below the tokenizer's {meta['vocab_size']}: "
-                         "continued pre-training needs the base model's own tokenizer (tokenize.tokenizer)")
+                         "continued pre-training needs the base model's own tokenizer (tokenize.tokenizer), or "
+                         "one extended from it (tokenize.extend)")
     if cfg.seq_len > model.config.max_position_embeddings:
         raise ValueError(f"train.seq_len {cfg.seq_len} exceeds the model's max_position_embeddings "
                          f"{model.config.max_position_embeddings}")
     if model_cfg.lora:
-        model = apply_lora(model, model_cfg.lora)
+        model = apply_lora(model, model_cfg.lora, train_embeddings=model_cfg.embeddings.train != "none")
+    elif model_cfg.embeddings.train == "none":
+        for weight in embeddings.embedding_weights(model):
+            weight.requires_grad_(False)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
-def check_base_tokenizer(init_from: str, tokenizer, shards_dir: Path) -> None:
-    """Continued pre-training needs shards made with the base model's own tokenizer."""
+def check_base_tokenizer(init_from: str, tokenizer, shards_dir: Path, extension: dict | None) -> None:
+    """Continued pre-training needs shards made with the base model's own tokenizer, or one extended from it."""
     base_dir = resolve_model_path(init_from)
     if not (base_dir / "tokenizer_config.json").is_file():
         return  # a bare model folder: the vocabulary size check in build() is all we can do
-    if not same_vocabulary(AutoTokenizer.from_pretrained(base_dir), tokenizer):
+    base = AutoTokenizer.from_pretrained(base_dir)
+    if extension:
+        vocab = tokenizer.get_vocab()
+        if any(vocab.get(token) != i for token, i in base.get_vocab().items()):
+            raise ValueError(f"{shards_dir}: the tokenizer was extended from another base than {init_from} (its "
+                             f"base tokens or ids differ); extend {init_from}'s own tokenizer: tokenmill tokenizer "
+                             f"extend {init_from} --corpus TEXT --add N -o DIR")
+    elif not same_vocabulary(base, tokenizer):
         raise ValueError(f"{shards_dir}: these shards were made with another tokenizer than the base model's "
                          f"({init_from}): the vocabulary differs. Tokenize again with the base model's: "
                          f"tokenmill tokenize DOCS -o SHARDS --tokenizer {init_from}")
+
+
+def check_embedding_rows(model_cfg: ModelConfig, extension: dict | None, shards_dir: Path) -> None:
+    rows = model_cfg.embeddings
+    if extension and model_cfg.init_from and rows.train == "none":
+        raise ValueError(f"{shards_dir}: the tokenizer adds {extension['added']:,} tokens to the base, whose "
+                         "embedding rows would never train with model.embeddings.train: none; use new or all")
+    if not extension and (rows.train == "new" or rows.new_rows_first_steps):
+        raise ValueError(f"{shards_dir}: model.embeddings.train: new and new_rows_first_steps need an extended "
+                         "tokenizer (tokenize.extend), and this one adds no tokens")
 
 
 def eval_set_windows(cfg: TrainConfig, default_sets: dict[str, str], tokenizer, cache_dir: Path, world: World) -> dict:
@@ -82,6 +108,23 @@ def eval_set_windows(cfg: TrainConfig, default_sets: dict[str, str], tokenizer, 
             raise ValueError(f"train.eval_sets.{name} ({sets[name]}): fewer than train.seq_len + 1 = "
                              f"{cfg.seq_len + 1} tokens, too short for one evaluation window")
     return windows
+
+
+def resume(checkpoint: Path, model, optimizer, sampler, cfg: TrainConfig, accum: int, world: World) -> dict:
+    """Load a checkpoint into the run, refusing one it cannot continue exactly."""
+    state = load_checkpoint(checkpoint, model, optimizer, world)
+    tokens_per_step = cfg.seq_len * cfg.micro_batch_size * accum * world.size
+    if state["step"] and state["tokens"] != state["step"] * tokens_per_step:
+        raise ValueError(f"{checkpoint}: its run took {state['tokens'] // state['step']:,} tokens per optimizer "
+                         f"step, this one {tokens_per_step:,} (seq_len x micro_batch_size x accumulation x "
+                         f"{world.size} rank(s)); keep the global batch to resume exactly: set train.batch_tokens"
+                         f" to {state['tokens'] // state['step']}")
+    if state["step"] > cfg.max_steps:
+        raise ValueError(f"{checkpoint}: the run is at step {state['step']}, past train.max_steps "
+                         f"{cfg.max_steps}; raise max_steps to continue it, or export this checkpoint as it is")
+    sampler.load_state_dict(state.pop("loader"))
+    log.info("resuming from %s (step %d)", checkpoint, state["step"])
+    return state
 
 
 def make_sinks(cfg: TrainConfig, world: World, out_dir: Path, metrics_path: Path, start_step: int, config: dict) -> Sinks:
@@ -160,28 +203,29 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
             raise ValueError(f"{name}={path}: tokenized with another vocabulary than {shards_dir}; every dataset "
                              "of a mixture needs the same tokenizer")
 
+    extension = read_extension(shards_dir / "tokenizer")
+    check_embedding_rows(model_cfg, extension, shards_dir)
     if model_cfg.init_from:
-        check_base_tokenizer(model_cfg.init_from, tokenizer, shards_dir)
+        check_base_tokenizer(model_cfg.init_from, tokenizer, shards_dir, extension)
     accum = cfg.accum_steps(world.size)
     sampler = make_sampler(cfg, datasets, shards_dir, mixture, accum, world, meta["eos_id"], out_dir)  # before the model: a bad plan stops here
-    model = build(model_cfg, cfg, meta).to(device)
+    model = build(model_cfg, cfg, meta, extension).to(device)
     n_params, flops = count_parameters(model), perf.flops_per_token(unwrap(model), cfg.seq_len)
     head = chunked_head(model) if cfg.loss_chunk_tokens else None
+    rows = embeddings.RowGradients(model, model_cfg.embeddings, embeddings.new_token_ids(extension))
+    if rows.active and cfg.parallel == "fsdp":
+        raise ValueError("model.embeddings.train: new and new_rows_first_steps mask gradient rows, which FSDP's "
+                         "sharded gradients do not support yet; use train.parallel: ddp")
     model = wrap(model, cfg.parallel, world, device, dtype, cfg.fsdp_cpu_offload)
-    embedding_lr_ratio = model_cfg.lora.embedding_lr_ratio if model_cfg.lora and model_cfg.lora.train_embeddings else None
-    optimizer = build_optimizer(unwrap(model), cfg.lr_max, cfg.betas, cfg.weight_decay, device, embedding_lr_ratio)
+    optimizer = build_optimizer(unwrap(model), cfg.lr_max, cfg.betas, cfg.weight_decay, device,
+                                model_cfg.embedding_lr_ratio())
     default_sets = {name: str(path / "val") for name, path in (datasets or {"val": shards_dir}).items()}
     val_sets = eval_set_windows(cfg, default_sets, tokenizer, out_dir / "eval_sets", world)
 
     state = {"step": 0, "tokens": 0}
     resume_from = resume_point(out_dir, resume_from)
     if resume_from:
-        state = load_checkpoint(resume_from, model, optimizer, world)
-        if state["step"] > cfg.max_steps:
-            raise ValueError(f"{resume_from}: the run is at step {state['step']}, past train.max_steps "
-                             f"{cfg.max_steps}; raise max_steps to continue it, or export this checkpoint as it is")
-        sampler.load_state_dict(state.pop("loader"))
-        log.info("resuming from %s (step %d)", resume_from, state["step"])
+        state = resume(resume_from, model, optimizer, sampler, cfg, accum, world)
     forward_model = torch.compile(model) if cfg.compile else model
 
     if world.is_main:
@@ -206,9 +250,9 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
                       loop, state, device, loss_fn, flops, perf.device_peak_flops(device, dtype),
                       on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device),
                                       **(sampler.metrics() if datasets else {})}, world=world,
-                      guard=LossGuard(cfg.spike_factor))
-        save_final(model, lambda: build(model_cfg, cfg, meta), tokenizer, out_dir, world,
-                   bool(model_cfg.lora and model_cfg.lora.train_embeddings))
+                      guard=LossGuard(cfg.spike_factor), before_step=rows if rows.active else None)
+        save_final(model, lambda: build(model_cfg, cfg, meta, extension), tokenizer, out_dir, world,
+                   bool(model_cfg.lora and model_cfg.embeddings.train != "none"))
     finally:
         sinks.close()
         shutdown(world)

@@ -14,10 +14,13 @@ Logger = Literal["console", "jsonl", "tensorboard", "wandb"]
 # steps), how it is watched and saved, settings that change speed and not the result, and the mixture, whose
 # sampler refuses on resume a change to a stage that has already begun. Any other change is refused with
 # what to do (tokenmill.stage.prepare_resumable); a run's checkpoints are never deleted because of it.
+# The layout of the global batch over ranks may change too (resume on another number of ranks); the global
+# batch itself, in tokens per optimizer step, is checked on resume.
 RESUMABLE_CHANGES = ("mixture", "train.max_steps", "train.log_every", "train.eval_every", "train.eval_tokens",
                      "train.eval_sets", "train.eval_at_start", "train.save_every", "train.keep_last", "train.device",
                      "train.threads", "train.compile", "train.activation_checkpointing", "train.loss_chunk_tokens",
-                     "train.loggers", "train.wandb_project", "train.spike_factor")
+                     "train.loggers", "train.wandb_project", "train.spike_factor", "train.micro_batch_size",
+                     "train.grad_accum_steps", "train.batch_tokens", "train.parallel", "train.fsdp_cpu_offload")
 
 
 class TrainConfig(StrictModel):

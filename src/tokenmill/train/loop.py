@@ -71,8 +71,9 @@ def _grad_norm(norm) -> float:
 def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate, sinks, save,
           loop: LoopSettings, state: dict, device: torch.device, loss_fn=next_token_loss,
           flops_per_token: float = 0.0, peak_flops: float = float("inf"), on_log=None,
-          world: World = World(), guard: LossGuard = LossGuard()) -> dict:
-    """Train from `state` (step, tokens) to loop.max_steps; returns the final state with last losses."""
+          world: World = World(), guard: LossGuard = LossGuard(), before_step=None) -> dict:
+    """Train from `state` (step, tokens) to loop.max_steps; returns the final state with last losses.
+    `before_step(step)` may change the gradients before they are clipped (which embedding rows train)."""
     if loop.eval_at_start and state["step"] == 0:
         log_evaluation(evaluate, model, sinks, state)
     model.train()
@@ -87,6 +88,8 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
                 loss = loss_fn(model, batch) / loop.grad_accum_steps
                 loss.backward()
             loss_sum += loss.detach()
+        if before_step:
+            before_step(state["step"])
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,16 +1,17 @@
-"""AdamW with parameter groups: decay on matrices only; LoRA's embeddings at their own learning rate."""
+"""AdamW with parameter groups: decay on matrices only; embeddings at their own learning rate when asked
+(model.embeddings.lr_ratio; LoRA's default 0.1)."""
 
 from __future__ import annotations
 
 import torch
 
-from tokenmill.model.lora import embedding_params
+from tokenmill.model.embeddings import embedding_weights
 
 
 def param_groups(model, weight_decay: float, embedding_lr_ratio: float | None = None) -> list[dict]:
-    """Norms, biases and embeddings get no weight decay. With `embedding_lr_ratio` (LoRA CPT), embeddings
+    """Norms, biases and embeddings get no weight decay. With `embedding_lr_ratio`, embeddings
     and LM head form a group whose lr is that share of the schedule's (the loop reads `lr_scale`)."""
-    embeddings = {id(p) for p in embedding_params(model)}
+    embeddings = {id(p) for p in embedding_weights(model)}
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2 and id(p) not in embeddings]
     other = [p for p in trainable if p.ndim < 2 and id(p) not in embeddings]

@@ -1,0 +1,240 @@
+"""A new language for a base model: the tokenizer grows by merges learned from the new text (base ids and
+English tokenization unchanged, every new token reachable), fertility before and after, the embedding rows
+transferred (FVT) with the base's logits kept, the new rows trained under LoRA and full training, and the
+extended model in llama.cpp."""
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from conftest import make_text, tiny_pipeline
+from tokenmill.model import embeddings
+from tokenmill.tokenize.extend import CannotExtend, ExtendConfig, base_tokenizer, extend, read_extension
+from tokenmill.tokenize.fertility import changed_share, fertility
+from tokenmill.tokenize.tokenizer import train_bpe
+
+RU = ("система пакет управление установка сервер файл конфигурация пользователь сеть обновление версия "
+      "программа команда каталог безопасность служба ядро модуль загрузка репозиторий зависимость архив "
+      "при для это что как его она они можно нужно будет если когда также через после перед между").split()
+JA = "パッケージ の 管理 システム を 使う サーバー 設定 ファイル ユーザー ネットワーク 更新 です ます こと".split()
+ENGLISH_HARD = "The café’s “naïve” résumé — 42 items… «quoted» and code: apt-get install -y nginx; x = f(3)"
+
+
+def russian_text(rng, n_sentences):
+    return "\n".join(" ".join(rng.choice(RU) for _ in range(rng.randint(6, 12))).capitalize() + "."
+                     for _ in range(n_sentences))
+
+
+def japanese_text(rng, n_sentences):
+    return "\n".join("".join(rng.choice(JA) for _ in range(rng.randint(5, 10))) + "。" for _ in range(n_sentences))
+
+
+@pytest.fixture(scope="module")
+def base():
+    rng = random.Random(0)
+    return train_bpe([make_text(rng, 20) for _ in range(300)], 400)
+
+
+@pytest.fixture(scope="module")
+def target_texts():
+    rng = random.Random(1)
+    return [russian_text(rng, 30) + "\napt-get install nginx\n" + japanese_text(rng, 10) for _ in range(40)]
+
+
+@pytest.fixture(scope="module")
+def extended(base, target_texts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ext") / "tok"
+    record = extend(base, "base", target_texts, ExtendConfig(add=200, scripts=["CYRILLIC", "KATAKANA", "HIRAGANA",
+                                                                              "CJK"]), out)
+    return AutoTokenizer.from_pretrained(out), record, out
+
+
+def test_base_tokens_keep_their_ids_and_merges_are_appended(base, extended):
+    tok, record, out = extended
+    assert record["added"] == 200 and len(tok) == len(base) + 200
+    vocab = tok.get_vocab()
+    assert all(vocab[t] == i for t, i in base.get_vocab().items())
+    spec, base_spec = json.loads((out / "tokenizer.json").read_text()), json.loads(base.backend_tokenizer.to_str())
+    assert spec["model"]["merges"][:len(base_spec["model"]["merges"])] == base_spec["model"]["merges"]
+    assert len(spec["model"]["merges"]) == len(base_spec["model"]["merges"]) + 200
+    assert [t["id"] for t in record["new_tokens"]] == list(range(len(base), len(base) + 200))
+    assert record["padded_vocab_size"] % 64 == 0 and record["padded_vocab_size"] >= len(tok)
+    assert read_extension(out) == record
+    assert base_tokenizer(tok, record).get_vocab() == base.get_vocab()
+
+
+def test_every_new_token_is_reachable_and_english_tokenizes_as_before(base, extended, target_texts):
+    tok, record, _ = extended
+    model = tok.backend_tokenizer.model
+    for new in record["new_tokens"]:
+        assert [t.id for t in model.tokenize(new["token"])] == [new["id"]], new  # its bytes as one pre-token
+        text = bytes(embeddings_bytes(new["token"])).decode("utf-8", errors="strict") \
+            if is_whole_text(new["token"]) else None
+        if text is not None:  # a token of whole characters: its text, through the whole tokenizer
+            assert tok(text, add_special_tokens=False).input_ids == [new["id"]], (new, text)
+    english = [make_text(random.Random(5), 30) for _ in range(20)] + [ENGLISH_HARD]
+    assert changed_share(base, tok, english) == 0.0
+    assert changed_share(base, tok, target_texts) > 0.5
+
+
+def embeddings_bytes(token):
+    from tokenmill.tokenize.extend import token_bytes
+    return token_bytes(token)
+
+
+def is_whole_text(token):
+    try:
+        bytes(embeddings_bytes(token)).decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_fertility_falls_on_the_new_script_and_not_on_ascii(base, extended, target_texts):
+    tok, _, _ = extended
+    before, after = fertility(base, target_texts), fertility(tok, target_texts)
+    assert after["own_script"]["tokens_per_byte"] < 0.6 * before["own_script"]["tokens_per_byte"]
+    assert after["ascii"] == before["ascii"]  # "apt-get install nginx" is left alone
+    assert after["all"]["bytes"] == before["all"]["bytes"] == sum(len(t.encode()) for t in target_texts)
+    assert after["all"]["tokens"] == sum(len(tok(t, add_special_tokens=False).input_ids) for t in target_texts)
+    assert fertility(base, [japanese_text(random.Random(0), 50)])["all"]["tokens_per_word"] is None  # no spaces
+    assert before["all"]["tokens_per_word"] > after["all"]["tokens_per_word"] > 0
+
+
+def test_a_small_corpus_unknown_kinds_and_writes_nothing(base, tmp_path):
+    with pytest.raises(ValueError, match=r"yields \d+ new tokens .* not the 5,000 asked: ask for \d+"):
+        extend(base, "base", [russian_text(random.Random(0), 5)], ExtendConfig(add=5000), tmp_path / "small")
+    assert not (tmp_path / "small").exists()
+    few = extend(base, "base", [russian_text(random.Random(0), 5)], ExtendConfig(add=5000, allow_fewer=True),
+                 tmp_path / "few")
+    assert 0 < few["added"] < 5000
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    unigram = Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], 0, byte_fallback=False))
+    with pytest.raises(CannotExtend, match="a Unigram tokenizer"):
+        extend(PreTrainedTokenizerFast(tokenizer_object=unigram, eos_token="<unk>"), "t5ish", ["text"],
+               ExtendConfig(add=5), tmp_path / "u")
+    llama2 = Tokenizer(models.BPE({"<unk>": 0, "▁": 1, "a": 2}, [], unk_token="<unk>", byte_fallback=True))
+    llama2.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    llama2.pre_tokenizer = pre_tokenizers.Metaspace()
+    llama2.decoder = decoders.Metaspace()
+    with pytest.raises(CannotExtend, match="SentencePiece-style BPE .*Llama 2"):
+        extend(PreTrainedTokenizerFast(tokenizer_object=llama2, eos_token="<unk>"), "llama2ish", ["text"],
+               ExtendConfig(add=5), tmp_path / "s")
+    assert not (tmp_path / "u").exists() and not (tmp_path / "s").exists()
+
+
+def tiny_base(base, tied):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(base), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         tie_word_embeddings=tied)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_transfer_keeps_the_base_logits_and_initialises_by_fvt(base, extended, tied):
+    tok, record, _ = extended
+    model = tiny_base(base, tied)
+    ids = torch.tensor([base("The king and queen of the realm", add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        before = model(ids).logits
+        old_input = model.get_input_embeddings().weight.clone()
+        old_head = model.get_output_embeddings().weight.clone()
+    embeddings.transfer(model, record, "fvt")
+    rows = model.get_input_embeddings().weight
+    assert rows.shape[0] == record["padded_vocab_size"]
+    assert (model.get_output_embeddings().weight is rows) == tied and model.config.tie_word_embeddings == tied
+    with torch.no_grad():
+        after = model(ids).logits
+    torch.testing.assert_close(after[..., :len(base)], before, rtol=0, atol=0)
+    new = record["new_tokens"][7]
+    torch.testing.assert_close(rows[new["id"]], old_input[new["base_ids"]].mean(0))
+    if not tied:  # the head's own rows, not the input's
+        torch.testing.assert_close(model.get_output_embeddings().weight[new["id"]], old_head[new["base_ids"]].mean(0))
+
+    mean_model = tiny_base(base, tied)
+    embeddings.transfer(mean_model, record, "mean")
+    new_rows = mean_model.get_input_embeddings().weight[[t["id"] for t in record["new_tokens"]]]
+    assert torch.equal(new_rows[0], new_rows[-1])  # one vector for every new row
+
+
+def extended_run(tmp_path, corpus, base_tok, target_texts, tied, **model_extra):
+    """A base model folder, an English + Russian corpus tokenized with its extended tokenizer, and a config."""
+    from tokenmill.ingest import IngestConfig
+    from tokenmill.ingest import run as ingest
+    from tokenmill.tokenize import TokenizeConfig
+    from tokenmill.tokenize import run as tokenize
+    base_dir = tmp_path / f"base-{tied}"
+    tiny_base(base_tok, tied).save_pretrained(base_dir)
+    base_tok.save_pretrained(base_dir)
+    (corpus / "ru.txt").write_text("\n\n".join(target_texts))
+    ingest(IngestConfig(paths=[str(corpus)]), tmp_path / f"docs-{tied}")
+    tokenize(TokenizeConfig(tokenizer=str(base_dir), extend=ExtendConfig(add=100, scripts=["CYRILLIC"]),
+                            val_fraction=0.15), tmp_path / f"docs-{tied}", tmp_path / f"shards-{tied}")
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"preset": None, "init_from": str(base_dir), **model_extra}
+    raw["train"].update(max_steps=6, save_every=3, eval_every=3, lr_max=1e-2, seq_len=32)
+    return base_dir, tmp_path / f"shards-{tied}", raw
+
+
+def transferred_start(base_tok, base_dir, record, tied):
+    """The model training starts from: the base with its rows transferred."""
+    start = AutoModelForCausalLM.from_pretrained(base_dir)
+    embeddings.transfer(start, record, "fvt")
+    return start
+
+
+@pytest.mark.parametrize("tied, lora, rows", [(True, True, "new"), (False, True, "all"), (True, False, "new")])
+def test_new_rows_train_old_ones_as_configured_and_a_tie_stays(base, target_texts, corpus, tmp_path, tied, lora, rows):
+    from tokenmill import train
+    from tokenmill.config import validate
+    extra = {"lora": {"r": 4, "alpha": 8}} if lora else {}
+    base_dir, shards, raw = extended_run(tmp_path, corpus, base, target_texts, tied,
+                                         embeddings={"train": rows}, **extra)
+    cfg = validate(raw)
+    train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    record = read_extension(shards / "tokenizer")
+    start = transferred_start(base, base_dir, record, tied)
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "ck" / "final")
+    assert after.config.tie_word_embeddings == tied
+    assert (after.get_output_embeddings().weight is after.get_input_embeddings().weight) == tied
+    new_ids, old_ids = [t["id"] for t in record["new_tokens"]], list(range(len(base)))
+    for name in ("get_input_embeddings", "get_output_embeddings"):
+        trained, initial = getattr(after, name)().weight.detach(), getattr(start, name)().weight.detach()
+        assert trained.shape[0] == record["padded_vocab_size"]
+        assert torch.equal(trained[old_ids], initial[old_ids]) == (rows == "new"), name
+        assert not torch.allclose(trained[new_ids], initial[new_ids]), name
+        padding = list(range(record["vocab_size"], record["padded_vocab_size"]))
+        assert torch.equal(trained[padding], initial[padding]) or rows == "all"
+
+
+def test_new_rows_first_trains_only_the_new_rows(base, target_texts, corpus, tmp_path):
+    from safetensors.torch import load_file
+    from tokenmill import train
+    from tokenmill.config import validate
+    base_dir, shards, raw = extended_run(tmp_path, corpus, base, target_texts, True,
+                                         embeddings={"new_rows_first_steps": 3})
+    cfg = validate(raw)
+    train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    record = read_extension(shards / "tokenizer")
+    initial = transferred_start(base, base_dir, record, True).state_dict()
+    at3 = load_file(tmp_path / "ck" / "step-00000003" / "model.safetensors")
+    at6 = load_file(tmp_path / "ck" / "step-00000006" / "model.safetensors")
+    new_ids = [t["id"] for t in record["new_tokens"]]
+    embed = next(n for n in ("model.embed_tokens.weight", "lm_head.weight") if n in at3)  # one name for the tie
+    for name, value in at3.items():
+        if name not in (embed, "lm_head.weight"):  # the head is tied to the embedding
+            assert torch.equal(value, initial[name]), name  # only the embedding moved in the first phase
+    assert torch.equal(at3[embed][:len(base)], initial[embed][:len(base)])
+    assert not torch.equal(at3[embed][new_ids], initial[embed][new_ids])
+    assert not torch.equal(at6["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(at6[embed][:len(base)], initial[embed][:len(base)])  # then all rows (train: all)
