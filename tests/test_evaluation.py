@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from conftest import tiny_pipeline
-from tokenmill import train
+from tokenmill import evaluation, train
 from tokenmill.cli import main
 from tokenmill.config import validate
 from tokenmill.evaluation import EvalConfig
@@ -61,14 +61,22 @@ def test_eval_cli_named_sets_raw_text_equals_its_shards(base_model, corpus, shar
     assert results["seq_len"] == 32 and results["model"] == str(base_model)
 
 
-def test_eval_refuses_shards_of_another_tokenizer(base_model, shards, tmp_path, capsys):
-    other = tmp_path / "other_tok"
-    tok = AutoTokenizer.from_pretrained(shards / "tokenizer")
-    tok.add_tokens(["<extra>"])
-    shutil.copytree(shards / "val", other / "val")
-    tok.save_pretrained(other / "tokenizer")
+def test_shards_of_another_known_tokenizer_are_decoded_and_tokenized_again(base_model, shards, tmp_path, capsys):
+    """A base model evaluated on its extension's shards (before and after a vocabulary change) sees the same
+    text: the same val documents, decoded and tokenized with its own tokenizer, give its own shards' numbers."""
+    from tokenmill.tokenize import TokenizeConfig
+    from tokenmill.tokenize import run as tokenize
+    other = tmp_path / "other"
+    tokenize(TokenizeConfig(vocab_size=300, val_fraction=0.15), tmp_path / "docs", other)  # same split seed
+    assert json.loads((other / "val" / "meta.json").read_text())["vocab_size"] != len(AutoTokenizer.from_pretrained(base_model))
+    mine = evaluation.run(evaluation.EvalConfig(max_tokens=None), base_model, {"x": shards}, None, 32)
+    theirs = evaluation.run(evaluation.EvalConfig(max_tokens=None), base_model, {"x": other}, tmp_path / "e", 32)
+    assert theirs["sets"]["x"] == mine["sets"]["x"]
+
+    shutil.rmtree(other / "tokenizer")  # shards of an unknown tokenizer: refused with what to do
     assert main(["eval", str(base_model), f"x={other}"]) == 2
-    assert "another tokenizer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another tokenizer" in err and "raw text" in err
 
 
 def test_cpt_evaluates_every_set_at_step_0_the_same_as_a_separate_eval(base_model, corpus, shards, tmp_path):

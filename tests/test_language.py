@@ -238,3 +238,62 @@ def test_new_rows_first_trains_only_the_new_rows(base, target_texts, corpus, tmp
     assert not torch.equal(at3[embed][new_ids], initial[embed][new_ids])
     assert not torch.equal(at6["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"])
     assert not torch.equal(at6[embed][:len(base)], initial[embed][:len(base)])  # then all rows (train: all)
+
+
+def test_pipeline_extends_on_the_named_dataset_and_reports_fertility_then_llama_cpp_agrees(
+        base, target_texts, corpus, tmp_path, capsys):
+    import yaml
+    from tokenmill.cli import main
+    base_dir = tmp_path / "base"
+    tiny_base(base, True).save_pretrained(base_dir)
+    base.save_pretrained(base_dir)
+    ru = tmp_path / "ru"
+    ru.mkdir()
+    for i, text in enumerate(target_texts):
+        (ru / f"ru{i:02d}.txt").write_text(text)
+    raw = tiny_pipeline(corpus)
+    del raw["ingest"]
+    raw["datasets"] = {"en": {"paths": [str(corpus)]}, "ru": {"paths": [str(ru)]}}
+    raw["filter"] = {"steps": [{"name": "length", "min_chars": 100}]}
+    raw["tokenize"] = {"extend": {"add": 150, "datasets": ["ru"]}, "val_fraction": 0.15}
+    raw["model"] = {"preset": None, "init_from": str(base_dir)}
+    raw["mixture"] = {"stages": [{"weights": {"en": 0.3, "ru": 0.7}}]}
+    raw["train"].update(max_steps=8, save_every=4, eval_every=4, lr_max=1e-2, seq_len=32)
+    raw["export"] = {"formats": ["hf", "gguf"], "gguf_outtypes": ["f16"]}
+    raw["generate"] = {"prompt": "Система", "max_new_tokens": 8}
+    config = tmp_path / "lang.yaml"
+    config.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    assert main(["run", str(config), "-o", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    assert "extended" in out and "bits/byte (extended tokenizer" in out
+    assert "train tokens en " in out and " bytes), ru " in out  # each dataset's tokens and bytes
+    record = read_extension(run / "30_tokenizer" / "tokenizer")
+    # auto: the scripts of >= 5% of the text's non-ASCII letters (the Japanese lines are few)
+    assert record["added"] == 150 and record["rules"]["scripts"] == ["CYRILLIC", "KATAKANA"]
+    ru_counts = json.loads((run / "datasets" / "ru" / "30_shards" / "manifest.json").read_text())["counts"]
+    assert ru_counts["fertility"]["ratio"]["own_script"] < 0.6 and ru_counts["fertility"]["ratio"]["ascii"] == 1.0
+    en_counts = json.loads((run / "datasets" / "en" / "30_shards" / "manifest.json").read_text())["counts"]
+    assert en_counts["fertility"]["ratio"]["all"] == 1.0  # English keeps the base's tokens
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["step"] == 0 and "val/ru/bits_per_byte" in r for r in rows)  # the extended model at step 0
+    report = (run / "report.html").read_text()
+    assert "<h2>Vocabulary</h2>" in report and 'alt="bits per byte"' in report and "own script" in report
+    card = (run / "60_export" / "README.md").read_text()
+    assert "## Tokenizer" in card and "| ru | own script |" in card and "bits_per_byte before" in card
+
+    hf = AutoTokenizer.from_pretrained(run / "60_export")
+    assert len(hf) == record["vocab_size"]
+    from tokenmill.export.llamacpp import LlamaCpp
+    gguf_file = next((run / "60_export").glob("*-f16.gguf"))
+    llm = LlamaCpp(gguf_file, n_ctx=128, threads=2)
+    for text in ("Система управление пакет через сервер.", "パッケージの管理システムを使う。", ENGLISH_HARD):
+        ids = hf(text, add_special_tokens=False).input_ids
+        assert llm.tokenize(text) == ids, text
+    assert any(i >= len(base) for i in hf("Система управление пакет", add_special_tokens=False).input_ids)
+    greedy = ["--prompt", "Система управление", "--max-new-tokens", "10", "--temperature", "0"]
+    capsys.readouterr()
+    assert main(["generate", str(gguf_file), *greedy]) == 0
+    from_gguf = capsys.readouterr().out
+    assert main(["generate", str(run / "60_export"), *greedy]) == 0
+    assert capsys.readouterr().out == from_gguf

@@ -313,6 +313,11 @@ def _run(cfg: PipelineConfig, args) -> None:
     for gguf_file in sorted(Path(out["model"]).glob("*.gguf")):
         print(f"gguf:       {gguf_file}  (llama.cpp: tokenmill generate {gguf_file})")
     for name, result in out["sets"].items():  # before → after for continued pre-training
+        if out["tokenizer_changed"]:  # nats per token of two tokenizers do not compare; bits per byte do
+            before = f"{out['before'][name]['bits_per_byte']:.4f} → " if name in out["before"] else ""
+            print(f"eval {name + ':':<6} {before}{result['bits_per_byte']:.4f} bits/byte (extended tokenizer; "
+                  f"{result['loss']:.4f} nats/token)")
+            continue
         before = f"{out['before'][name]['loss']:.4f} → " if name in out["before"] else ""
         print(f"eval {name + ':':<6} {before}{result['loss']:.4f} nats/token ({result['bits_per_byte']:.3f} bits/byte)")
     if out["unigram_entropy"] is not None:

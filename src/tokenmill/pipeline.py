@@ -27,6 +27,7 @@ from tokenmill.filters import FilterConfig
 from tokenmill.generate import generate
 from tokenmill.ingest import IngestConfig
 from tokenmill.stage import prepare_resumable, run_stage
+from tokenmill.tokenize.fertility import of_run
 from tokenmill.tokenize.shards import read_meta
 
 DATA_DIRS = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup", "tokenize": "30_shards"}
@@ -102,7 +103,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     return {"report": report_path, "model": d["export"], "sets": evaluated["sets"],
             "before": evaluated.get("before", {}).get("sets", {}),
             "unigram_entropy": None if named else read_meta(shards / "val").get("unigram_entropy_nats"),
-            "sample": sample, "eval": results["counts"]}
+            "sample": sample, "eval": results["counts"], "tokenizer_changed": bool(of_run(run_dir))}
 
 
 def _save_estimate(cfg: PipelineConfig, run_dir: Path) -> None:

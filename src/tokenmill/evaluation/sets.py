@@ -12,6 +12,7 @@ import hashlib
 import math
 import re
 from pathlib import Path
+from typing import Iterator
 
 from tokenmill.atomic import staging_dir
 from tokenmill.losses import mean_loss
@@ -53,38 +54,63 @@ def same_vocabulary(a, b) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
-def check_tokenizer(split: Path, tokenizer) -> None:
-    """Shards made with another tokenizer would give a meaningless loss: refuse them with what to do."""
+def shards_tokenizer(split: Path, tokenizer):
+    """The tokenizer the shards were made with, when it is not `tokenizer` and sits beside them (the shards'
+    text can then be decoded and tokenized again); None when it is the same. Shards of another, unknown
+    tokenizer would give a meaningless loss: refused with what to do."""
     from transformers import AutoTokenizer
     meta, beside = read_meta(split), split.parent / "tokenizer"
     if (beside / "tokenizer_config.json").is_file():
-        same = same_vocabulary(AutoTokenizer.from_pretrained(beside), tokenizer)
-    else:
-        same = meta["vocab_size"] == len(tokenizer)
-    if not same:
+        theirs = AutoTokenizer.from_pretrained(beside)
+        return None if same_vocabulary(theirs, tokenizer) else theirs
+    if meta["vocab_size"] != len(tokenizer):
+        raise ValueError(f"{split}: these shards were made with another tokenizer than the model's (the "
+                         f"vocabulary differs); evaluate the raw text instead (NAME=path/to/text), which is "
+                         f"tokenized with the model's own tokenizer")
+    return None
+
+
+def check_tokenizer(split: Path, tokenizer) -> None:
+    if shards_tokenizer(split, tokenizer) is not None:
         raise ValueError(f"{split}: these shards were made with another tokenizer than the model's (the "
                          f"vocabulary differs); evaluate the raw text instead (NAME=path/to/text), which is "
                          f"tokenized with the model's own tokenizer")
 
 
+def decoded_documents(split: Path, theirs) -> Iterator:
+    """The documents of a split, decoded with the tokenizer that made it (exact for byte-level BPE)."""
+    from tokenmill.documents import Document
+    for shard in open_split(split):
+        for i, ids in enumerate(shard.documents()):
+            yield Document(id=f"{shard.path.name}:{i}", text=theirs.decode(ids.tolist()), metadata={})
+
+
 def token_split(path: Path, tokenizer, cache_dir: Path) -> Path:
-    """The split folder to evaluate: shards as they are (their val/ split when they have one), or raw text
-    tokenized into `cache_dir`, reused while the text and the tokenizer are unchanged."""
+    """The split folder to evaluate: shards as they are (their val/ split when they have one), shards of
+    another tokenizer (a base model before its vocabulary was extended) decoded and tokenized again, or raw
+    text; the last two are tokenized into `cache_dir`, reused while the text and the tokenizer are unchanged.
+    Every model so sees the same text, and bits per byte compare across tokenizers."""
     path = Path(path)
     if is_token_split(path):
         split = split_dir(path)
-        check_tokenizer(split, tokenizer)
-        return split
+        theirs = shards_tokenizer(split, tokenizer)
+        if theirs is None:
+            return split
+        return _cached_split(split, lambda: decoded_documents(split, theirs), tokenizer, cache_dir)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such evaluation set (give token shards, or a text file or folder)")
     from tokenmill.ingest import IngestConfig, iter_documents
+    return _cached_split(path, lambda: iter_documents(IngestConfig(paths=[str(path)])), tokenizer, cache_dir)
+
+
+def _cached_split(path: Path, documents, tokenizer, cache_dir: Path) -> Path:
     from tokenmill.stage import input_key
     from tokenmill.tokenize import write_split
     key = hashlib.sha256(f"{input_key(path)}:{tokenizer_fingerprint(tokenizer)}".encode()).hexdigest()[:16]
-    out = Path(cache_dir) / f"{path.stem}-{key}"
+    out = Path(cache_dir) / f"{path.parent.name if path.name == 'val' else path.stem}-{key}"
     if not (out / "meta.json").is_file():
         with staging_dir(out) as staging:
-            meta = write_split(tokenizer, iter_documents(IngestConfig(paths=[str(path)])), staging)
+            meta = write_split(tokenizer, documents(), staging)
         if meta["n_tokens"] == 0:
             raise ValueError(f"{path}: no text to evaluate")
     return out

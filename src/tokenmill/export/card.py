@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from tokenmill.report.tokens import DATA_FOLDERS
+from tokenmill.tokenize.fertility import TABLE_HEADER, of_run, table_rows
 from tokenmill.stage import read_manifest
 
 
@@ -35,7 +36,7 @@ def model_card(name: str, source: Path, license: str | None, gguf_files: list[st
         front["datasets"] = [str(d) for d in datasets]
     body = [f"# {name}", "", "Trained with tokenmill" + (f", continued from `{base}`." if base else ", from scratch."), ""]
     if run:
-        body += data_section(run) + training_section(run) + evaluation_section(run)
+        body += data_section(run) + tokenizer_section(run) + training_section(run) + evaluation_section(run)
     body += usage_section(name, gguf_files)
     if config:
         body += ["## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
@@ -55,6 +56,17 @@ def data_section(run: Path) -> list[str]:
     return ["## Data", "", *rows, ""] if len(rows) > 2 else []
 
 
+def tokenizer_section(run: Path) -> list[str]:
+    """Fertility of the base's tokenizer and of the extended one, per dataset (when it was extended)."""
+    rows = table_rows(of_run(run))
+    if not rows:
+        return []
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return ["## Tokenizer", "", "The base's tokenizer, extended with merges learned from the new text "
+            "(`tokenmill tokenizer extend`): tokens per byte, character and word, before and after.", "", *lines, ""]
+
+
 def training_section(run: Path) -> list[str]:
     m = read_manifest(run / "40_checkpoints")
     if not m:
@@ -70,10 +82,12 @@ def evaluation_section(run: Path) -> list[str]:
         return []
     results = json.loads(path.read_text())
     before = results.get("before", {}).get("sets", {})
-    rows = ["| set | loss before | loss after | perplexity after | bits/byte after |", "|---|---|---|---|---|"]
+    changed = bool(of_run(run))  # another tokenizer than the base's: only bits per byte compare
+    metric = "bits_per_byte" if changed else "loss"
+    rows = [f"| set | {metric} before | {metric} after | perplexity after | bits/byte after |", "|---|---|---|---|---|"]
     for set_name, after in results["sets"].items():
-        b = before.get(set_name, {}).get("loss")
-        rows.append(f"| {set_name} | {'' if b is None else f'{b:.4f}'} | {after['loss']:.4f} | "
+        b = before.get(set_name, {}).get(metric)
+        rows.append(f"| {set_name} | {'' if b is None else f'{b:.4f}'} | {after[metric]:.4f} | "
                     f"{after['perplexity']:.2f} | {after['bits_per_byte']:.4f} |")
     for task, r in results.get("tasks", {}).items():
         rows.append(f"| {task} (accuracy) | {results.get('before', {}).get('tasks', {}).get(task, {}).get('acc', '')} "

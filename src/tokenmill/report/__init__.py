@@ -15,6 +15,7 @@ from tokenmill.atomic import atomic_write_text
 from tokenmill.documents import read_documents
 from tokenmill.report import plots
 from tokenmill.report.tokens import DATA_FOLDERS, stage_sizes
+from tokenmill.tokenize.fertility import TABLE_HEADER, of_run, table_rows
 from tokenmill.stage import read_manifest
 
 
@@ -108,13 +109,14 @@ def data_funnel_sections(run_dir: Path) -> list[str]:
     return sections
 
 
-def before_after_rows(results: dict) -> list[tuple]:
+def before_after_rows(results: dict, tokenizer_changed: bool = False) -> list[tuple]:
     """Per set and metric: before (the base model), after, the change and the change in %. Without a
-    "before" (training from scratch) the before columns stay empty."""
+    "before" (training from scratch) the before columns stay empty. When the tokenizer changed, only bits per
+    byte compare."""
     before = results.get("before", {}).get("sets", {})
     rows = []
     for name, after in results.get("sets", {}).items():
-        for metric in ("loss", "perplexity", "bits_per_byte"):
+        for metric in ("bits_per_byte",) if tokenizer_changed else ("loss", "perplexity", "bits_per_byte"):
             b = before.get(name, {}).get(metric)
             change = after[metric] - b if b is not None else None
             rows.append((name, metric, _opt(b), after[metric], _opt(change),
@@ -137,19 +139,40 @@ def _opt(value):
     return "" if value is None else value
 
 
-def evaluation_sections(results: dict) -> list[str]:
+def evaluation_sections(results: dict, tokenizer_changed: bool = False) -> list[str]:
     """Before/after tables: domain gain and general forgetting side by side."""
     sections = ["<h2>Evaluation</h2>"]
     if "before" in results:
         sections.append(f"<p>Before: {html.escape(results['before']['model'])}. After: "
                         f"{html.escape(results['model'])}. Both evaluated the same way, on the same windows.</p>")
-    sections.append(_table(before_after_rows(results), ("set", "metric", "before", "after", "change", "change %")))
+    if tokenizer_changed:
+        sections.append("<p>The tokenizer was extended: bits per byte compare the two models, nats per token "
+                        "do not.</p>")
+    sections.append(_table(before_after_rows(results, tokenizer_changed),
+                           ("set", "metric", "before", "after", "change", "change %")))
     if results.get("tasks"):
         sections.append("<h3>Zero-shot multiple choice</h3>" + _table(
             task_rows(results), ("task", "metric", "before", "after ± stderr", "change", "questions")))
     for task, metrics in results.get("lm_eval", {}).items():
         sections.append(f"<h3>lm-eval: {html.escape(task)}</h3>" + _table(list(metrics.items()), ("metric", "value")))
     return sections
+
+
+def vocabulary_sections(run_dir: Path, rows: list[dict]) -> list[str]:
+    """An extended tokenizer: what it added, its fertility against the base per dataset, and the evaluation
+    curves in bits per byte (nats per token do not compare with the base's)."""
+    tokenizer = next((d for d in (run_dir / "30_tokenizer" / "tokenizer", run_dir / "30_shards" / "tokenizer")
+                      if (d / "extension.json").is_file()), None)
+    if tokenizer is None:
+        return []
+    record = json.loads((tokenizer / "extension.json").read_text())
+    return ["<h2>Vocabulary</h2>",
+            f"<p>{html.escape(record['base'])}'s tokenizer extended by {record['added']:,} tokens (asked "
+            f"{record['asked']:,}) learned from {record['corpus']['characters']:,} characters; new tokens hold "
+            f"{html.escape(', '.join(record['rules']['scripts']) if isinstance(record['rules']['scripts'], list) else 'any')}"
+            f" letters. {record['vocab_size']:,} tokens, embedding rows padded to {record['padded_vocab_size']:,}.</p>",
+            _table(table_rows(of_run(run_dir)), TABLE_HEADER),
+            _img(plots.bits_per_byte_curves(rows), "bits per byte")]
 
 
 def data_sections(root: Path) -> list[str]:
@@ -223,9 +246,10 @@ def render(run_dir: Path) -> str:
                 _img(plots.metric_over_steps(rows, "perf/tokens_per_s", "Throughput", "tokens/s"), "throughput"),
                 _img(plots.metric_over_steps(rows, "perf/mfu", "Model FLOPs utilisation", "MFU"), "MFU"),
                 _img(plots.metric_over_steps(rows, "mem/peak_gib", "Peak memory", "GiB"), "memory")]
+    sections += vocabulary_sections(run_dir, rows)
     sections += estimate_sections(run_dir / "estimate.json", rows)
     if evals:
-        sections += evaluation_sections(evals)
+        sections += evaluation_sections(evals, bool(of_run(run_dir)))
     sample = run_dir / "sample.txt"
     if sample.is_file():
         sections.append(f"<h2>Sample</h2><pre>{html.escape(sample.read_text())}</pre>")

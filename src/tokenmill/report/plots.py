@@ -38,6 +38,22 @@ def loss_curves(rows: list[dict], unigram_entropy: float | None) -> str | None:
     return _png(fig)
 
 
+def bits_per_byte_curves(rows: list[dict]) -> str | None:
+    """One curve per evaluation set in bits per byte (val/NAME/bits_per_byte), step 0 included."""
+    sets = sorted({k[len("val/"):-len("/bits_per_byte")] for r in rows for k in r
+                   if k.startswith("val/") and k.endswith("/bits_per_byte")})
+    if not sets:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name in sets:
+        key = f"val/{name}/bits_per_byte"
+        ax.plot(*zip(*[(r["step"], r[key]) for r in rows if key in r]), "o-", label=f"eval: {name}")
+    ax.set_ylim(bottom=0)
+    ax.set(xlabel="optimizer step", ylabel="bits per byte", title="Evaluation in bits per byte")
+    ax.legend()
+    return _png(fig)
+
+
 def learning_rate(rows: list[dict]) -> str | None:
     lr = [(r["step"], r["train/lr"]) for r in rows if "train/lr" in r]
     if not lr:

@@ -65,3 +65,42 @@ def changed_share(base, extended, texts: Iterable[str]) -> float:
             same = sum(block.size for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
             changed += len(a) - same
     return changed / total if total else 0.0
+
+
+def of_run(run_dir) -> dict[str, dict]:
+    """{dataset: fertility} from a run's tokenize manifests (each named dataset's, or the run's own), for the
+    datasets tokenized with an extended tokenizer."""
+    import json
+    from pathlib import Path
+    run_dir = Path(run_dir)
+    roots = sorted(p for p in (run_dir / "datasets").iterdir() if p.is_dir()) if (run_dir / "datasets").is_dir() \
+        else [run_dir]
+    found = {}
+    for root in roots:
+        manifest = root / "30_shards" / "manifest.json"
+        counts = json.loads(manifest.read_text())["counts"] if manifest.is_file() else {}
+        if counts.get("fertility"):
+            found[root.name if root != run_dir else "all"] = counts["fertility"]
+    return found
+
+
+TABLE_HEADER = ("dataset", "text", "tokens/byte base", "tokens/byte extended", "ratio", "tokens/char base",
+                "tokens/char extended", "tokens/word base", "tokens/word extended")
+
+
+def table_rows(by_dataset: dict[str, dict]) -> list[tuple]:
+    """One row per dataset and part of its text (all, own script, ASCII spans), base beside extended."""
+    rows = []
+    for name, f in by_dataset.items():
+        for part, label in (("all", "all"), ("own_script", "own script"), ("ascii", "ASCII spans")):
+            b, e = f["base"][part], f["extended"][part]
+            if not b["bytes"]:
+                continue
+            rows.append((name, label, _round(b["tokens_per_byte"]), _round(e["tokens_per_byte"]),
+                         _round(f["ratio"][part]), _round(b["tokens_per_char"]), _round(e["tokens_per_char"]),
+                         _round(b.get("tokens_per_word")), _round(e.get("tokens_per_word"))))
+    return rows
+
+
+def _round(value):
+    return "" if value is None else round(value, 4)

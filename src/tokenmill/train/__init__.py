@@ -25,7 +25,7 @@ from tokenmill.model import ModelConfig, build_model, count_parameters, embeddin
 from tokenmill.model.lora import apply_lora, merge
 from tokenmill.model.resolve import resolve_model_path
 from tokenmill.tokenize.extend import read_extension
-from tokenmill.tokenize.shards import open_split, read_meta
+from tokenmill.tokenize.shards import bytes_per_token, open_split, read_meta
 from tokenmill.train import perf
 from tokenmill.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from tokenmill.train.config import RESUMABLE_CHANGES, TrainConfig
@@ -95,7 +95,8 @@ def check_embedding_rows(model_cfg: ModelConfig, extension: dict | None, shards_
 
 def eval_set_windows(cfg: TrainConfig, default_sets: dict[str, str], tokenizer, cache_dir: Path, world: World) -> dict:
     """The evaluation windows of each named set (default: each dataset's val split, named after it; one
-    dataset's is `val`); raw-text sets are tokenized once, by rank 0, with the run's tokenizer."""
+    dataset's is `val`), and each set's bytes per token; raw-text sets are tokenized once, by rank 0, with
+    the run's tokenizer."""
     sets = {name: Path(path) for name, path in (cfg.eval_sets or default_sets).items()}
     if world.is_main:
         splits = {name: token_split(path, tokenizer, cache_dir) for name, path in sets.items()}
@@ -107,7 +108,7 @@ def eval_set_windows(cfg: TrainConfig, default_sets: dict[str, str], tokenizer, 
         if not found:
             raise ValueError(f"train.eval_sets.{name} ({sets[name]}): fewer than train.seq_len + 1 = "
                              f"{cfg.seq_len + 1} tokens, too short for one evaluation window")
-    return windows
+    return windows, {name: bytes_per_token(read_meta(split)) for name, split in splits.items()}
 
 
 def resume(checkpoint: Path, model, optimizer, sampler, cfg: TrainConfig, accum: int, world: World) -> dict:
@@ -174,6 +175,14 @@ def make_sampler(cfg: TrainConfig, datasets: dict[str, Path] | None, shards_dir:
     return MixtureSampler(windows, plan, cfg.micro_batch_size, accum, cfg.seed, world.rank, world.size, mask_at)
 
 
+def describe_data(datasets: dict[str, Path] | None, meta: dict) -> str:
+    """Train tokens and bytes, for each dataset of a mixture."""
+    if not datasets:
+        return f"{meta['n_tokens']:,} train tokens ({meta['n_bytes']:,} bytes)"
+    metas = {name: read_meta(path / "train") for name, path in datasets.items()}
+    return "train tokens " + ", ".join(f"{name} {m['n_tokens']:,} ({m['n_bytes']:,} bytes)" for name, m in metas.items())
+
+
 def describe_plan(plan) -> str:
     info = plan.to_json()
     lines = ["[mixture] " + ", ".join(f"stage {i} from step {s['start_step']}: " + " ".join(
@@ -220,7 +229,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
     optimizer = build_optimizer(unwrap(model), cfg.lr_max, cfg.betas, cfg.weight_decay, device,
                                 model_cfg.embedding_lr_ratio())
     default_sets = {name: str(path / "val") for name, path in (datasets or {"val": shards_dir}).items()}
-    val_sets = eval_set_windows(cfg, default_sets, tokenizer, out_dir / "eval_sets", world)
+    val_sets, val_bytes_per_token = eval_set_windows(cfg, default_sets, tokenizer, out_dir / "eval_sets", world)
 
     state = {"step": 0, "tokens": 0}
     resume_from = resume_point(out_dir, resume_from)
@@ -230,7 +239,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
 
     if world.is_main:
         print(f"[train] {n_params / 1e6:.2f}M parameters ({count_parameters(model, trainable=True) / 1e6:.2f}M trainable), "
-              f"{meta['n_tokens']:,} train tokens, {world.size} rank(s), {device}, {dtype}")
+              f"{describe_data(datasets, meta)}, {world.size} rank(s), {device}, {dtype}")
     autocast = autocast_for(device, dtype)
     loss_fn = functools.partial(next_token_loss, autocast=autocast, head=head, chunk_tokens=cfg.loss_chunk_tokens)
     sinks = make_sinks(cfg, world, out_dir, metrics_path or out_dir / "metrics.jsonl", state["step"],
@@ -242,7 +251,8 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
     loop = LoopSettings(max_steps=cfg.max_steps, grad_accum_steps=accum, grad_clip=cfg.grad_clip,
                         log_every=cfg.log_every, eval_every=cfg.eval_every, save_every=cfg.save_every,
                         tokens_per_step=cfg.seq_len * cfg.micro_batch_size * accum * world.size,
-                        eval_at_start=cfg.eval_at_start if cfg.eval_at_start is not None else bool(model_cfg.init_from))
+                        eval_at_start=cfg.eval_at_start if cfg.eval_at_start is not None else bool(model_cfg.init_from),
+                        bytes_per_token=val_bytes_per_token)
     try:
         state = train(forward_model, optimizer, lambda step: SCHEDULES[cfg.schedule](step, cfg), sampler.next_batch,
                       lambda m: {name: mean_loss(m, windows, cfg.micro_batch_size, device, world, loss_fn)

@@ -27,6 +27,7 @@ class LoopSettings:
     save_every: int | None  # 0 or None: only at the end
     tokens_per_step: int    # global, all ranks
     eval_at_start: bool = False  # evaluate at step 0, before the first update
+    bytes_per_token: dict[str, float] | None = None  # per evaluation set: its loss also in bits per byte
 
 
 class TrainingDiverged(RuntimeError):
@@ -53,13 +54,16 @@ def _due(step: int, every: int | None) -> bool:
     return bool(every) and step % every == 0
 
 
-def log_evaluation(evaluate, model, sinks, state: dict) -> None:
-    """`evaluate(model)` gives {set name: loss}; logged as val/NAME/loss and val/NAME/perplexity. The
-    first set's loss is the run's `val_loss`."""
+def log_evaluation(evaluate, model, sinks, state: dict, bytes_per_token: dict[str, float] | None = None) -> None:
+    """`evaluate(model)` gives {set name: loss}; logged as val/NAME/loss, val/NAME/perplexity and, given the
+    set's bytes per token, val/NAME/bits_per_byte (what compares across tokenizers). The first set's loss is
+    the run's `val_loss`."""
     losses = evaluate(model)
     metrics = {"tokens": state["tokens"]}
     for name, loss in losses.items():
         metrics[f"val/{name}/loss"], metrics[f"val/{name}/perplexity"] = loss, math.exp(min(loss, 50))
+        if bytes_per_token and name in bytes_per_token:
+            metrics[f"val/{name}/bits_per_byte"] = loss / math.log(2) / bytes_per_token[name]
     sinks.log(metrics, state["step"])
     state["val_losses"], state["val_loss"] = losses, next(iter(losses.values()))
 
@@ -75,7 +79,7 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
     """Train from `state` (step, tokens) to loop.max_steps; returns the final state with last losses.
     `before_step(step)` may change the gradients before they are clipped (which embedding rows train)."""
     if loop.eval_at_start and state["step"] == 0:
-        log_evaluation(evaluate, model, sinks, state)
+        log_evaluation(evaluate, model, sinks, state, loop.bytes_per_token)
     model.train()
     loss_sum, window_start, window_steps = torch.zeros((), device=device), time.perf_counter(), 0
     while state["step"] < loop.max_steps:
@@ -112,7 +116,7 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
             loss_sum.zero_()
             window_start, window_steps = time.perf_counter(), 0
         if _due(step, loop.eval_every) or last:
-            log_evaluation(evaluate, model, sinks, state)
+            log_evaluation(evaluate, model, sinks, state, loop.bytes_per_token)
             model.train()
             window_start = time.perf_counter()  # evaluation time is not training throughput
         if _due(step, loop.save_every) or last:
