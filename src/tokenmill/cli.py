@@ -32,6 +32,7 @@ EXAMPLES = {
     "generate": "tokenmill generate runs/x/60_export --prompt 'ROMEO:' --max-new-tokens 80",
     "export": "tokenmill export runs/x -o my-model --format gguf --outtype q8_0",
     "report": "tokenmill report runs/x",
+    "serve": "tokenmill serve runs/x --port 8080 --api-key KEY   (OpenAI API at http://127.0.0.1:8080/v1)",
     "estimate": "tokenmill estimate my.yaml --gpus 8xH100 --price-per-gpu-hour 2.5",
     "run": "tokenmill run demo -o runs/demo     |     tokenmill run my.yaml --set train.lr_max=1e-3",
     "shards": "tokenmill shards check runs/x/30_shards/train",
@@ -131,6 +132,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation (default 0.4 on GPUs, 0.6 on CPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = stage("serve", "Serve a model over an OpenAI-compatible API (llama.cpp's server): /v1/completions, "
+                       "/v1/chat/completions, /v1/models, /health.")
+    p.add_argument("model", metavar="MODEL", help="a .gguf file, an export or run folder, or a HF model folder "
+                                                  "(exported to GGUF once, beside it)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8080)")
+    p.add_argument("--api-key", help="require this key (Authorization: Bearer KEY); or $TOKENMILL_API_KEY")
+    p.add_argument("--ctx-size", type=int, help="context per request (tokens, default 4096)")
+    p.add_argument("--parallel", type=int, help="requests decoded at once (default 4)")
+    p.add_argument("--threads", type=int, help="CPU threads")
     p = stage("report", "Write report.html for a run folder: loss curves, learning rate, data funnel.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p = stage("run", "Run the whole pipeline from one YAML (or a built-in config: demo, tiny).")
@@ -169,6 +180,9 @@ def _flag_overrides(args) -> list[str]:
         # Continued pre-training: the shards were made with the base model's tokenizer.
         sets += [f"model.init_from={json.dumps(str(args.model))}", "model.preset=null",
                  f"tokenize.tokenizer={json.dumps(str(args.model))}"]
+    if args.command == "serve":
+        sets += [f"serve.{key}={json.dumps(getattr(args, key))}" for key in
+                 ("host", "port", "api_key", "ctx_size", "parallel", "threads") if getattr(args, key) is not None]
     if args.command == "tokenizer":
         sets += [f"tokenize.tokenizer={json.dumps(args.base)}", f"tokenize.extend.add={args.add}"]
         if args.allow_fewer:
@@ -283,6 +297,9 @@ def _dispatch(args) -> None:
         if args.push_to_hub:
             from tokenmill.export.card import push_to_hub
             print(f"uploaded: {push_to_hub(args.output, args.push_to_hub)}")
+    elif c == "serve":
+        from tokenmill.serve import serve
+        serve(cfg.serve, args.model)
     elif c == "report":
         print(f"report: {report.run(args.run_dir)}")
     elif c == "run":

@@ -20,6 +20,7 @@ from tokenmill.ingest import IngestConfig
 from tokenmill.model import PRESETS, ModelConfig
 from tokenmill.recipes import RecipeConfig, expand
 from tokenmill.schema import StrictModel
+from tokenmill.serve import ServeConfig
 from tokenmill.tokenize import TokenizeConfig
 from tokenmill.train.config import TrainConfig
 from tokenmill.train.mixture import MixtureConfig
@@ -53,6 +54,7 @@ class PipelineConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 SECTIONS: dict[str, type] = {name: f.annotation for name, f in PipelineConfig.model_fields.items()}
