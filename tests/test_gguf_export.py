@@ -106,11 +106,11 @@ def test_pre_tokenizer_names_follow_tokenizer_json():
         pre_tokenizer_name({"pre_tokenizer": {"type": "Whitespace"}})
 
 
-def test_cli_export_generate_and_k_quant_error(shards, corpus, tmp_path, capsys, monkeypatch):
+def test_cli_export_generate_a_k_quant_and_refuse_what_the_install_lacks(shards, corpus, tmp_path, capsys, monkeypatch):
     from conftest import tiny_pipeline
     from tokenmill import train
     from tokenmill.cli import main
-    from tokenmill.config import validate
+    from tokenmill.config import ConfigError, validate
     raw = tiny_pipeline(corpus)
     raw["train"].update(max_steps=30, save_every=0, eval_every=0)
     cfg = validate(raw)
@@ -126,11 +126,19 @@ def test_cli_export_generate_and_k_quant_error(shards, corpus, tmp_path, capsys,
     from_gguf = capsys.readouterr().out
     assert main(["generate", str(run / "40_checkpoints" / "final"), *greedy]) == 0
     assert capsys.readouterr().out == from_gguf and len(from_gguf) > len("The king\n")
-    monkeypatch.setenv("PATH", str(tmp_path))  # no llama-quantize binary
+    monkeypatch.setenv("PATH", str(tmp_path))  # no llama-quantize binary, no compiler: not needed
     assert main(["export", str(run / "40_checkpoints"), "-o", str(tmp_path / "k"), "--format", "gguf",
-                 "--outtype", "q4_k_m"]) == 2
-    err = capsys.readouterr().err
-    assert "llama-cpp-python" in err and "llama-quantize" in err
+                 "--outtype", "q4_k_m"]) == 0
+    out = capsys.readouterr().out
+    assert "q4_k_m: 14 of 20 tensors fall back" in out and "Q4_K → Q5_0" in out  # 32-wide rows
+    assert main(["generate", str(tmp_path / "k" / "myrun-q4_k_m.gguf"), *greedy]) == 0
+
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xllamacpp" else real(name, *a))
+    raw["export"] = {"formats": ["gguf"], "gguf_outtypes": ["f16", "q4_k_m"]}
+    with pytest.raises(ConfigError, match=r"export.gguf_outtypes: f16, q4_k_m need xllamacpp, not installed"):
+        validate(raw)  # refused with the config, before any stage runs
 
 
 def test_tokenmill_bpe_uses_a_pre_tokenizer_llama_cpp_knows(tokenizer, tmp_path):

@@ -20,6 +20,7 @@ from tokenmill.ingest import IngestConfig
 from tokenmill.model import PRESETS, ModelConfig
 from tokenmill.recipes import RecipeConfig, expand
 from tokenmill.schema import StrictModel
+from tokenmill.export.gguf_writer import K_QUANTS
 from tokenmill.serve import ServeConfig
 from tokenmill.tokenize import TokenizeConfig
 from tokenmill.train.config import TrainConfig
@@ -179,6 +180,14 @@ def _cross_checks(s: dict) -> list[str]:
         if model and model.embeddings.train == "none":
             problems.append("model.embeddings.train: none would leave the new tokens' rows untrained "
                             "(tokenize.extend); use new or all")
+    export = s.get("export")
+    if export and "gguf" in export.formats:  # refused now, not after training
+        import importlib.util
+        missing = [m for m in ("gguf", "xllamacpp") if importlib.util.find_spec(m) is None]
+        needs = {"gguf"} | ({"xllamacpp"} if set(export.gguf_outtypes) & set(K_QUANTS) else set())
+        if needs & set(missing):
+            problems.append(f"export.gguf_outtypes: {', '.join(export.gguf_outtypes)} need "
+                            f"{' and '.join(sorted(needs & set(missing)))}, not installed: pip install 'tokenmill[gguf]'")
     if train and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
     return problems

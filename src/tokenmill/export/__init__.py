@@ -11,7 +11,7 @@ The folder gets a model card (README.md, see card.py) written from the run.
 
 from __future__ import annotations
 
-import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +19,7 @@ from pydantic import Field
 
 from tokenmill.atomic import atomic_write_text
 from tokenmill.export.card import model_card
-from tokenmill.export.gguf_writer import K_QUANTS, OUTTYPES, write_gguf
+from tokenmill.export.gguf_writer import OUTTYPES, write_gguf
 from tokenmill.model.source import load_source
 from tokenmill.schema import StrictModel
 
@@ -30,8 +30,9 @@ class ExportConfig(StrictModel):
     formats: list[Literal["hf", "gguf"]] = Field(default_factory=lambda: ["hf"],
                                                  description="hf: save_pretrained folder; gguf: llama.cpp files")
     gguf_outtypes: list[OutType] = Field(default_factory=lambda: ["f16"],
-                                         description="GGUF tensor types: f32 f16 bf16 q8_0 q4_0 (written here), "
-                                                     "q4_k_m q5_k_m q6_k (llama.cpp's quantizer)")
+                                         description="GGUF tensor types: f32 f16 bf16 q8_0 q4_0, and llama.cpp's "
+                                                     "k-quant mixes q4_k_m q4_k_s q5_k_m q5_k_s q6_k q3_k_s "
+                                                     "q3_k_m q3_k_l q2_k (same bytes as llama-quantize)")
     license: str | None = Field(None, description="the model card's license (an SPDX id such as apache-2.0); "
                                                   "default: other")
 
@@ -65,12 +66,9 @@ def run(cfg: ExportConfig, source: Path, out_dir: Path) -> dict:
 
 
 def export_gguf(model, tokenizer, path: Path, outtype: str, name: str) -> dict:
-    if outtype not in K_QUANTS:
-        return write_gguf(model, tokenizer, path, outtype, name)
-    from tokenmill.export.llamacpp import quantize
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        f16 = write_gguf(model, tokenizer, Path(tmp) / "f16.gguf", "f16", name)
-        partial = path.with_name(path.name + ".partial")
-        quantize(Path(f16["file"]), partial, outtype)
-        partial.replace(path)
-    return {"file": str(path), "outtype": outtype, "bytes": path.stat().st_size}
+    info = write_gguf(model, tokenizer, path, outtype, name)
+    if info["fallbacks"]:  # rows that are not whole k-quant blocks (256), as llama-quantize warns
+        changes = Counter(change.split(" (")[0] for change in info["fallbacks"].values())
+        print(f"[export] {outtype}: {len(info['fallbacks'])} of {sum(info['tensor_types'].values())} tensors fall "
+              f"back, their rows not being a multiple of 256: " + ", ".join(f"{c} x{n}" for c, n in changes.items()))
+    return info

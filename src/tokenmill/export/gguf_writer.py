@@ -9,8 +9,8 @@ handled here (see ../shared notes and the tests): Llama's Q/K rows permuted to l
 its attention-mask buffers dropped; tied embeddings write no `output.weight`, a head untied by training
 does; the vocabulary padded to `config.vocab_size`; 1-D tensors kept in F32; a row that does not fit a
 quant block falls back to F16; `tokenizer.ggml.pre` named from tokenizer.json's structure.
-f32/f16/bf16/q8_0/q4_0 are written here; k-quants (q4_k_m, q5_k_m, q6_k) go through llama.cpp's own
-quantizer (`llamacpp.quantize`).
+f32/f16/bf16/q8_0/q4_0 are encoded by `gguf`; the k-quant mixes (q2_k ... q6_k) take llama.cpp's per-tensor
+types and ggml's own quantizer (kquants.py): the same tensor bytes as `llama-quantize` on an f32 GGUF.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ import torch
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
                  "GPT2LMHeadModel": "gpt2"}
 WRITTEN_HERE = ("f32", "f16", "bf16", "q8_0", "q4_0")
-K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")
+K_QUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_s", "q3_k_m", "q3_k_l", "q2_k")
 OUTTYPES = WRITTEN_HERE + K_QUANTS
 
 
 def write_gguf(model, tokenizer, path: Path, outtype: str, name: str) -> dict:
     """Write `model` and `tokenizer` as `path` (atomically: a partial file is never left under that name)."""
     import gguf
-    if outtype not in WRITTEN_HERE:
-        raise ValueError(f"--outtype {outtype}: written here are {', '.join(WRITTEN_HERE)}; k-quants need llama.cpp")
+    if outtype not in OUTTYPES:
+        raise ValueError(f"--outtype {outtype}: choose one of {', '.join(OUTTYPES)}")
     arch = architecture_of(model)
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
@@ -43,9 +43,13 @@ def write_gguf(model, tokenizer, path: Path, outtype: str, name: str) -> dict:
     writer.add_file_type(file_type(outtype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     n_vocab = add_tokenizer(writer, tokenizer, model.config.vocab_size)
-    counts = {}
-    for gguf_name, array in gguf_tensors(model, arch):
-        data, qtype = encode(gguf_name, array, outtype)
+    counts, fallbacks = {}, {}
+    if outtype in K_QUANTS:
+        from tokenmill.export.kquants import quantized_tensors
+        tensors, fallbacks = quantized_tensors(dict(gguf_tensors(model, arch)), outtype, layer_shape(model, arch))
+    else:
+        tensors = ((name, *encode(name, array, outtype)) for name, array in gguf_tensors(model, arch))
+    for gguf_name, data, qtype in tensors:
         writer.add_tensor(gguf_name, data, raw_dtype=qtype)
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
     writer.write_header_to_file()
@@ -54,7 +58,20 @@ def write_gguf(model, tokenizer, path: Path, outtype: str, name: str) -> dict:
     writer.close()
     partial.replace(path)
     return {"file": str(path), "architecture": arch, "outtype": outtype, "vocab": n_vocab,
-            "bytes": path.stat().st_size, "tensor_types": counts}
+            "bytes": path.stat().st_size, "tensor_types": counts, "fallbacks": fallbacks}
+
+
+def layer_shape(model, arch: str):
+    """What llama.cpp's k-quant mixes read of a model (kquants.Model)."""
+    from tokenmill.export.kquants import Model
+    c = model.config
+    n_layer = c.n_layer if arch == "gpt2" else c.num_hidden_layers
+    n_head = c.n_head if arch == "gpt2" else c.num_attention_heads
+    n_head_kv = n_head if arch == "gpt2" else (c.num_key_value_heads or n_head)
+    tied = model.get_output_embeddings() is None or \
+        model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    return Model(n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, tied=tied,
+                 is_70b=arch == "llama" and n_layer == 80 and n_head != n_head_kv)
 
 
 def architecture_of(model) -> str:
@@ -68,6 +85,9 @@ def architecture_of(model) -> str:
 def file_type(outtype: str):
     import gguf
     t = gguf.LlamaFileType
+    if outtype in K_QUANTS:
+        from tokenmill.export.kquants import MIXES
+        return t(MIXES[outtype][0])
     return {"f32": t.ALL_F32, "f16": t.MOSTLY_F16, "bf16": t.MOSTLY_BF16, "q8_0": t.MOSTLY_Q8_0,
             "q4_0": t.MOSTLY_Q4_0}[outtype]
 

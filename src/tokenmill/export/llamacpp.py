@@ -1,18 +1,11 @@
-"""Running a GGUF file in real llama.cpp, and llama.cpp's quantizer for k-quants.
-
-The runner is the prebuilt `xllamacpp` wheel (llama.cpp's server as a Python object: no compiler, no
-network): `tokenmill generate model.gguf` and the export tests use it. K-quants need llama.cpp's C++
-quantizer: llama-cpp-python's `llama_model_quantize` (an optional extra that compiles for ~10 minutes) or a
-`llama-quantize` binary on PATH.
+"""Running a GGUF file in real llama.cpp: the prebuilt `xllamacpp` wheel (llama.cpp's server as a Python
+object: no compiler, no network). `tokenmill generate model.gguf` and the export tests use it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import shutil
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -70,28 +63,3 @@ class LlamaCpp:
         out = self.complete({"prompt": prompt, "max_tokens": max_new_tokens, "temperature": temperature,
                              "top_k": top_k, "top_p": top_p, "seed": seed})
         return out["choices"][0]["text"]
-
-
-# llama.cpp's LLAMA_FTYPE values (llama.h) and its quantizer's type names.
-K_QUANT_FTYPES = {"q4_k_m": (15, "Q4_K_M"), "q5_k_m": (17, "Q5_K_M"), "q6_k": (18, "Q6_K")}
-
-
-def quantize(source: Path, target: Path, outtype: str) -> None:
-    """`source` (an f32/f16 GGUF) → `target` in a k-quant, with llama.cpp's own quantizer."""
-    ftype, name = K_QUANT_FTYPES[outtype]
-    try:
-        import llama_cpp
-    except ImportError:
-        llama_cpp = None
-    if llama_cpp is not None:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = ftype
-        if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
-            raise RuntimeError(f"llama.cpp could not quantize {source} to {name}")
-        return
-    binary = shutil.which("llama-quantize")
-    if binary is None:
-        raise RuntimeError(f"--outtype {outtype} needs llama.cpp's quantizer: pip install 'tokenmill[llama-cpp]' "
-                           f"(llama-cpp-python, compiles for ~10 minutes) or put a llama-quantize binary on PATH. "
-                           f"Without either: f32, f16, bf16, q8_0, q4_0")
-    subprocess.run([binary, str(source), str(target), name], check=True)
