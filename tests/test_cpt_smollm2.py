@@ -63,3 +63,32 @@ def test_smollm2_round_trips_to_gguf_with_the_same_greedy_text_and_tokens(smollm
     from_gguf = capsys.readouterr().out
     assert main(["generate", str(smollm2), *greedy]) == 0
     assert capsys.readouterr().out == from_gguf
+
+
+def test_export_writes_an_ollama_modelfile_and_what_vllm_and_tgi_load(smollm2, tmp_path):
+    """The Modelfile's chat format, stops and default system prompt are read from the tokenizer; the HF
+    folder has config, safetensors, tokenizer files and a generation_config with the chat's EOS."""
+    from transformers import AutoTokenizer, GenerationConfig
+    from tokenmill.export.modelfile import FORMATS
+    assert main(["export", str(smollm2), "-o", str(tmp_path / "out"), "--set", "export.formats=[hf, gguf]",
+                 "--set", "export.gguf_outtypes=[q8_0]"]) == 0
+    out = tmp_path / "out"
+    text = (out / "smollm2-q8_0.Modelfile").read_text()
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.startswith("FROM ./smollm2-q8_0.gguf\n") and (out / "smollm2-q8_0.gguf").is_file()
+    assert f'TEMPLATE """{FORMATS["chatml"].template}"""' in text
+    system = text.split('SYSTEM """')[1].split('"""')[0]
+    assert f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n" == rendered
+    stops = [line.split('"')[1] for line in text.splitlines() if line.startswith("PARAMETER stop")]
+    assert "<|im_end|>" in stops and all(tok.convert_tokens_to_ids(s) != tok.unk_token_id for s in stops)
+    assert "PARAMETER num_ctx 4096" in text
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json"):
+        assert (out / name).is_file(), name
+    eos = GenerationConfig.from_pretrained(out).eos_token_id
+    assert tok.convert_tokens_to_ids("<|im_end|>") in (eos if isinstance(eos, list) else [eos])
+    card = (out / "README.md").read_text()
+    assert "134.5M parameters." in card  # the exported model's own count
+    from tokenmill.export.card import converted_from
+    assert converted_from(str(smollm2)).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")  # what a card of a CPT names

@@ -6,7 +6,8 @@ that llama.cpp and Ollama run (`60_export/`).
     tokenmill export runs/x/40_checkpoints/step-00000200 -o my-model      # a checkpoint (LoRA merged first)
     tokenmill export runs/x -o my-model --push-to-hub my-org/my-model     # and upload it (needs a token)
 
-The folder gets a model card (README.md, see card.py) written from the run.
+The folder gets a model card (README.md, see card.py) written from the run, and each GGUF an Ollama
+Modelfile beside it (modelfile.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import Field
 from tokenmill.atomic import atomic_write_text
 from tokenmill.export.card import model_card
 from tokenmill.export.gguf_writer import OUTTYPES, write_gguf
+from tokenmill.export.modelfile import write_modelfile
 from tokenmill.model.source import load_source
 from tokenmill.schema import StrictModel
 
@@ -60,8 +62,10 @@ def run(cfg: ExportConfig, source: Path, out_dir: Path) -> dict:
     if "gguf" in cfg.formats:
         counts["gguf"] = [export_gguf(model, tokenizer, out_dir / f"{name}-{t}.gguf", t, name)
                           for t in cfg.gguf_outtypes]
+        for g in counts["gguf"]:
+            write_modelfile(Path(g["file"]), tokenizer, model.config.max_position_embeddings)
     gguf_files = [Path(g["file"]).name for g in counts.get("gguf", [])]
-    atomic_write_text(out_dir / "README.md", model_card(name, source, cfg.license, gguf_files))
+    atomic_write_text(out_dir / "README.md", model_card(name, source, cfg.license, gguf_files, counts["params"]))
     return counts
 
 

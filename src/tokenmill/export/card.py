@@ -23,24 +23,38 @@ def run_dir_of(source: Path) -> Path | None:
     return None
 
 
-def model_card(name: str, source: Path, license: str | None, gguf_files: list[str]) -> str:
+def model_card(name: str, source: Path, license: str | None, gguf_files: list[str], n_params: int | None = None) -> str:
+    """`n_params`: the exported model's parameters (a LoRA run trained a model with adapters on top)."""
     run = run_dir_of(source)
     config = yaml.safe_load((run / "config.resolved.yaml").read_text()) if run else {}
     base = (config.get("model") or {}).get("init_from")
     datasets = list(config.get("datasets") or {}) or (config.get("ingest") or {}).get("paths", [])
     front = {"library_name": "transformers", "pipeline_tag": "text-generation", "license": license or "other",
              "tags": ["tokenmill", "continued-pretraining" if base else "pretraining", *(["gguf"] if gguf_files else [])]}
-    if base:
-        front["base_model"] = base
+    if base and str(base).startswith("hf://"):  # the Hub's base_model is a repo id; a local folder is named below
+        front["base_model"] = str(base)[len("hf://"):].split("@")[0]
     if datasets:
         front["datasets"] = [str(d) for d in datasets]
-    body = [f"# {name}", "", "Trained with tokenmill" + (f", continued from `{base}`." if base else ", from scratch."), ""]
+    origin = converted_from(base) if base else None
+    made = f", continued from `{base}`" + (f" (converted by tokenmill from `{origin}`)" if origin else "") + "." \
+        if base else ", from scratch."
+    body = [f"# {name}", "", "Trained with tokenmill" + made, ""]
+    if n_params:
+        body += [f"{n_params / 1e6:.1f}M parameters.", ""]
     if run:
         body += data_section(run) + tokenizer_section(run) + training_section(run) + evaluation_section(run)
     body += usage_section(name, gguf_files)
     if config:
         body += ["## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body)
+
+
+def converted_from(base: str) -> str | None:
+    """The file a local base folder was converted from (tokenmill convert-gguf records it)."""
+    manifest = read_manifest(Path(base)) if not str(base).startswith("hf://") and Path(base).is_dir() else None
+    if manifest and manifest.get("stage") == "convert-gguf":
+        return next(iter(manifest["inputs"]), None)
+    return None
 
 
 def data_section(run: Path) -> list[str]:
@@ -73,7 +87,8 @@ def training_section(run: Path) -> list[str]:
         return []
     c = m["counts"]
     return ["## Training", "", f"{c.get('steps', 0):,} optimizer steps, {c.get('tokens', 0):,} tokens, "
-            f"{c.get('params', 0) / 1e6:.1f}M parameters; final training loss {c.get('train_loss', 0):.4f}.", ""]
+            f"{c.get('params', 0) / 1e6:.1f}M parameters trained (with any LoRA adapters); final training loss "
+            f"{c.get('train_loss', 0):.4f}.", ""]
 
 
 def evaluation_section(run: Path) -> list[str]:
