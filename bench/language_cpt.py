@@ -7,6 +7,7 @@ English edition measure forgetting. Each run trains one pass over the same `--bu
 
     apt-get install debian-handbook
     .venv/bin/python bench/language_cpt.py [--langs ru-RU fr-FR] [--budget-kb 80] [--add 8000]
+    .venv/bin/python bench/language_cpt.py --langs ru-RU --budget-kb 400 --variants a_base b_fvt --out language_cpt_400kb.json
 
 Writes bench/results/language_cpt.json and prints the tables of docs/language.md.
 """
@@ -68,7 +69,7 @@ def eval_text(docs: list[dict], n_bytes: int) -> list[dict]:
 
 
 def run_variant(lang: str, variant: str, init: str | None, base: Path, data: dict, args) -> dict:
-    out = WORK / lang / variant
+    out = WORK / lang / f"{variant}-{args.budget_kb}kb"
     config = {"tokenize": {"tokenizer": str(data["extended"] if init else base), "val_fraction": 0.02},
               "model": {"init_from": str(base), "embeddings": {"init": init or "fvt"}},
               "train": {"seq_len": 256, "micro_batch_size": 4, "lr_max": args.lr, "lr_min": args.lr / 10,
@@ -106,7 +107,7 @@ def prepare(lang: str, base: Path, args) -> dict:
     held-out pages."""
     from transformers import AutoTokenizer
     from tokenmill.tokenize.fertility import changed_share, compare, fertility
-    folder = WORK / lang
+    folder = WORK / lang / f"data-{args.budget_kb}kb"
     folder.mkdir(parents=True, exist_ok=True)
     target, english = pages(lang), pages("en-US")
     train_docs = [d for d in target if not held_out(d["id"])]
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--add", type=int, default=8000, help="new tokens to learn")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", default="language_cpt.json", help="file name under bench/results/")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     base = WORK / "smollm2"
@@ -160,9 +163,9 @@ def main() -> None:
         print(json.dumps({lang: data["tokenizer"]["ratio"], "english_changed_share": data["tokenizer"]["english_changed_share"],
                           "added": data["tokenizer"]["added"]}), flush=True)
         results[lang] = {"tokenizer": data["tokenizer"],
-                         "runs": [run_variant(lang, v, init, base, data, args) for v, init in VARIANTS.items()]}
+                         "runs": [run_variant(lang, v, VARIANTS[v], base, data, args) for v in args.variants]}
         print(table(lang, results[lang]["runs"]), flush=True)
-    out = ROOT / "bench" / "results" / "language_cpt.json"
+    out = ROOT / "bench" / "results" / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2, ensure_ascii=False))
     print(f"results: {out}")
