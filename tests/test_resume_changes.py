@@ -102,3 +102,34 @@ def test_tokenmill_run_extends_a_finished_run_and_refuses_a_change_before_the_da
         run_pipeline(validate(raw), tmp_path / "run")
     assert (tmp_path / "run" / "10_filtered" / "manifest.json").read_text() == filtered
     assert (tmp_path / "run" / "40_checkpoints" / "step-00000025").is_dir()
+
+
+def test_sigterm_saves_at_the_next_step_and_the_rerun_equals_an_uninterrupted_run(shards, corpus, tmp_path):
+    """What Slurm (before preemption), Kubernetes or a spot instance sends: a checkpoint at the step boundary,
+    exit status 143, and the same command resumes exactly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=300, save_every=1000, log_every=1, eval_every=150, loggers=["jsonl"])
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    argv = [sys.executable, "-m", "tokenmill", "train", str(shards), "--config", str(config)]
+    assert subprocess.run([*argv, "-o", str(tmp_path / "straight")], capture_output=True).returncode == 0
+    proc = subprocess.Popen([*argv, "-o", str(tmp_path / "stopped")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 20) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert "stopped by SIGTERM at step" in proc.stderr.read()
+    [saved] = checkpoint_dirs(tmp_path / "stopped")  # not a multiple of save_every: the step it stopped at
+    assert 20 <= int(saved.name.split("-")[1]) < 300 and not (tmp_path / "stopped" / "final").exists()
+    assert subprocess.run([*argv, "-o", str(tmp_path / "stopped")], capture_output=True).returncode == 0
+    straight, resumed = steps_and_losses(tmp_path / "straight" / "metrics.jsonl"), steps_and_losses(metrics)
+    assert [s for s, _ in resumed] == [s for s, _ in straight]
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-6)

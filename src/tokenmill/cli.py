@@ -19,6 +19,8 @@ from tokenmill.config import ConfigError, PipelineConfig, load_config, resolve_c
 from tokenmill.export.gguf_writer import OUTTYPES
 from tokenmill.stage import StagePending, run_stage
 from tokenmill.tokenize.shards import check_split
+from tokenmill.train.preemption import EXIT_STATUS as PREEMPTED_EXIT
+from tokenmill.train.preemption import Preempted, requeue_if_slurm
 
 EXAMPLES = {
     "ingest": "tokenmill ingest corpus/ 'extra/*.jsonl.gz' -o runs/x/00_raw --set ingest.text_field=content",
@@ -352,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     except StagePending as pending:
         print(f"pending: {pending}")
         return 0
+    except Preempted as stopped:
+        print(f"[train] {stopped}", file=sys.stderr)
+        requeue_if_slurm(stopped.signum)
+        return PREEMPTED_EXIT
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         if os.environ.get("TOKENMILL_DEBUG"):
             raise

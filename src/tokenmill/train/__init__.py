@@ -35,6 +35,7 @@ from tokenmill.train.distributed import World, init_world, is_fsdp, local_device
 from tokenmill.train.loop import LoopSettings, LossGuard, train
 from tokenmill.train.metrics import ConsoleSink, JsonlSink, Sinks, TensorBoardSink, WandbSink
 from tokenmill.train.optim import build_optimizer
+from tokenmill.train.preemption import StopSignals
 from tokenmill.train.schedule import SCHEDULES
 
 __all__ = ["RESUMABLE_CHANGES", "TrainConfig", "run"]
@@ -254,13 +255,14 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
                         eval_at_start=cfg.eval_at_start if cfg.eval_at_start is not None else bool(model_cfg.init_from),
                         bytes_per_token=val_bytes_per_token)
     try:
-        state = train(forward_model, optimizer, lambda step: SCHEDULES[cfg.schedule](step, cfg), sampler.next_batch,
-                      lambda m: {name: mean_loss(m, windows, cfg.micro_batch_size, device, world, loss_fn)
-                                 for name, windows in val_sets.items()}, sinks, save,
-                      loop, state, device, loss_fn, flops, perf.device_peak_flops(device, dtype),
-                      on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device),
-                                      **(sampler.metrics() if datasets else {})}, world=world,
-                      guard=LossGuard(cfg.spike_factor), before_step=rows if rows.active else None)
+        with StopSignals(world, device) as stop:  # a launcher's SIGTERM/USR1: checkpoint, exit 143
+            state = train(forward_model, optimizer, lambda step: SCHEDULES[cfg.schedule](step, cfg), sampler.next_batch,
+                          lambda m: {name: mean_loss(m, windows, cfg.micro_batch_size, device, world, loss_fn)
+                                     for name, windows in val_sets.items()}, sinks, save,
+                          loop, state, device, loss_fn, flops, perf.device_peak_flops(device, dtype),
+                          on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device),
+                                          **(sampler.metrics() if datasets else {})}, world=world,
+                          guard=LossGuard(cfg.spike_factor), before_step=rows if rows.active else None, stop=stop)
         save_final(model, lambda: build(model_cfg, cfg, meta, extension), tokenizer, out_dir, world,
                    bool(model_cfg.lora and model_cfg.embeddings.train != "none"))
     finally:

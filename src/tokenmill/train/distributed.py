@@ -38,6 +38,13 @@ class World:
             value /= self.size
         return value
 
+    def max(self, value: torch.Tensor) -> torch.Tensor:
+        """The largest over ranks (every rank gets it)."""
+        if self.size > 1:
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value
+
 
 def init_world(device: torch.device) -> World:
     """Join torchrun's process group if there is one (NCCL on GPU, gloo on CPU)."""

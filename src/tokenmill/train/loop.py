@@ -15,6 +15,7 @@ import torch
 
 from tokenmill.losses import next_token_loss
 from tokenmill.train.distributed import World, grad_sync
+from tokenmill.train.preemption import Preempted
 
 
 @dataclass
@@ -75,9 +76,10 @@ def _grad_norm(norm) -> float:
 def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate, sinks, save,
           loop: LoopSettings, state: dict, device: torch.device, loss_fn=next_token_loss,
           flops_per_token: float = 0.0, peak_flops: float = float("inf"), on_log=None,
-          world: World = World(), guard: LossGuard = LossGuard(), before_step=None) -> dict:
+          world: World = World(), guard: LossGuard = LossGuard(), before_step=None, stop=None) -> dict:
     """Train from `state` (step, tokens) to loop.max_steps; returns the final state with last losses.
-    `before_step(step)` may change the gradients before they are clipped (which embedding rows train)."""
+    `before_step(step)` may change the gradients before they are clipped (which embedding rows train);
+    `stop` (preemption.StopSignals) ends the run at a step boundary with a checkpoint."""
     if loop.eval_at_start and state["step"] == 0:
         log_evaluation(evaluate, model, sinks, state, loop.bytes_per_token)
     model.train()
@@ -122,4 +124,7 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
         if _due(step, loop.save_every) or last:
             save(state)
             window_start = time.perf_counter()
+        elif stop is not None and stop.requested():
+            save(state)
+            raise Preempted(step, stop.signum)
     return state
