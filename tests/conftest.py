@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -98,3 +99,21 @@ def smollm2(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "smollm2"
     assert main(["convert-gguf", SMOLLM2_GGUF, "-o", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real one-node Slurm cluster (tests/slurm_cluster.py) for the session; skipped with the reason when
+    it cannot run here."""
+    from slurm_cluster import SlurmCluster, unavailable
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        previous = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        yield cluster
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous

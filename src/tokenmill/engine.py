@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
 from datatrove.data import Document as DtDocument
+from datatrove.executor import SlurmPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 from pydantic import Field
@@ -123,11 +125,22 @@ def build_executor(cfg: ExecutorConfig, pipeline: list, logging_dir: Path, depen
         from datatrove.executor import RayPipelineExecutor
         _ensure_ray(cfg.ray_address)
         return RayPipelineExecutor(**common, workers=cfg.workers, cpus_per_task=cfg.slurm.cpus_per_task)
-    from datatrove.executor import SlurmPipelineExecutor
     s = cfg.slurm
-    return SlurmPipelineExecutor(**common, time=s.time, partition=s.partition or "", cpus_per_task=s.cpus_per_task,
-                                 mem_per_cpu_gb=s.mem_per_cpu_gb, job_name=s.job_name, sbatch_args=s.sbatch_args,
-                                 workers=cfg.workers, venv_path=None)
+    # The jobs run the datatrove and tokenmill of the interpreter that submits them.
+    return SlurmExecutor(**common, time=s.time, partition=s.partition or "", cpus_per_task=s.cpus_per_task,
+                         mem_per_cpu_gb=s.mem_per_cpu_gb, job_name=s.job_name, sbatch_args=s.sbatch_args,
+                         workers=cfg.workers, env_command=f"export PATH={Path(sys.executable).parent}:$PATH")
+
+
+class SlurmExecutor(SlurmPipelineExecutor):
+    """datatrove's, without a `--partition` line when none is set, so the cluster's default partition applies
+    (an empty one made sbatch fail: "invalid partition specified: --job-name=tokenmill")."""
+
+    def get_sbatch_args(self, max_array: int = 1) -> dict:
+        args = super().get_sbatch_args(max_array)
+        if not args.get("partition"):
+            args.pop("partition", None)
+        return args
 
 
 def _local(common: dict, workers: int):
@@ -189,9 +202,37 @@ def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None
         script.write_text(slurm_script(cfg, pipeline, logging_dir))
         raise FileNotFoundError(f"the slurm executor submits with sbatch, which is not on PATH here; run the same "
                                 f"command on a Slurm login node (the job script it would submit: {script})")
-    executor.run()  # writes logs/launch_script.slurm and calls sbatch
-    raise StagePending(f"submitted {cfg.tasks} Slurm task(s); script: {Path(logging_dir) / 'launch_script.slurm'}. "
-                       "Run the same command again when they have finished to collect the stage.")
+    previous = _previous_job(Path(logging_dir))
+    if previous and _queued(previous):
+        raise StagePending(f"Slurm job {previous} is still queued or running; run the same command again when it "
+                           f"has finished (squeue -j {previous})")
+    if previous:  # it ended, and some tasks have no completion marker: they failed
+        failed = executor.get_incomplete_ranks()
+        print(f"[slurm] {len(failed)} task(s) of job {previous} failed: {_failed_logs(Path(logging_dir), previous, failed)};"
+              " resubmitting only those")
+    executor.run()  # writes logs/launch_script.slurm and calls sbatch (for the incomplete ranks only)
+    (Path(logging_dir) / "tokenmill_slurm_job").write_text(str(executor.job_id))
+    raise StagePending(f"submitted Slurm job {executor.job_id} ({len(executor.get_incomplete_ranks())} task(s)); "
+                       f"script: {Path(logging_dir) / 'launch_script.slurm'}. Run the same command again when it "
+                       "has finished to collect the stage.")
+
+
+def _previous_job(logging_dir: Path) -> str | None:
+    marker = logging_dir / "tokenmill_slurm_job"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def _queued(job_id: str) -> bool:
+    import subprocess
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True)
+    return bool(out.stdout.strip())
+
+
+def _failed_logs(logging_dir: Path, job_id: str, failed: list[int]) -> str:
+    """Each failed rank and its Slurm log (array index i ran ranks_to_run.json[i])."""
+    ranks = json.loads((logging_dir / "ranks_to_run.json").read_text())
+    return ", ".join(f"rank {rank} ({logging_dir / 'slurm_logs' / f'{job_id}_{ranks.index(rank)}.out'})"
+                     for rank in failed if rank in ranks)
 
 
 def run_pipelines(executor: ExecutorConfig, pipelines: list[tuple[list, int]], work: Path) -> list[dict]:

@@ -1,11 +1,13 @@
 """Preemption: a launcher's stop signal becomes a checkpoint at the next step boundary and a requeue.
 
-Slurm sends SIGTERM before it kills a preempted job (or the signal `--signal=B:USR1@120` asks for before the
-time limit); Kubernetes and spot instances send SIGTERM. The trainer finishes the optimizer step it is in,
-saves a checkpoint, and exits with status 143 (128 + SIGTERM, what a killed process reports: `RequeueExit=143`
-in slurm.conf requeues it, a Kubernetes Job's restart policy restarts it). Under Slurm, a USR1 (a time limit,
-which Slurm does not requeue by itself) also asks `scontrol requeue $SLURM_JOB_ID`. The requeued job runs the
-same command, which resumes from that checkpoint exactly.
+Slurm sends SIGTERM to a job it preempts or requeues (`scontrol requeue`, or preemption of a `--requeue`
+job), or the signal that `--signal=B:USR1@120` asks for before the time limit; Kubernetes and spot instances
+send SIGTERM. The trainer finishes the optimizer step it is in, saves a checkpoint, and exits with status 143
+(128 + SIGTERM, what a killed process reports), so nothing takes the run as finished; a Kubernetes Job
+restarts it. Slurm requeues a preempted `--requeue` job itself; a USR1 (the time limit, which Slurm does not
+requeue) makes the trainer ask `scontrol requeue $SLURM_JOB_ID`. Do not also set `RequeueExit=143`: on this
+Slurm (22.05) a job that Slurm requeued and that then exits with a RequeueExit status is cancelled (seen in
+the tests). The requeued job runs the same command, which resumes from that checkpoint exactly.
 """
 
 from __future__ import annotations

@@ -1,0 +1,89 @@
+"""On a real Slurm cluster (the `slurm` fixture): the data stages as job arrays give the local executor's
+output, a failed task is reported with its log and redone alone, and a training job requeued by
+`scontrol requeue` resumes exactly."""
+
+import gzip
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import tiny_pipeline
+from tokenmill.cli import main
+
+
+def texts(folder):
+    return {p.name: gzip.decompress(p.read_bytes()) for p in sorted(folder.glob("docs-*.jsonl.gz"))}
+
+
+def run_until_collected(slurm, argv, capsys, timeout=300):
+    """Run a stage command on the Slurm executor until it is collected (submit, wait, run again)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        if "pending:" not in out:
+            return out
+        job = out.split("Slurm job ")[1].split()[0]
+        slurm.wait([job])
+    raise TimeoutError(argv)
+
+
+def test_filter_on_slurm_equals_local_and_only_a_failed_task_is_redone(slurm, corpus, tmp_path, capsys):
+    raw = tmp_path / "raw"
+    assert main(["ingest", str(corpus), "-o", str(raw), "--set", "ingest.chars_per_shard=10000"]) == 0
+    shards = sorted(raw.glob("docs-*.jsonl.gz"))
+    assert len(shards) >= 3
+    assert main(["filter", str(raw), "-o", str(tmp_path / "local")]) == 0
+    capsys.readouterr()
+
+    good = shards[1].read_bytes()
+    shards[1].write_bytes(good[:40])  # one task's input is cut short: that task fails, the others finish
+    argv = ["filter", str(raw), "-o", str(tmp_path / "on_slurm"), "--executor", "slurm"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "pending: submitted Slurm job" in out and "#SBATCH --partition" not in \
+        (tmp_path / ".on_slurm.partial" / "logs" / "launch_script.slurm").read_text()
+    slurm.wait([out.split("Slurm job ")[1].split()[0]])
+    shards[1].write_bytes(good)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 task(s) of job" in out and "failed: rank 1 (" in out and "slurm_logs" in out
+    logs = tmp_path / ".on_slurm.partial" / "logs"
+    assert json.loads((logs / "ranks_to_run.json").read_text()) == [1]  # only the failed task resubmitted
+    assert not (tmp_path / "on_slurm").exists()  # not marked done while a task is missing
+    run_until_collected(slurm, argv, capsys)
+    assert texts(tmp_path / "on_slurm") == texts(tmp_path / "local")
+
+
+def test_a_training_job_requeued_by_scontrol_resumes_exactly(slurm, shards, corpus, tmp_path):
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=150, save_every=1000, log_every=1, eval_every=75, loggers=["jsonl"])
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "tokenmill", "train", str(shards), "--config", str(config)]
+    assert subprocess.run([*command, "-o", str(tmp_path / "straight")], capture_output=True).returncode == 0
+    script = tmp_path / "train.sbatch"
+    script.write_text("#!/bin/bash\n#SBATCH --requeue\n#SBATCH --cpus-per-task=1\n#SBATCH --open-mode=append\n"
+                      f"#SBATCH --output={tmp_path / 'job-%j.out'}\n"
+                      f"exec {' '.join(command)} -o {tmp_path / 'requeued'}\n")
+    job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
+                         env=slurm.env).stdout.strip()
+    metrics = tmp_path / "requeued" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 20) and time.time() < deadline:
+        time.sleep(0.1)
+    assert subprocess.run(["scontrol", "requeue", job], env=slurm.env).returncode == 0
+    slurm.start_now_when_requeued(job)  # Slurm holds a requeued job ~2 minutes (BeginTime)
+    slurm.wait([job], timeout=300)
+    assert (tmp_path / "requeued" / "final" / "config.json").is_file()
+    log = (tmp_path / f"job-{job}.out").read_text()
+    assert "stopped by SIGTERM at step" in log and "resuming from" in log
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    losses = lambda rs: [(r["step"], r["train/loss"]) for r in rs if "train/loss" in r]  # noqa: E731
+    assert [s for s, _ in losses(rows)] == [s for s, _ in losses(straight)]
+    assert [v for _, v in losses(rows)] == pytest.approx([v for _, v in losses(straight)], rel=1e-6)
