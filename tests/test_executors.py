@@ -1,5 +1,7 @@
 """The datatrove executors behind the data stages: the Slurm job script, and a real local Ray cluster."""
 
+import signal
+
 import pytest
 
 from tokenmill import engine
@@ -80,5 +82,7 @@ def test_a_local_pipeline_with_workers_runs_after_a_ray_one(tmp_path):
     write_documents(docs, tmp_path / "in", docs_per_shard=2)
     filter_run(FilterConfig(executor={"kind": "ray", "workers": 2}), tmp_path / "in", tmp_path / "ray_out")
     assert not ray.is_initialized()
+    # and its SIGTERM handler is gone: forked pool workers inheriting it ignored the pool's SIGTERM and hung
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     counts = filter_run(FilterConfig(executor={"workers": 2}), tmp_path / "in", tmp_path / "local_out")
     assert counts["docs_out"] == 4 and counts["tasks"] == 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Literal
@@ -183,6 +184,7 @@ def total(stats: dict, key: str) -> int:
 def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None:
     """Run to completion (local, Ray), or submit and raise StagePending (Slurm: run again to collect)."""
     from tokenmill.stage import StagePending
+    sigterm = signal.getsignal(signal.SIGTERM)
     executor = build_executor(cfg, pipeline, logging_dir)
     if cfg.kind != "slurm":
         try:
@@ -190,6 +192,9 @@ def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None
         finally:
             if cfg.kind == "ray":
                 _shutdown_ray()
+                # ray.init leaves its SIGTERM handler behind; a process forked later (a local stage's pool
+                # worker) inherited it, ignored the pool's SIGTERM, and the pool hung at exit (seen in the suite).
+                signal.signal(signal.SIGTERM, sigterm)
         _merge_stats(logging_dir, cfg.tasks)
         return
     if len(executor.get_incomplete_ranks()) == 0:
