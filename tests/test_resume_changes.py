@@ -113,7 +113,7 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_equals_an_uninterrupted_ru
     import sys
     import time
     raw = tiny_pipeline(corpus)
-    raw["train"].update(max_steps=300, save_every=1000, log_every=1, eval_every=150, loggers=["jsonl"])
+    raw["train"].update(max_steps=150, save_every=1000, log_every=1, eval_every=75, loggers=["jsonl"])
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(raw))
     argv = [sys.executable, "-m", "tokenmill", "train", str(shards), "--config", str(config)]
@@ -128,7 +128,7 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_equals_an_uninterrupted_ru
     assert proc.wait(timeout=60) == 143
     assert "stopped by SIGTERM at step" in proc.stderr.read()
     [saved] = checkpoint_dirs(tmp_path / "stopped")  # not a multiple of save_every: the step it stopped at
-    assert 20 <= int(saved.name.split("-")[1]) < 300 and not (tmp_path / "stopped" / "final").exists()
+    assert 20 <= int(saved.name.split("-")[1]) < 150 and not (tmp_path / "stopped" / "final").exists()
     assert subprocess.run([*argv, "-o", str(tmp_path / "stopped")], capture_output=True).returncode == 0
     straight, resumed = steps_and_losses(tmp_path / "straight" / "metrics.jsonl"), steps_and_losses(metrics)
     assert [s for s, _ in resumed] == [s for s, _ in straight]
