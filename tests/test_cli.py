@@ -3,7 +3,8 @@ import yaml
 
 from tokenmill.cli import EXAMPLES, main
 
-COMMANDS = ["ingest", "filter", "dedup", "tokenize", "train", "eval", "generate", "export", "report", "run", "shards", "convert-gguf"]
+COMMANDS = ["ingest", "filter", "dedup", "tokenize", "tokenizer", "train", "eval", "generate", "export", "serve", "report",
+            "run", "shards", "convert-gguf"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -45,3 +46,17 @@ def test_bad_config_exits_2_listing_every_problem(tmp_path, capsys):
 def test_unknown_config_name_says_what_exists(capsys):
     assert main(["run", "no-such-config"]) == 2
     assert "demo" in capsys.readouterr().err
+
+
+def test_a_data_stage_prints_its_own_lines_and_keeps_datatrove_logs_in_its_folder(corpus, tmp_path):
+    import subprocess
+    import sys
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tokenmill", *a], capture_output=True, text=True)  # noqa: E731
+    assert run("ingest", str(corpus), "-o", str(tmp_path / "raw")).returncode == 0
+    out = run("dedup", str(tmp_path / "raw"), "-o", str(tmp_path / "dedup"))
+    assert out.returncode == 0
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("[dedup] running") and lines[-1].startswith("[dedup] done") and len(lines) == 2, lines
+    assert not any(word in out.stderr for word in ("| INFO", "| SUCCESS", "| WARNING", "Stats:")), out.stderr[-500:]
+    logs = list((tmp_path / "dedup").rglob("task_*.log"))
+    assert logs and any("Stats" in log.read_text() or "PIPELINE" in log.read_text() for log in logs)

@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    from tokenmill.engine import datatrove_logs_to_files
+    datatrove_logs_to_files()  # datatrove's per-task logs and stats go to each stage's logs/, not the terminal
     try:
         _dispatch(args)
     except StagePending as pending:

@@ -185,6 +185,7 @@ def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None
     """Run to completion (local, Ray), or submit and raise StagePending (Slurm: run again to collect)."""
     from tokenmill.stage import StagePending
     sigterm = signal.getsignal(signal.SIGTERM)
+    datatrove_logs_to_files()
     executor = build_executor(cfg, pipeline, logging_dir)
     if cfg.kind != "slurm":
         try:
@@ -238,6 +239,32 @@ def _failed_logs(logging_dir: Path, job_id: str, failed: list[int]) -> str:
     ranks = json.loads((logging_dir / "ranks_to_run.json").read_text())
     return ", ".join(f"rank {rank} ({logging_dir / 'slurm_logs' / f'{job_id}_{ranks.index(rank)}.out'})"
                      for rank in failed if rank in ranks)
+
+
+def datatrove_logs_to_files() -> None:
+    """datatrove logs every task's progress and per-block stats to stderr: hundreds of lines a run (713 for
+    two small datasets). They stay in the stage's logs/ folder (logs/task_NNNNN.log, stats.json); the terminal
+    gets tokenmill's line per stage and datatrove's errors. datatrove resets loguru's handlers around every
+    task (`add_task_logger`, and `setup_default_logger` after it), so both are wrapped to keep stderr at ERROR:
+    its task logger sends INFO to stderr only for the worker with local_rank 0, so every task is run as
+    another worker (local_rank chooses nothing else)."""
+    import datatrove.executor.base as executor_base
+    import datatrove.utils.logging as datatrove_logging
+    from loguru import logger
+
+    def errors_only():
+        logger.remove()
+        logger.add(sys.stderr, level="ERROR")
+    errors_only()
+    if getattr(executor_base.add_task_logger, "errors_only", False):
+        return
+    original = executor_base.add_task_logger
+
+    def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
+        return original(logging_dir, rank, 1, node_rank=node_rank)
+    add_task_logger.errors_only = True
+    executor_base.add_task_logger = add_task_logger
+    datatrove_logging.setup_default_logger = errors_only
 
 
 def run_pipelines(executor: ExecutorConfig, pipelines: list[tuple[list, int]], work: Path) -> list[dict]:
