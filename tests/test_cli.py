@@ -53,10 +53,10 @@ def test_a_data_stage_prints_its_own_lines_and_keeps_datatrove_logs_in_its_folde
     import sys
     run = lambda *a: subprocess.run([sys.executable, "-m", "tokenmill", *a], capture_output=True, text=True)  # noqa: E731
     assert run("ingest", str(corpus), "-o", str(tmp_path / "raw")).returncode == 0
-    out = run("dedup", str(tmp_path / "raw"), "-o", str(tmp_path / "dedup"))
+    out = run("filter", str(tmp_path / "raw"), "-o", str(tmp_path / "filtered"))
     assert out.returncode == 0
     lines = out.stdout.strip().splitlines()
-    assert lines[0].startswith("[dedup] running") and lines[-1].startswith("[dedup] done") and len(lines) == 2, lines
+    assert lines[0].startswith("[filter] running") and lines[-1].startswith("[filter] done") and len(lines) == 2, lines
     assert not any(word in out.stderr for word in ("| INFO", "| SUCCESS", "| WARNING", "Stats:")), out.stderr[-500:]
-    logs = list((tmp_path / "dedup").rglob("task_*.log"))
+    logs = list((tmp_path / "filtered").rglob("task_*.log"))
     assert logs and any("Stats" in log.read_text() or "PIPELINE" in log.read_text() for log in logs)
