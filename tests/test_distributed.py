@@ -63,3 +63,31 @@ def test_two_ranks_match_one_rank(tmp_path, corpus, shards, single, parallel):
 def test_fsdp_with_cpu_offload_matches_one_rank(tmp_path, corpus, shards, single):
     run = launch(tmp_path, corpus, shards, "offload", 2, micro_batch_size=2, parallel="fsdp", fsdp_cpu_offload=True)
     assert train_losses(run) == pytest.approx(train_losses(single), rel=1e-4)
+
+
+def test_two_nodes_on_this_machine_match_one_rank(tmp_path, corpus, shards, single):
+    """Two torchrun launches (--nnodes=2, c10d rendezvous on 127.0.0.1), one process each, as two nodes
+    would run them: the loss curve of one rank, and only rank 0 writes metrics and checkpoints."""
+    import socket
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=STEPS, save_every=3, log_every=1, eval_every=3, micro_batch_size=2)
+    config = tmp_path / "nodes.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "nodes"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launches = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+                                  "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                                  "--rdzv_id=tokenmill-test", "-m", "tokenmill", "train", str(shards), "-o", str(out),
+                                  "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True) for node in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in launches]
+    assert [p.returncode for p in launches] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    one, two = train_losses(single), train_losses(out)
+    assert sorted(two) == list(range(1, STEPS + 1))  # one row per step: rank 0 alone logs
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4), step
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-00000003", "step-00000006"]
+    assert sum("[train] done" in o for o in outputs) == 1  # only rank 0 manages the stage
