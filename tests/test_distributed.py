@@ -53,8 +53,10 @@ def test_two_ranks_match_one_rank(tmp_path, corpus, shards, single, parallel):
         shutil.rmtree(run / "step-00000006")
         shutil.rmtree(run / "final")
         (run / "manifest.json").unlink()
+        saved = (run / "step-00000003" / "state.json").stat().st_mtime_ns
         resumed = launch(tmp_path, corpus, shards, parallel, 1, micro_batch_size=4, parallel=parallel, grad_accum_steps=1)
         assert resumed == run
+        assert (run / "step-00000003" / "state.json").stat().st_mtime_ns == saved  # resumed from it, not re-run
         after = train_losses(run)
         for step in (4, 5, 6):
             assert after[step] == pytest.approx(one[step], rel=1e-4), step
@@ -91,3 +93,20 @@ def test_two_nodes_on_this_machine_match_one_rank(tmp_path, corpus, shards, sing
         assert two[step] == pytest.approx(one[step], rel=1e-4), step
     assert sorted(p.name for p in out.glob("step-*")) == ["step-00000003", "step-00000006"]
     assert sum("[train] done" in o for o in outputs) == 1  # only rank 0 manages the stage
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_ddp_resumes_on_another_number_of_ranks(tmp_path, corpus, shards, single, first, then):
+    """A DDP run checkpointed at step 3 with `first` ranks continues with `then` ranks (the same global
+    batch: micro_batch_size x ranks): the data position and the losses are the same."""
+    micro = {1: 4, 2: 2}
+    run = launch(tmp_path, corpus, shards, "ddp_resume", first, micro_batch_size=micro[first], parallel="ddp")
+    shutil.rmtree(run / "step-00000006")
+    shutil.rmtree(run / "final")
+    (run / "manifest.json").unlink()
+    saved = (run / "step-00000003" / "state.json").stat().st_mtime_ns
+    assert launch(tmp_path, corpus, shards, "ddp_resume", then, micro_batch_size=micro[then], parallel="ddp") == run
+    assert (run / "step-00000003" / "state.json").stat().st_mtime_ns == saved  # resumed from it, not re-run
+    one, after = train_losses(single), train_losses(run)
+    for step in range(1, STEPS + 1):
+        assert after[step] == pytest.approx(one[step], rel=1e-4), step
