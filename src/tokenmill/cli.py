@@ -331,6 +331,8 @@ def _run(cfg: PipelineConfig, args) -> None:
     print(f"model:      {out['model']}  (AutoModelForCausalLM.from_pretrained works on it)")
     for gguf_file in sorted(Path(out["model"]).glob("*.gguf")):
         print(f"gguf:       {gguf_file}  (llama.cpp: tokenmill generate {gguf_file})")
+    if any(Path(out["model"]).glob("*.gguf")):
+        print(f"serve:      tokenmill serve {out['model']}  (an OpenAI-compatible API on 127.0.0.1:8080)")
     for name, result in out["sets"].items():  # before → after for continued pre-training
         if out["tokenizer_changed"]:  # nats per token of two tokenizers do not compare; bits per byte do
             before = f"{out['before'][name]['bits_per_byte']:.4f} → " if name in out["before"] else ""

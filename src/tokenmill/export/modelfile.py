@@ -98,5 +98,6 @@ def modelfile(gguf: Path, tokenizer, context_length: int) -> str:
 def write_modelfile(gguf: Path, tokenizer, context_length: int) -> Path:
     path = gguf.with_suffix(".Modelfile")
     atomic_write_text(path, modelfile(gguf, tokenizer, min(context_length, MAX_DEFAULT_CTX)))
-    print(f"[export] ollama create {gguf.stem} -f {path}")
+    # the name only: the stage writes into a staging folder that is renamed when whole
+    print(f"[export] Ollama, in the export folder: ollama create {gguf.stem} -f {path.name}")
     return path
