@@ -57,7 +57,7 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads, tied
 }
 
 
-@pytest.mark.parametrize("mix", ["q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_m", "q2_k"])
+@pytest.mark.parametrize("mix", ["q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_s", "q3_k_m", "q3_k_l", "q2_k"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_same_types_and_bytes_as_llama_quantize(tokenizer, tmp_path, mix, shape):
     m = model(*SHAPES[shape])
