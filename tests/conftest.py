@@ -67,6 +67,14 @@ def shards(tmp_path, corpus) -> Path:
     return tmp_path / "shards"
 
 
+def wait_for_rows(path: Path, n: int, timeout: float = 180) -> None:
+    """Until the metrics file a running training writes has `n` rows (it is then well past its start)."""
+    import time
+    deadline = time.time() + timeout
+    while (not path.is_file() or len(path.read_text().splitlines()) < n) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 class Crash(Exception):
     """A training run killed between two optimizer steps (see `crash_at_step`)."""
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import tiny_pipeline
+from conftest import tiny_pipeline, wait_for_rows
 from tokenmill.checkpoints import checkpoint_dirs
 from tokenmill.cli import main
 from tokenmill.config import validate
@@ -111,7 +111,6 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_equals_an_uninterrupted_ru
     import signal
     import subprocess
     import sys
-    import time
     raw = tiny_pipeline(corpus)
     raw["train"].update(max_steps=150, save_every=1000, log_every=1, eval_every=75, loggers=["jsonl"])
     config = tmp_path / "c.yaml"
@@ -121,9 +120,7 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_equals_an_uninterrupted_ru
     proc = subprocess.Popen([*argv, "-o", str(tmp_path / "stopped")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     metrics = tmp_path / "stopped" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 20) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_rows(metrics, 20)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     assert "stopped by SIGTERM at step" in proc.stderr.read()

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from conftest import tiny_pipeline
+from conftest import tiny_pipeline, wait_for_rows
 from tokenmill.cli import main
 
 
@@ -73,9 +73,7 @@ def test_a_training_job_requeued_by_scontrol_resumes_exactly(slurm, shards, corp
     job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
                          env=slurm.env).stdout.strip()
     metrics = tmp_path / "requeued" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 20) and time.time() < deadline:
-        time.sleep(0.1)
+    wait_for_rows(metrics, 20)
     assert subprocess.run(["scontrol", "requeue", job], env=slurm.env).returncode == 0
     slurm.start_now_when_requeued(job)  # Slurm holds a requeued job ~2 minutes (BeginTime)
     slurm.wait([job], timeout=300)

@@ -64,17 +64,14 @@ def shards_tokenizer(split: Path, tokenizer):
         theirs = AutoTokenizer.from_pretrained(beside)
         return None if same_vocabulary(theirs, tokenizer) else theirs
     if meta["vocab_size"] != len(tokenizer):
-        raise ValueError(f"{split}: these shards were made with another tokenizer than the model's (the "
-                         f"vocabulary differs); evaluate the raw text instead (NAME=path/to/text), which is "
-                         f"tokenized with the model's own tokenizer")
+        raise _other_tokenizer(split)
     return None
 
 
-def check_tokenizer(split: Path, tokenizer) -> None:
-    if shards_tokenizer(split, tokenizer) is not None:
-        raise ValueError(f"{split}: these shards were made with another tokenizer than the model's (the "
-                         f"vocabulary differs); evaluate the raw text instead (NAME=path/to/text), which is "
-                         f"tokenized with the model's own tokenizer")
+def _other_tokenizer(split: Path) -> ValueError:
+    return ValueError(f"{split}: these shards were made with another tokenizer than the model's (the vocabulary "
+                      f"differs); evaluate the raw text instead (NAME=path/to/text), which is tokenized with the "
+                      f"model's own tokenizer")
 
 
 def decoded_documents(split: Path, theirs) -> Iterator:

@@ -93,11 +93,12 @@ class RowGradients:
     have no weight decay here)."""
 
     def __init__(self, model, cfg: EmbeddingsConfig, new_ids: list[int]):
+        """`model` already on its device: the masks are made there once, not at every step."""
         self.weights = embedding_weights(model)
         self.first_steps, self.others = cfg.new_rows_first_steps, None
-        rows = self.weights[0].shape[0]
-        self.rows = {"all": None, "new": _mask(rows, new_ids), "none": _mask(rows, [])}[cfg.train]
-        self.first_rows = _mask(rows, new_ids)
+        new_only = _mask(self.weights[0], new_ids)
+        self.rows = new_only if cfg.train == "new" else None  # "none" is frozen by requires_grad (build)
+        self.first_rows = new_only
         if self.first_steps:
             ids = {id(w) for w in self.weights}
             self.others = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
@@ -116,11 +117,12 @@ class RowGradients:
             return
         for weight in self.weights:
             if weight.grad is not None:
-                weight.grad.mul_(rows.to(weight.grad.device, weight.grad.dtype)[:, None])
+                weight.grad.mul_(rows)
 
 
-def _mask(rows: int, ids: list[int]) -> torch.Tensor:
-    mask = torch.zeros(rows)
+def _mask(weight: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """A [rows, 1] column of 1 for `ids` and 0 elsewhere, on the weight's device and in its dtype."""
+    mask = torch.zeros(weight.shape[0], 1, device=weight.device, dtype=weight.dtype)
     if ids:
-        mask[torch.tensor(ids)] = 1.0
+        mask[torch.tensor(ids, device=weight.device)] = 1.0
     return mask
