@@ -92,3 +92,23 @@ def test_export_writes_an_ollama_modelfile_and_what_vllm_and_tgi_load(smollm2, t
     assert "134.5M parameters." in card  # the exported model's own count
     from tokenmill.export.card import converted_from
     assert converted_from(str(smollm2)).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")  # what a card of a CPT names
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_logged_mfu_of_lora_and_full_cpt_stays_below_one(smollm2, corpus, tmp_path, lora):
+    """A LoRA run once logged an MFU of ~2.5 here: 6 FLOPs counted for every frozen weight, and a tokens/s
+    window whose clock restarted at each evaluation while it kept its steps."""
+    ingest(IngestConfig(paths=[str(corpus)]), tmp_path / "docs")
+    tokenize(TokenizeConfig(tokenizer=str(smollm2), eos_token="<|endoftext|>", val_fraction=0.15),
+             tmp_path / "docs", tmp_path / "shards")
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"preset": None, "init_from": str(smollm2), **({"lora": {"r": 16}} if lora else {})}
+    raw["tokenize"] = {"tokenizer": str(smollm2)}
+    raw["train"] = {"seq_len": 128, "micro_batch_size": 2, "max_steps": 4, "warmup_steps": 1, "lr_max": 1e-4,
+                    "log_every": 4, "eval_every": 1, "save_every": 4, "eval_tokens": 128, "eval_at_start": False}
+    cfg = validate(raw)
+    from tokenmill import train
+    train.run(cfg.model, cfg.train, tmp_path / "shards", tmp_path / "ck")
+    rows = [json.loads(line) for line in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
+    mfu = [row["perf/mfu"] for row in rows if "perf/mfu" in row]
+    assert mfu and all(0 < m < 1 for m in mfu), mfu

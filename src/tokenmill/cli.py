@@ -351,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lists every file and tensor it writes
+    import transformers
+    transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per model load, two per eval
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     from tokenmill.engine import datatrove_logs_to_files
     datatrove_logs_to_files()  # datatrove's per-task logs and stats go to each stage's logs/, not the terminal

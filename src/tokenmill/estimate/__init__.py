@@ -69,13 +69,28 @@ def vocab_size_of(cfg) -> int:
     return cfg.tokenize.vocab_size
 
 
+def matmul_parameters(model, lora, train_embeddings: bool) -> tuple[int, int]:
+    """(trainable, frozen) matrix-product weights of the run, as perf.matmul_parameters counts them on the
+    model the trainer builds: with LoRA the base is frozen and its adapters (and the head, when embeddings
+    train) are what trains."""
+    trainable, frozen = perf.matmul_parameters(model)
+    if lora is None:
+        return trainable, frozen
+    head = model.get_output_embeddings().weight.numel() if train_embeddings else 0
+    return lora_parameters(model, lora) + head, trainable + frozen - head
+
+
+def lora_parameters(model, lora) -> int:
+    return sum(lora.r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora.target_modules)
+
+
 def trainable_parameters(model, lora, train_embeddings: bool = True) -> int:
     """All parameters, or LoRA's: r x (in + out) per adapted linear layer, plus the embeddings (and an
     untied head) when they train too."""
     if lora is None:
         return sum(p.numel() for p in model.parameters())
-    count = sum(lora.r * (m.in_features + m.out_features) for name, m in model.named_modules()
-                if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora.target_modules)
+    count = lora_parameters(model, lora)
     if train_embeddings:
         count += model.get_input_embeddings().weight.numel()
         if not model.config.tie_word_embeddings:
@@ -93,14 +108,14 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
     t = cfg.train
     params = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel()
-    flops_token = perf.flops_per_token(model, t.seq_len)
+    matmuls = matmul_parameters(model, cfg.model.lora, cfg.model.embeddings.train != "none")
+    flops_token = perf.token_flops(*matmuls, model.config, t.seq_len)
     accum = t.accum_steps(world)
     tokens_per_step = t.seq_len * t.micro_batch_size * accum * world
     mfu = mfu or DEFAULT_MFU["gpu" if on_gpu else "cpu"]
-    # Hardware FLOPs: checkpointing recomputes the forward (+1/3); LoRA computes no weight gradients for the
-    # frozen base (4 of its 6 FLOPs per parameter and token remain).
-    hardware = (4 / 3 if t.activation_checkpointing else 1) * (4 / 6 if cfg.model.lora else 1)
-    step_time = flops_token * tokens_per_step * hardware / (world * devices.peak_flops * mfu)
+    # Hardware FLOPs: activation checkpointing computes the forward twice.
+    recompute = perf.forward_flops(*matmuls, model.config, t.seq_len) if t.activation_checkpointing else 0
+    step_time = (flops_token + recompute) * tokens_per_step / (world * devices.peak_flops * mfu)
     trainable = trainable_parameters(model, cfg.model.lora, cfg.model.embeddings.train != "none")
     plan = MemoryPlan(params=params, trainable=trainable, config=model.config,
                       micro_batch_size=t.micro_batch_size, seq_len=t.seq_len, world_size=world,
@@ -118,7 +133,11 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
             "device_memory_gib": devices.memory_gib, "step_time_s": step_time, "total_time_s": total_time,
             "cost_usd": cost, "tokens_per_step": tokens_per_step, "tokens_total": tokens_per_step * t.max_steps,
             "chinchilla_tokens": 20 * params, "mfu": mfu, "devices": asdict(devices),
-            "flops_convention": "PaLM: 6 x (non-embedding params + LM head) + 12 x layers x hidden x seq_len"}
+            "flops_convention": FLOPS_CONVENTION}
+
+
+FLOPS_CONVENTION = ("PaLM: 6 x trained + 4 x frozen matmul weights (LM head included, embedding lookup not) "
+                     "+ 12 x layers x hidden x seq_len")
 
 
 def format_estimate(e: dict) -> str:

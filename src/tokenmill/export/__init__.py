@@ -29,7 +29,7 @@ OutType = Literal[OUTTYPES]
 
 
 class ExportConfig(StrictModel):
-    formats: list[Literal["hf", "gguf"]] = Field(default_factory=lambda: ["hf"],
+    formats: list[Literal["hf", "gguf"]] = Field(default_factory=lambda: ["hf"], min_length=1,
                                                  description="hf: save_pretrained folder; gguf: llama.cpp files")
     gguf_outtypes: list[OutType] = Field(default_factory=lambda: ["f16"],
                                          description="GGUF tensor types: f32 f16 bf16 q8_0 q4_0, and llama.cpp's "

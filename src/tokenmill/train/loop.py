@@ -117,14 +117,14 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
             state["train_loss"] = train_loss
             loss_sum.zero_()
             window_start, window_steps = time.perf_counter(), 0
+        paused = time.perf_counter()  # evaluation and checkpoints are not training throughput
         if _due(step, loop.eval_every) or last:
             log_evaluation(evaluate, model, sinks, state, loop.bytes_per_token)
             model.train()
-            window_start = time.perf_counter()  # evaluation time is not training throughput
         if _due(step, loop.save_every) or last:
             save(state)
-            window_start = time.perf_counter()
         elif stop is not None and stop.requested():
             save(state)
             raise Preempted(step, stop.signum)
+        window_start += time.perf_counter() - paused  # the window keeps its steps, so only the pause leaves it
     return state

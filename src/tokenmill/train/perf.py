@@ -1,7 +1,10 @@
-"""Throughput accounting: FLOPs per token, device peak, MFU.
+"""Throughput accounting: FLOPs per token, device peak, MFU. The trainer and `tokenmill estimate` both count
+FLOPs here, so the logged MFU and the estimate's mean the same thing.
 
-FLOPs per token follow the PaLM appendix-B count: 6 x (non-embedding parameters + LM head) for the
-matrix products, plus 12 x layers x hidden x seq_len for attention scores and values.
+FLOPs per token follow the PaLM appendix-B count, split by what trains: a weight that trains costs 6 FLOPs
+per token (forward, gradient of the input, gradient of the weight), a frozen one 4 (LoRA's base: no weight
+gradient). Embedding lookups cost nothing; the LM head is a matrix product, tied or not. Attention scores
+and values add 12 x layers x hidden x seq_len.
 """
 
 from __future__ import annotations
@@ -22,13 +25,39 @@ def accelerator_named(device_name: str) -> str | None:
                  if k.replace("-", "").lower() in squeezed), None)
 
 
+def matmul_parameters(model) -> tuple[int, int]:
+    """(trainable, frozen) weights that multiply activations: every distinct tensor once, the input
+    embedding left out (a lookup) unless it is also the head."""
+    head = model.get_output_embeddings().weight
+    lookup = model.get_input_embeddings().weight
+    trainable = frozen = 0
+    for param in {id(p): p for p in model.parameters()}.values():
+        if param is lookup and param is not head:
+            continue
+        if param.requires_grad:
+            trainable += param.numel()
+        else:
+            frozen += param.numel()
+    return trainable, frozen
+
+
+def token_flops(trainable: int, frozen: int, config, seq_len: int) -> float:
+    """Model FLOPs of one training token (no recomputation counted: that is hardware FLOPs, not MFU's)."""
+    return 6 * trainable + 4 * frozen + attention_flops(config, seq_len)
+
+
+def forward_flops(trainable: int, frozen: int, config, seq_len: int) -> float:
+    """FLOPs of one token's forward: what activation checkpointing computes a second time."""
+    return 2 * (trainable + frozen) + attention_flops(config, seq_len) / 3
+
+
+def attention_flops(config, seq_len: int) -> float:
+    return 12 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
 def flops_per_token(model, seq_len: int) -> float:
-    cfg = model.config
-    params = sum(p.numel() for p in model.parameters())
-    embedding = model.get_input_embeddings().weight.numel()
-    lm_head = cfg.vocab_size * cfg.hidden_size  # tied or not, the head is a matrix product per token
-    matmul_params = params - embedding + (lm_head if cfg.tie_word_embeddings else 0)
-    return 6 * matmul_params + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+    """Model FLOPs of one training token of this model, as it trains (its requires_grad flags)."""
+    return token_flops(*matmul_parameters(model), model.config, seq_len)
 
 
 def measured_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024) -> float:
