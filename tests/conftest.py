@@ -110,6 +110,18 @@ def smollm2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS, tests/s3_server.py) on 127.0.0.1 for the session; skipped with
+    the reason when it cannot run here."""
+    from s3_server import SeaweedS3, unavailable
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A real one-node Slurm cluster (tests/slurm_cluster.py) for the session; skipped with the reason when
     it cannot run here."""

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tokenmill import dedup, evaluation, export, filters, ingest, recipes, report, tokenize, train
+from tokenmill import dedup, evaluation, export, filters, ingest, recipes, report, storage, tokenize, train
 from tokenmill.config import ConfigError, PipelineConfig, load_config, resolve_config_path
 from tokenmill.export.gguf_writer import OUTTYPES
 from tokenmill.stage import StagePending, run_stage
@@ -43,6 +43,11 @@ EXAMPLES = {
 }
 
 
+def _location(text: str) -> Path | str:
+    """A folder argument: a local path, or a storage URL (s3://bucket/prefix) kept as it is."""
+    return text if storage.is_remote(text) else Path(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenmill", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,17 +65,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = stage("ingest", "Read txt/md/jsonl(.gz/.zst)/json/csv/tsv/parquet/html files, folders or globs into document shards.")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("-o", "--output", required=True, type=_location)
     for name, text in [("filter", "Drop low-quality documents; count each drop by filter and reason."),
                        ("dedup", "Drop exact and near duplicates (MinHash-LSH) and boilerplate lines.")]:
         p = stage(name, text)
-        p.add_argument("input", type=Path, metavar="DIR")
-        p.add_argument("-o", "--output", required=True, type=Path)
+        p.add_argument("input", type=_location, metavar="DIR")
+        p.add_argument("-o", "--output", required=True, type=_location)
         p.add_argument("--executor", choices=["local", "slurm", "ray"], help="datatrove executor (default: local)")
         p.add_argument("--tasks", type=int, help="units of work the input is split into (default: one per shard)")
     p = stage("tokenize", "Train or load a tokenizer; pack documents into train/val token shards.")
-    p.add_argument("input", type=Path, metavar="DIR")
-    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("input", type=_location, metavar="DIR")
+    p.add_argument("-o", "--output", required=True, type=_location)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or HF folder to reuse")
     group.add_argument("--vocab-size", type=int, metavar="N", help="train a byte-level BPE of N tokens")
@@ -85,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("train", "Train a model on token shards (from scratch, or from a HF checkpoint); several named "
                        "shards are mixed by the config's mixture section.")
     p.add_argument("inputs", nargs="+", metavar="SHARDS_DIR | NAME=SHARDS_DIR")
-    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("-o", "--output", required=True, type=_location)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--preset", help="model size preset (tiny, small, 125m, 350m, 1b)")
     group.add_argument("--model", metavar="PATH", help="HF causal-LM folder to continue pre-training from")
@@ -215,12 +220,12 @@ def _flag_overrides(args) -> list[str]:
 def _train_inputs(specs: list[str]) -> Path | dict[str, Path]:
     """One SHARDS_DIR, or NAME=SHARDS_DIR pairs (a mixture)."""
     if len(specs) == 1 and "=" not in specs[0]:
-        return Path(specs[0])
+        return _location(specs[0])
     named = [spec.partition("=") for spec in specs]
     unnamed = [spec for spec, (name, sep, _) in zip(specs, named) if not sep or not name]
     if unnamed:
         raise ValueError(f"{', '.join(unnamed)}: several shards are a mixture; name each one NAME=SHARDS_DIR")
-    datasets = {name: Path(path) for name, _, path in named}
+    datasets = {name: _location(path) for name, _, path in named}
     if len(datasets) != len(specs):
         raise ValueError("a dataset name is given twice")
     return datasets
@@ -229,8 +234,10 @@ def _train_inputs(specs: list[str]) -> Path | dict[str, Path]:
 def _load(args) -> PipelineConfig:
     path = resolve_config_path(args.config_file) if args.command in ("run", "estimate") else args.config
     named = _train_inputs(args.inputs) if args.command == "train" else None
-    return load_config(path, [*_flag_overrides(args), *args.overrides],
-                       dataset_names=list(named) if isinstance(named, dict) else [])
+    cfg = load_config(path, [*_flag_overrides(args), *args.overrides],
+                      dataset_names=list(named) if isinstance(named, dict) else [])
+    storage.configure(cfg.storage.options())  # credentials and endpoints: fsspec's config, written nowhere
+    return cfg
 
 
 def _dispatch(args) -> None:
@@ -261,23 +268,27 @@ def _dispatch(args) -> None:
     if c == "ingest":
         run_stage(c, cfg.ingest, ingest.input_keys(cfg.ingest), args.output, lambda out: ingest.run(cfg.ingest, out), args.force)
     elif c == "filter":
-        run_stage(c, cfg.filter, [args.input], args.output, lambda out: filters.run(cfg.filter, args.input, out), args.force)
+        run_stage(c, cfg.filter, [args.input], args.output,
+                  lambda out: filters.run(cfg.filter, storage.local_stage(args.input), out), args.force)
     elif c == "dedup":
-        run_stage(c, cfg.dedup, [args.input], args.output, lambda out: dedup.run(cfg.dedup, args.input, out), args.force)
+        run_stage(c, cfg.dedup, [args.input], args.output,
+                  lambda out: dedup.run(cfg.dedup, storage.local_stage(args.input), out), args.force)
     elif c == "tokenize":
         run_stage(c, cfg.tokenize, [args.input], args.output,
-                  lambda out: tokenize.run(cfg.tokenize, args.input, out), args.force)
+                  lambda out: tokenize.run(cfg.tokenize, storage.local_stage(args.input), out), args.force)
     elif c == "tokenizer":
         run_stage("tokenizer extend", cfg.tokenize, [*args.corpus, args.base], args.output,
                   lambda out: tokenize.make_tokenizer(cfg.tokenize, args.corpus, out.parent, out.name), args.force)
         print(f"extended tokenizer: {args.output}  (tokenmill tokenize DOCS -o SHARDS --tokenizer {args.output})")
     elif c == "train":
-        shards = _train_inputs(args.inputs)
+        remote = _train_inputs(args.inputs)  # storage URLs are copied to the local cache once, checked
+        shards = {name: storage.local_stage(p) for name, p in remote.items()} if isinstance(remote, dict) \
+            else storage.local_stage(remote)
         if isinstance(shards, dict):
             sections, inputs = {"model": cfg.model, "train": cfg.train, "mixture": cfg.mixture}, list(shards.values())
         else:
             sections, inputs = {"model": cfg.model, "train": cfg.train}, [shards]
-        if args.no_resume and args.output.is_dir() and any(args.output.iterdir()) and not args.force:
+        if args.no_resume and Path(args.output).is_dir() and any(Path(args.output).iterdir()) and not args.force:
             raise ValueError(f"{args.output} already holds a run; --no-resume starts only in an empty folder: "
                              "choose another -o, or add --force to delete it and start over")
         if args.resume_from and args.force:

@@ -22,6 +22,7 @@ from tokenmill.recipes import RecipeConfig, expand
 from tokenmill.schema import StrictModel
 from tokenmill.export.gguf_writer import K_QUANTS
 from tokenmill.serve import ServeConfig
+from tokenmill.storage import StorageConfig
 from tokenmill.tokenize import TokenizeConfig
 from tokenmill.train.config import TrainConfig
 from tokenmill.train.mixture import MixtureConfig
@@ -56,6 +57,8 @@ class PipelineConfig(StrictModel):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig, exclude=True,  # it may hold credentials
+                                   description="fsspec options per protocol (s3, gcs, az, ...) for storage URLs")
 
 
 SECTIONS: dict[str, type] = {name: f.annotation for name, f in PipelineConfig.model_fields.items()}

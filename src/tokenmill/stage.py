@@ -17,27 +17,22 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from tokenmill import __version__
+from tokenmill import __version__, storage
 from tokenmill.atomic import atomic_write_json, atomic_write_text, staging_dir
+from tokenmill.storage import file_digest
 
 MANIFEST = "manifest.json"
 # What a stage function does: read inputs, write into the given folder, return counts for the manifest.
 StageFn = Callable[[Path], dict]
 
 
-def read_manifest(out_dir: Path) -> dict | None:
+def read_manifest(out_dir: Path | str) -> dict | None:
+    if storage.is_remote(out_dir):
+        return storage.read_manifest(str(out_dir))
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         return None
     return json.loads(path.read_text())
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def input_key(path: Path | str) -> str:
@@ -45,6 +40,8 @@ def input_key(path: Path | str) -> str:
     source (hf://...) is keyed by its spec."""
     if str(path).startswith("hf://"):
         return hashlib.sha256(str(path).encode()).hexdigest()
+    if storage.is_remote(path):
+        return storage.input_key(str(path))
     path = Path(path)
     manifest = read_manifest(path) if path.is_dir() else None
     if manifest:
@@ -85,7 +82,6 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
     Under torchrun only rank 0 manages the folder and manifest; the other ranks run `fn`, which meets rank 0
     at the process-group rendezvous, after the folder is ready.
     """
-    out_dir = Path(out_dir)
     main_process = os.environ.get("RANK", "0") == "0"
     if not main_process:
         log = lambda message: None  # noqa: E731
@@ -95,6 +91,9 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
     if manifest and manifest["key"] == key and not force:
         log(f"[{name}] up to date ({out_dir})")
         return manifest
+    if storage.is_remote(out_dir):
+        return _run_for_remote(name, cfg, key, keys, str(out_dir), fn, force, resumable, log)
+    out_dir = Path(out_dir)
     started = time.time()
     log(f"[{name}] running → {out_dir}")
     if resumable:
@@ -110,6 +109,24 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
             manifest = _manifest(name, key, cfg, keys, counts, started)
             atomic_write_json(staging / MANIFEST, manifest)
     log(f"[{name}] done in {manifest['duration_s']:.1f}s: {_summary(counts)}")
+    return manifest
+
+
+def _run_for_remote(name, cfg, key, keys, url, fn, force, resumable, log) -> dict:
+    """Build the output in the local cache (where a run interrupted with this key resumes), then publish it."""
+    if resumable:
+        raise ValueError(f"-o {url}: the {name} stage writes checkpoints in place as it runs, which object storage "
+                         "cannot hold atomically; write them to a local or shared folder (its inputs may be remote)")
+    started, local = time.time(), storage.staged_output(key)
+    log(f"[{name}] running → {url} (built in {local})")
+    cached = read_manifest(local)  # built here before, then its upload was stopped
+    counts = cached["counts"] if cached and cached["key"] == key and not force else None
+    if counts is None:
+        with staging_dir(local, key=None if force else key) as staging:
+            counts = fn(staging)
+            atomic_write_json(staging / MANIFEST, _manifest(name, key, cfg, keys, counts, started))
+    manifest = storage.publish(local, url)
+    log(f"[{name}] done in {time.time() - started:.1f}s: {_summary(counts)}")
     return manifest
 
 

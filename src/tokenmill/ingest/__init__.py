@@ -25,12 +25,12 @@ from pydantic import Field
 
 from datatrove.pipeline.base import PipelineStep
 
-from tokenmill import engine
+from tokenmill import engine, storage
 from tokenmill.documents import Document, write_documents
 from tokenmill.ingest.hf_datasets import is_dataset_spec, parse, read_dataset
 from tokenmill.ingest.readers import DECOMPRESSORS, READERS, ReadStats, _record, read_file, reader_for
 from tokenmill.ingest.scrape import ScrapeConfig
-from tokenmill.ingest.sources import resolve_inputs
+from tokenmill.ingest.sources import Source, name_of, resolve_inputs, size_of
 from tokenmill.schema import StrictModel
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class IngestConfig(StrictModel):
     executor: engine.ExecutorConfig = Field(default_factory=engine.ExecutorConfig)
 
 
-def input_files(cfg: IngestConfig) -> list[tuple[Path, str]]:
+def input_files(cfg: IngestConfig) -> list[tuple[Source, str]]:
     """(file, stable id prefix) for every readable input file, in a deterministic order."""
     if not cfg.paths:
         raise ValueError("ingest.paths is empty: give files, folders, globs or hf:// datasets to read")
@@ -79,26 +79,31 @@ def iter_documents(cfg: IngestConfig, stats: ReadStats | None = None) -> Iterato
         yield from read_unit(unit, cfg, stats)
 
 
-Unit = list[tuple[Path, str]] | str  # files (path, id), or a dataset spec
+Unit = list[tuple[Source, str]] | str  # files (path or URL, id), or a dataset spec
 
 
 def read_unit(unit: Unit, cfg: IngestConfig, stats: ReadStats) -> Iterator[Document]:
     if isinstance(unit, str):
         yield from read_dataset(unit, cfg, stats, _record)
         return
-    for path, doc_id in unit:
-        yield from read_file(path, doc_id, cfg, stats)
+    for source, doc_id in unit:
+        if isinstance(source, str):  # a storage URL: read through the local cache, named by its URL
+            for doc in read_file(storage.local_file(source), doc_id, cfg, stats):
+                doc.source = source
+                yield doc
+        else:
+            yield from read_file(source, doc_id, cfg, stats)
 
 
 def work_units(cfg: IngestConfig) -> list[Unit]:
     """The input cut into units of work, from the sorted file list alone (not from the machine)."""
     units: list[Unit] = []
     files = input_files(cfg)
-    lists = [f for f in files if f[0].name.endswith(".urls")]
+    lists = [f for f in files if name_of(f[0]).endswith(".urls")]
     current, size = [], 0
-    for path, doc_id in (f for f in files if not f[0].name.endswith(".urls")):
+    for path, doc_id in (f for f in files if not name_of(f[0]).endswith(".urls")):
         current.append((path, doc_id))
-        size += path.stat().st_size
+        size += size_of(path)
         if size >= cfg.bytes_per_unit:
             units.append(current)
             current, size = [], 0

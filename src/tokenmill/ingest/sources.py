@@ -1,4 +1,4 @@
-"""Turning the user's path specs (files, folders, globs, pkg://) into a sorted list of files.
+"""Turning the user's path specs (files, folders, globs, pkg://, storage URLs) into a sorted list of files.
 
 Inside a folder or glob, hidden files and folders (`.git`, `.cache`, `.DS_Store`) and version-control
 folders are skipped; a file named explicitly is read whatever its name. A file reached by several specs
@@ -11,6 +11,10 @@ import glob
 import importlib.util
 from pathlib import Path
 from typing import Callable
+
+from tokenmill import storage
+
+Source = Path | str  # a local file, or a storage URL (s3://bucket/key): storage.local_file reads it
 
 VCS_FOLDERS = {"CVS", "_darcs", "RCS"}  # the others (.git, .hg, .svn, .bzr) are hidden anyway
 
@@ -46,11 +50,29 @@ def _expand(spec: str) -> tuple[Path, list[Path]]:
     return base, [p for p in matches if not _hidden(p, base)]
 
 
-def resolve_inputs(specs: list[str], readable: Callable[[str], bool], known: str) -> list[tuple[Path, str]]:
+def name_of(source: Source) -> str:
+    return source.rsplit("/", 1)[-1] if isinstance(source, str) else source.name
+
+
+def size_of(source: Source) -> int:
+    return storage.version(source)["bytes"] if isinstance(source, str) else source.stat().st_size
+
+
+def _expand_remote(spec: str, files: dict, readable: Callable[[str], bool]) -> None:
+    base, urls = storage.expand(spec)
+    for url in urls:
+        if readable(name_of(url)) and not any(part.startswith(".") for part in url[len(base):].split("/")):
+            files.setdefault(url, url[len(base):].lstrip("/"))  # ids relative to the base, as for local files
+
+
+def resolve_inputs(specs: list[str], readable: Callable[[str], bool], known: str) -> list[tuple[Source, str]]:
     """(file, id) for every file the specs name that `readable` accepts by name, sorted by id; `known`
     describes the readable types for the error when there are none."""
-    files: dict[Path, str] = {}
+    files: dict[Source, str] = {}
     for spec in specs:
+        if storage.is_remote(spec):
+            _expand_remote(spec, files, readable)
+            continue
         base, matches = _expand(spec)
         for f in matches:
             if readable(f.name):
