@@ -62,6 +62,31 @@ def test_two_ranks_match_one_rank(tmp_path, corpus, shards, single, parallel):
             assert after[step] == pytest.approx(one[step], rel=1e-4), step
 
 
+def test_accelerate_launch_gives_the_losses_of_one_rank(tmp_path, corpus, shards, single):
+    """`accelerate launch --multi_gpu --num_processes 2` starts its processes through torchrun, on a CPU
+    machine too (gloo). Its `--cpu` flag starts a single process whatever --num_processes says; tokenmill
+    says so."""
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=STEPS, save_every=3, log_every=1, eval_every=3, micro_batch_size=2)
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision",
+                  "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1"]
+    train = ["-m", "tokenmill", "train", str(shards), "--config", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*accelerate, "--multi_gpu", "--num_processes", "2", *train, "-o", str(tmp_path / "acc")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 rank(s)" in proc.stdout
+    one, two = train_losses(single), train_losses(tmp_path / "acc")
+    assert sorted(two) == list(range(1, STEPS + 1))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4), step
+    proc = subprocess.run([*accelerate, "--cpu", "--num_processes", "2", *train, "-o", str(tmp_path / "acc-cpu"),
+                           "--set", "train.max_steps=3"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 rank(s)" in proc.stdout and "`accelerate launch --cpu` starts one process" in proc.stdout
+
+
 def test_fsdp_with_cpu_offload_matches_one_rank(tmp_path, corpus, shards, single):
     run = launch(tmp_path, corpus, shards, "offload", 2, micro_batch_size=2, parallel="fsdp", fsdp_cpu_offload=True)
     assert train_losses(run) == pytest.approx(train_losses(single), rel=1e-4)
@@ -95,17 +120,20 @@ def test_two_nodes_on_this_machine_match_one_rank(tmp_path, corpus, shards, sing
     assert sum("[train] done" in o for o in outputs) == 1  # only rank 0 manages the stage
 
 
-@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
-def test_ddp_resumes_on_another_number_of_ranks(tmp_path, corpus, shards, single, first, then):
-    """A DDP run checkpointed at step 3 with `first` ranks continues with `then` ranks (the same global
-    batch: micro_batch_size x ranks): the data position and the losses are the same."""
+@pytest.mark.parametrize("parallel, first, then", [("ddp", 2, 1), ("ddp", 1, 2), ("fsdp", 1, 2)])
+def test_a_run_resumes_on_another_number_of_ranks(tmp_path, corpus, shards, single, parallel, first, then):
+    """A run checkpointed at step 3 with `first` ranks continues with `then` ranks (the same global batch:
+    micro_batch_size x ranks): the data position and the losses are the same. FSDP's 2 → 1 is in
+    test_two_ranks_match_one_rank; its checkpoints are torch.distributed.checkpoint's, resharded on load."""
     micro = {1: 4, 2: 2}
-    run = launch(tmp_path, corpus, shards, "ddp_resume", first, micro_batch_size=micro[first], parallel="ddp")
+    run = launch(tmp_path, corpus, shards, "resume", first, micro_batch_size=micro[first], parallel=parallel)
+    if parallel == "fsdp":
+        assert (run / "step-00000003" / "dcp").is_dir()
     shutil.rmtree(run / "step-00000006")
     shutil.rmtree(run / "final")
     (run / "manifest.json").unlink()
     saved = (run / "step-00000003" / "state.json").stat().st_mtime_ns
-    assert launch(tmp_path, corpus, shards, "ddp_resume", then, micro_batch_size=micro[then], parallel="ddp") == run
+    assert launch(tmp_path, corpus, shards, "resume", then, micro_batch_size=micro[then], parallel=parallel) == run
     assert (run / "step-00000003" / "state.json").stat().st_mtime_ns == saved  # resumed from it, not re-run
     one, after = train_losses(single), train_losses(run)
     for step in range(1, STEPS + 1):

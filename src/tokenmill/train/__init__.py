@@ -247,7 +247,8 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
                        {"model": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json")})
 
     def save(loop_state: dict) -> None:
-        save_checkpoint(out_dir, model, optimizer, {**loop_state, "loader": sampler.state_dict()}, cfg.keep_last, world)
+        save_checkpoint(out_dir, model, optimizer, {**loop_state, "loader": sampler.state_dict()}, cfg.keep_last, world,
+                        sharded=cfg.parallel == "fsdp")
 
     loop = LoopSettings(max_steps=cfg.max_steps, grad_accum_steps=accum, grad_clip=cfg.grad_clip,
                         log_every=cfg.log_every, eval_every=cfg.eval_every, save_every=cfg.save_every,

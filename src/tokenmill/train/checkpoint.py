@@ -33,14 +33,17 @@ def resume_point(out_dir: Path, resume_from: Path | None = None) -> Path | None:
     return resume_from
 
 
-def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int, world: World = World()) -> Path:
+def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int, world: World = World(),
+                    sharded: bool = False) -> Path:
+    """`sharded` (train.parallel: fsdp) saves with torch.distributed.checkpoint even on one rank, so that the
+    run can resume on any number of ranks through its resharding."""
     final = step_dir(root, state["step"])
     tmp = final.with_name(f".{final.name}.partial")
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     world.barrier()
-    if is_fsdp(model):
+    if sharded or is_fsdp(model):
         _save_sharded(tmp, model, optimizer)
     elif world.is_main:
         save_model(unwrap(model), str(tmp / "model.safetensors"))  # handles tied embeddings

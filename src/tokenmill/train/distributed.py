@@ -47,8 +47,12 @@ class World:
 
 
 def init_world(device: torch.device) -> World:
-    """Join torchrun's process group if there is one (NCCL on GPU, gloo on CPU)."""
+    """Join torchrun's process group if there is one (NCCL on GPU, gloo on CPU). `accelerate launch
+    --multi_gpu` starts its processes through torchrun, so it lands here too, on a CPU machine as well."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if os.environ.get("ACCELERATE_USE_CPU") == "True":  # accelerate 1.x's --cpu: one process, whatever --num_processes
+            print("[train] note: `accelerate launch --cpu` starts one process; for N processes on CPUs use "
+                  "`accelerate launch --multi_gpu --num_processes N` (gloo) or torchrun")
         return World()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
