@@ -85,3 +85,33 @@ def test_a_training_job_requeued_by_scontrol_resumes_exactly(slurm, shards, corp
     losses = lambda rs: [(r["step"], r["train/loss"]) for r in rs if "train/loss" in r]  # noqa: E731
     assert [s for s, _ in losses(rows)] == [s for s, _ in losses(straight)]
     assert [v for _, v in losses(rows)] == pytest.approx([v for _, v in losses(straight)], rel=1e-6)
+
+
+def test_the_example_sbatch_runs_torchrun_on_the_cluster_with_the_losses_of_one_rank(slurm, shards, corpus, tmp_path):
+    """examples/slurm/train.sbatch as users submit it (on a CPU node: no GPUs, 2 processes, gloo)."""
+    from pathlib import Path
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=6, save_every=3, log_every=1, eval_every=3, loggers=["jsonl"])
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    one = subprocess.run([sys.executable, "-m", "tokenmill", "train", str(shards), "-o", str(tmp_path / "one"),
+                          "--config", str(config), "--set", "train.micro_batch_size=4"], capture_output=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    script = Path(__file__).parents[1] / "examples" / "slurm" / "train.sbatch"
+    job = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
+                          f"--output={tmp_path / 'job-%j.out'}",
+                          f"--export=ALL,NPROC_PER_NODE=2,OMP_NUM_THREADS=1,PYTHON={sys.executable}",
+                          str(script), str(shards), str(tmp_path / "on_slurm"), str(config),
+                          "--set", "train.micro_batch_size=2"], capture_output=True, text=True, env=slurm.env)
+    assert job.returncode == 0, job.stderr
+    slurm.wait([job.stdout.strip()], timeout=300)
+    log = (tmp_path / f"job-{job.stdout.strip()}.out").read_text()
+    assert "2 rank(s)" in log, log[-3000:]
+
+    def losses(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
+    expected, got = losses(tmp_path / "one"), losses(tmp_path / "on_slurm")
+    assert sorted(got) == list(range(1, 7))
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert (tmp_path / "on_slurm" / "final" / "model.safetensors").is_file()
