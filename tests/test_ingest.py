@@ -294,3 +294,17 @@ def test_ingest_runs_in_units_on_the_executor_and_its_shards_do_not_depend_on_ta
     assert outputs[0] == outputs[1] == outputs[2]
     ids = [doc_id for _, docs in outputs[0] for doc_id, _ in docs]
     assert ids == sorted(ids, key=lambda i: i.split(":")[0])  # the files' sorted order, across shards
+
+
+def test_a_medium_input_is_cut_into_min_units_units_with_the_same_documents(tmp_path, capfd):
+    """800 KB in 20 files once made one 32 MB unit, one task on any machine; now at least min_units units of
+    64 KB or more, so it uses the cores, and the documents are the same. A bar shows the tasks."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"page{i:02d}.txt").write_text(f"page {i} " + "lorem ipsum dolor " * 2200)  # ~40 KB each
+    one, docs_one = ingest([src], tmp_path, min_units=1)
+    many, docs_many = ingest([src], tmp_path)
+    assert one["units"] == 1 and many["units"] == 10  # 800 KB / 64 units is under 64 KB: units of 2 files
+    assert list(docs_one.items()) == list(docs_many.items()) and len(docs_many) == 20
+    assert "tasks" in capfd.readouterr().err

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -189,7 +190,8 @@ def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None
     executor = build_executor(cfg, pipeline, logging_dir)
     if cfg.kind != "slurm":
         try:
-            executor.run()
+            with TaskProgress(logging_dir, cfg.tasks):
+                executor.run()
         finally:
             if cfg.kind == "ray":
                 _shutdown_ray()
@@ -241,6 +243,70 @@ def _failed_logs(logging_dir: Path, job_id: str, failed: list[int]) -> str:
                      for rank in failed if rank in ranks)
 
 
+def _quiet_dedup_bars() -> None:
+    """datatrove's dedup blocks draw a bar per task while reading their duplicate lists; our TaskProgress bar
+    stands for the whole stage."""
+    import functools
+
+    import datatrove.pipeline.dedup.exact_dedup as exact
+    import datatrove.pipeline.dedup.minhash as minhash
+    import datatrove.pipeline.dedup.sentence_dedup as sentence
+    from tqdm import tqdm
+    for module in (exact, minhash, sentence):
+        module.tqdm = functools.partial(tqdm, disable=True)
+
+
+class TaskProgress:
+    """A bar of a running pipeline's finished tasks with documents/s and an ETA, read from datatrove's
+    completion markers and per-task stats (logs/completions/, logs/stats/), so it works for any executor
+    that writes them, without touching the tasks."""
+
+    def __init__(self, logging_dir: Path, tasks: int, interval_s: float = 0.5):
+        self.folder, self.tasks, self.interval_s = Path(logging_dir), tasks, interval_s
+        self._stop = None
+
+    def __enter__(self) -> "TaskProgress":
+        import threading
+
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.tasks, unit="task", desc="  tasks", leave=False, dynamic_ncols=True,
+                        mininterval=1.0, initial=self._finished())
+        self._stop, self._docs_before = threading.Event(), self._documents()  # tasks of an earlier, stopped run
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _finished(self) -> int:
+        folder = self.folder / "completions"
+        return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
+
+    def _documents(self) -> int:
+        docs = 0
+        for path in (self.folder / "stats").glob("*.json"):
+            try:
+                first = json.loads(path.read_text())[0]["stats"]  # the reader's step: documents read
+            except (ValueError, IndexError, KeyError, OSError):
+                continue  # being written
+            docs += sum(total(first, key) for key in ("documents", "docs_out") if key in first)
+        return docs
+
+    def _watch(self) -> None:
+        start = time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            self._update(start)
+
+    def _update(self, start: float) -> None:
+        finished = self._finished()
+        self.bar.update(finished - self.bar.n)
+        elapsed = max(time.monotonic() - start, 1e-9)
+        self.bar.set_postfix_str(f"{(self._documents() - self._docs_before) / elapsed:,.0f} docs/s", refresh=False)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.bar.close()
+
+
 def datatrove_logs_to_files() -> None:
     """datatrove logs every task's progress and per-block stats to stderr: hundreds of lines a run (713 for
     two small datasets). They stay in the stage's logs/ folder (logs/task_NNNNN.log, stats.json); the terminal
@@ -258,6 +324,7 @@ def datatrove_logs_to_files() -> None:
     errors_only()
     if getattr(executor_base.add_task_logger, "errors_only", False):
         return
+    _quiet_dedup_bars()
     original = executor_base.add_task_logger
 
     def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):

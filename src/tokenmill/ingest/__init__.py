@@ -8,8 +8,9 @@ datasets (hf_datasets.py). Hidden and version-control folders are skipped. Bad r
 (file, line or row); --strict stops.
 
 Reading runs on the datatrove executors: the input files, in their sorted order, are cut into units of about
-`bytes_per_unit` on disk (each dataset spec, and all `.urls` lists together, are one unit: politeness to a
-host is kept in one process), one task per unit, writing `docs-UUUUU-NNNNN.jsonl.gz`. The units depend on the
+`bytes_per_unit` on disk, smaller when the input is too small to make `min_units` units of that size (each
+dataset spec, and all `.urls` lists together, are one unit: politeness to a host is kept in one process), one
+task per unit, writing `docs-UUUUU-NNNNN.jsonl.gz`. The units depend on the
 files alone, so the shards, and the order of the documents, do not depend on the task or worker count.
 
     tokenmill ingest corpus/ 'more/*.jsonl.gz' -o runs/x/00_raw
@@ -49,7 +50,11 @@ class IngestConfig(StrictModel):
         "trafilatura", description="main-text extraction of HTML, WARC and scraped pages: trafilatura (quality) "
                                    "or resiliparse (~30x faster; pip install resiliparse)")
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig, description="politeness of .urls fetching")
-    bytes_per_unit: int = Field(32_000_000, gt=0, description="input bytes (on disk) read by one task, about")
+    bytes_per_unit: int = Field(32_000_000, gt=0, description="input bytes (on disk) read by one task, at most about")
+    min_units: int = Field(64, gt=0, description="cut a small or medium input into at least this many units (one "
+                                                 "file at least each, 64 KB at least) so that HTML extraction uses "
+                                                 "every core; a fixed number, not the machine's, so the output is "
+                                                 "the same everywhere")
     executor: engine.ExecutorConfig = Field(default_factory=engine.ExecutorConfig)
 
 
@@ -79,6 +84,7 @@ def iter_documents(cfg: IngestConfig, stats: ReadStats | None = None) -> Iterato
         yield from read_unit(unit, cfg, stats)
 
 
+MIN_UNIT_BYTES = 64_000  # below this a task's start-up costs more than its work
 Unit = list[tuple[Source, str]] | str  # files (path or URL, id), or a dataset spec
 
 
@@ -100,11 +106,13 @@ def work_units(cfg: IngestConfig) -> list[Unit]:
     units: list[Unit] = []
     files = input_files(cfg)
     lists = [f for f in files if name_of(f[0]).endswith(".urls")]
+    read = [(path, doc_id, size_of(path)) for path, doc_id in files if not name_of(path).endswith(".urls")]
+    unit_bytes = min(cfg.bytes_per_unit, max(sum(size for *_, size in read) // cfg.min_units, MIN_UNIT_BYTES))
     current, size = [], 0
-    for path, doc_id in (f for f in files if not name_of(f[0]).endswith(".urls")):
+    for path, doc_id, file_size in read:
         current.append((path, doc_id))
-        size += size_of(path)
-        if size >= cfg.bytes_per_unit:
+        size += file_size
+        if size >= unit_bytes:
             units.append(current)
             current, size = [], 0
     units += [u for u in (current, lists) if u]
