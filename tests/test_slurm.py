@@ -42,7 +42,7 @@ def test_filter_on_slurm_equals_local_and_only_a_failed_task_is_redone(slurm, co
 
     good = shards[1].read_bytes()
     shards[1].write_bytes(good[:40])  # one task's input is cut short: that task fails, the others finish
-    argv = ["filter", str(raw), "-o", str(tmp_path / "on_slurm"), "--executor", "slurm"]
+    argv = ["filter", str(raw), "-o", str(tmp_path / "on_slurm"), "--executor", "slurm", "--no-wait"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "pending: submitted Slurm job" in out and "#SBATCH --partition" not in \
@@ -115,3 +115,27 @@ def test_the_example_sbatch_runs_torchrun_on_the_cluster_with_the_losses_of_one_
     assert sorted(got) == list(range(1, 7))
     assert got == pytest.approx(expected, rel=1e-4)
     assert (tmp_path / "on_slurm" / "final" / "model.safetensors").is_file()
+
+
+def test_tokenmill_run_with_every_data_stage_on_slurm_finishes_in_one_command(slurm, corpus, tmp_path, capsys):
+    """Each data stage's job arrays (MinHash's four included) are submitted and waited for with a bar, one
+    after the other: no re-run per stage. The shards equal a local run's."""
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=4, eval_every=4, save_every=4)
+    raw["ingest"]["chars_per_shard"] = 10000
+    local = tmp_path / "local.yaml"
+    local.write_text(yaml.safe_dump(raw))
+    on_slurm = {"kind": "slurm", "slurm": {"poll_s": 0.5}}
+    for section in ("ingest", "filter", "dedup", "tokenize"):
+        raw.setdefault(section, {})["executor"] = on_slurm
+    config = tmp_path / "slurm.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(local), "-o", str(tmp_path / "run-local")]) == 0
+    assert main(["run", str(config), "-o", str(tmp_path / "run-slurm")]) == 0
+    out = capsys.readouterr().out
+    assert "pending" not in out and out.count("[slurm] job ") >= 7  # ingest, filter, 4 MinHash, tokenize
+    for split in ("train", "val"):
+        got = sorted((tmp_path / "run-slurm" / "30_shards" / split).glob("tokens*.bin"))
+        want = sorted((tmp_path / "run-local" / "30_shards" / split).glob("tokens*.bin"))
+        assert [p.read_bytes() for p in got] == [p.read_bytes() for p in want] and got
+    assert (tmp_path / "run-slurm" / "60_export" / "config.json").is_file()

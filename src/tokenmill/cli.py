@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("input", type=_location, metavar="DIR")
         p.add_argument("-o", "--output", required=True, type=_location)
         p.add_argument("--executor", choices=["local", "slurm", "ray"], help="datatrove executor (default: local)")
+        p.add_argument("--no-wait", action="store_true",
+                       help="slurm: submit and return; the same command collects the stage later")
         p.add_argument("--tasks", type=int, help="units of work the input is split into (default: one per shard)")
     p = stage("tokenize", "Train or load a tokenizer; pack documents into train/val token shards.")
     p.add_argument("input", type=_location, metavar="DIR")
@@ -200,6 +202,8 @@ def _flag_overrides(args) -> list[str]:
         if getattr(args, flag, None) is not None:
             key = "kind" if flag == "executor" else flag
             sets.append(f"{args.command}.executor.{key}={json.dumps(getattr(args, flag))}")
+    if getattr(args, "no_wait", False):
+        sets.append(f"{args.command}.executor.slurm.wait=false")
     if args.command == "generate":
         sets.append(f"generate.prompt={json.dumps(args.prompt)}")
     if args.command == "export":

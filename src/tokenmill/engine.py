@@ -39,6 +39,9 @@ class SlurmConfig(StrictModel):
     mem_per_cpu_gb: float = Field(2, gt=0)
     job_name: str = "tokenmill"
     sbatch_args: dict[str, str] = Field(default_factory=dict, description="extra #SBATCH options")
+    wait: bool = Field(True, description="wait for the jobs with a progress bar, then go on (tokenmill run: to the "
+                                         "next stage); false: submit, return, and collect on the next run")
+    poll_s: float = Field(5.0, gt=0, description="how often squeue is asked while waiting, seconds")
 
 
 class ExecutorConfig(StrictModel):
@@ -183,7 +186,8 @@ def total(stats: dict, key: str) -> int:
 
 
 def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None:
-    """Run to completion (local, Ray), or submit and raise StagePending (Slurm: run again to collect)."""
+    """Run to completion: local and Ray in this process; Slurm as a job array, waited for (or, with
+    slurm.wait false, submitted with StagePending raised: run again to collect)."""
     from tokenmill.stage import StagePending
     sigterm = signal.getsignal(signal.SIGTERM)
     datatrove_logs_to_files()
@@ -210,19 +214,39 @@ def run_pipeline(cfg: ExecutorConfig, pipeline: list, logging_dir: Path) -> None
         script.write_text(slurm_script(cfg, pipeline, logging_dir))
         raise FileNotFoundError(f"the slurm executor submits with sbatch, which is not on PATH here; run the same "
                                 f"command on a Slurm login node (the job script it would submit: {script})")
-    previous = _previous_job(Path(logging_dir))
-    if previous and _queued(previous):
+    logging_dir = Path(logging_dir)
+    previous = _previous_job(logging_dir)
+    if previous and _queued(previous) and not cfg.slurm.wait:
         raise StagePending(f"Slurm job {previous} is still queued or running; run the same command again when it "
                            f"has finished (squeue -j {previous})")
-    if previous:  # it ended, and some tasks have no completion marker: they failed
-        failed = executor.get_incomplete_ranks()
-        print(f"[slurm] {len(failed)} task(s) of job {previous} failed: {_failed_logs(Path(logging_dir), previous, failed)};"
-              " resubmitting only those")
-    executor.run()  # writes logs/launch_script.slurm and calls sbatch (for the incomplete ranks only)
-    (Path(logging_dir) / "tokenmill_slurm_job").write_text(str(executor.job_id))
-    raise StagePending(f"submitted Slurm job {executor.job_id} ({len(executor.get_incomplete_ranks())} task(s)); "
-                       f"script: {Path(logging_dir) / 'launch_script.slurm'}. Run the same command again when it "
-                       "has finished to collect the stage.")
+    if not (previous and _queued(previous)):
+        if previous:  # it ended, and some tasks have no completion marker: they failed
+            failed = executor.get_incomplete_ranks()
+            print(f"[slurm] {len(failed)} task(s) of job {previous} failed: {_failed_logs(logging_dir, previous, failed)};"
+                  " resubmitting only those")
+        executor.run()  # writes logs/launch_script.slurm and calls sbatch (for the incomplete ranks only)
+        previous = str(executor.job_id)
+        (logging_dir / "tokenmill_slurm_job").write_text(previous)
+        if not cfg.slurm.wait:
+            raise StagePending(f"submitted Slurm job {previous} ({len(executor.get_incomplete_ranks())} task(s)); "
+                               f"script: {logging_dir / 'launch_script.slurm'}. Run the same command again when it "
+                               "has finished to collect the stage.")
+    _wait(previous, logging_dir, cfg)
+    failed = executor.get_incomplete_ranks()
+    if failed:
+        raise RuntimeError(f"{len(failed)} task(s) of Slurm job {previous} failed: "
+                           f"{_failed_logs(logging_dir, previous, failed)}. Run the same command again to resubmit "
+                           "only those")
+    _merge_stats(logging_dir, cfg.tasks)
+
+
+def _wait(job_id: str, logging_dir: Path, cfg: ExecutorConfig) -> None:
+    """Until the job has left the queue, with the bar of its finished tasks."""
+    print(f"[slurm] job {job_id}: {cfg.tasks} task(s), waiting (squeue -j {job_id}; logs: "
+          f"{logging_dir / 'slurm_logs'})")
+    with TaskProgress(logging_dir, cfg.tasks):
+        while _queued(job_id):
+            time.sleep(cfg.slurm.poll_s)
 
 
 def _previous_job(logging_dir: Path) -> str | None:
