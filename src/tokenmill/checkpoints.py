@@ -2,7 +2,9 @@
 
     40_checkpoints/step-00000200/
         model.safetensors   weights (no pickle), or dcp/ for FSDP: sharded torch.distributed.checkpoint
-                            files (model and optimizer) that load on any number of ranks
+                            files (model and optimizer) that load on any number of ranks. With a 4-bit base
+                            (QLoRA) only the weights that train, marked in its metadata, and
+                            quantized_base.json names the base they go on
         optimizer.pt        optimizer state (tensors and numbers; loaded with weights_only=True); not with dcp/
         config.json         the model's HF config (+ adapter_config.json for LoRA), so a checkpoint exports alone
         rng-R.pt            torch RNG states of rank R
@@ -26,6 +28,36 @@ log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 FINAL = "final"
+
+
+TRAINABLE_ONLY = "tokenmill.trainable_only"  # safetensors metadata: the file holds only what trains
+QUANTIZED_BASE = "quantized_base.json"
+
+
+def save_weights(model, path: Path, trainable_only: bool = False) -> None:
+    from safetensors.torch import save_file, save_model
+    if not trainable_only:
+        save_model(model, str(path))  # handles tied embeddings
+        return
+    tensors = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, str(path), metadata={"format": "pt", TRAINABLE_ONLY: "1"})
+
+
+def load_weights(model, path: Path) -> None:
+    """Into `model` in place: every weight, or (a trainable-only file) every weight that trains, all of them."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, load_model
+    with safe_open(str(path), "pt") as f:
+        trainable_only = (f.metadata() or {}).get(TRAINABLE_ONLY) == "1"
+    if not trainable_only:
+        load_model(model, str(path))
+        return
+    tensors = load_file(str(path))
+    result = model.load_state_dict(tensors, strict=False)
+    wanted = {name for name, p in model.named_parameters() if p.requires_grad}
+    if result.unexpected_keys or wanted - set(tensors):
+        raise ValueError(f"{path}: its weights do not fit this model (unexpected: {result.unexpected_keys[:3]}, "
+                         f"missing: {sorted(wanted - set(tensors))[:3]}); was it saved with another model.lora?")
 
 
 def step_dir(root: Path, step: int) -> Path:

@@ -191,6 +191,12 @@ def _cross_checks(s: dict) -> list[str]:
         if needs & set(missing):
             problems.append(f"export.gguf_outtypes: {', '.join(export.gguf_outtypes)} need "
                             f"{' and '.join(sorted(needs & set(missing)))}, not installed: pip install 'tokenmill[gguf]'")
+    if model and model.quantize:
+        import importlib.util
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append("model.quantize: needs bitsandbytes, not installed: pip install 'tokenmill[qlora]'")
+        if train and train.parallel == "fsdp":
+            problems.append("model.quantize: a 4-bit base does not shard with train.parallel: fsdp here; use ddp")
     if train and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
     return problems

@@ -80,6 +80,12 @@ def matmul_parameters(model, lora, train_embeddings: bool) -> tuple[int, int]:
     return lora_parameters(model, lora) + head, trainable + frozen - head
 
 
+def quantized_parameters(model) -> int:
+    """The weights a 4-bit load quantizes: every linear layer's but the LM head's (transformers keeps it)."""
+    head = model.get_output_embeddings()
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+
+
 def lora_parameters(model, lora) -> int:
     return sum(lora.r * (m.in_features + m.out_features) for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora.target_modules)
@@ -122,7 +128,9 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
                       parallel="fsdp" if t.parallel == "fsdp" else ("ddp" if world > 1 else "none"),
                       bf16=bf16, activation_checkpointing=t.activation_checkpointing,
                       loss_chunk_tokens=t.loss_chunk_tokens, cpu_offload=t.fsdp_cpu_offload, on_gpu=on_gpu,
-                      loaded_checkpoint=bool(cfg.model.init_from))
+                      loaded_checkpoint=bool(cfg.model.init_from),
+                      quantized_params=quantized_parameters(model) if cfg.model.quantize else 0,
+                      quantized_bytes_per_param=cfg.model.quantize.bytes_per_param() if cfg.model.quantize else 0.5)
     memory = memory_breakdown(plan)
     total_time = step_time * t.max_steps
     cost = total_time / 3600 * devices.count * price_per_gpu_hour if price_per_gpu_hour else None

@@ -1,6 +1,7 @@
 """Peak memory per device of a training step, as a sum of named parts (GiB).
 
-  weights      fp32 master weights (4 bytes/param); + a bf16 copy under autocast on GPU (its weight cache)
+  weights      fp32 master weights (4 bytes/param); + a bf16 copy under autocast on GPU (its weight cache);
+               QLoRA: the base's linear layers in 4 bits (+ one absmax per 64 weights)
   gradients    fp32, trainable parameters only (LoRA: the adapters); + DDP's bucket copy of them
   optimizer    AdamW's two fp32 moments (8 bytes/trainable param), allocated at the first step
   activations  what backward needs, per token and layer (LLaMA layout, SDPA/flash attention: no seq² term):
@@ -41,6 +42,8 @@ class MemoryPlan:
     cpu_offload: bool
     on_gpu: bool
     loaded_checkpoint: bool = False  # continued pre-training: the base's weights were read from disk
+    quantized_params: int = 0        # QLoRA: base weights held in 4 bits (the decoder's linear layers)
+    quantized_bytes_per_param: float = 0.5
 
 
 def memory_breakdown(p: MemoryPlan) -> dict[str, float]:
@@ -50,7 +53,8 @@ def memory_breakdown(p: MemoryPlan) -> dict[str, float]:
     kv_width = hidden * getattr(c, "num_key_value_heads", c.num_attention_heads) // c.num_attention_heads
     act_bytes = 2 if p.bf16 else 4
     tokens = p.micro_batch_size * p.seq_len
-    parts = {"weights": 4 * p.params + (2 * p.params if p.bf16 else 0),
+    full = p.params - p.quantized_params  # fp32 master weights (+ a bf16 copy under autocast)
+    parts = {"weights": 4 * full + (2 * full if p.bf16 else 0) + p.quantized_bytes_per_param * p.quantized_params,
              "gradients": 4 * p.trainable * (2 if p.parallel == "ddp" else 1),
              "optimizer": 8 * p.trainable}
     if p.parallel == "fsdp":
@@ -66,7 +70,7 @@ def memory_breakdown(p: MemoryPlan) -> dict[str, float]:
     chunk = min(p.loss_chunk_tokens or tokens, tokens)
     parts["loss"] = chunk * vocab * 4 * (2 if p.loss_chunk_tokens else 3)
     parts["runtime"] = CUDA_CONTEXT_GIB * GIB if p.on_gpu else process_rss_bytes()
-    if p.loaded_checkpoint and not p.on_gpu:
+    if p.loaded_checkpoint and not p.on_gpu and not p.quantized_params:
         parts["checkpoint_file"] = 4 * p.params  # safetensors maps the file: its pages stay in the resident set
     return {name: size / GIB for name, size in parts.items()}
 

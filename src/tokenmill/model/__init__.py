@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 
 from tokenmill.model.embeddings import EmbeddingsConfig
 from tokenmill.model.lora import LoraConfig
+from tokenmill.model.quantize import QuantizeConfig
 from tokenmill.model.resolve import resolve_model_path
 from tokenmill.schema import StrictModel
 
@@ -38,6 +39,8 @@ class ModelConfig(StrictModel):
     config: str | None = Field(None, description="any transformers causal-LM config.json (or folder) to train from "
                                                  "scratch, instead of a preset; vocab_size is set from the tokenizer")
     lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of all weights")
+    quantize: QuantizeConfig | None = Field(None, description="load the base's linear layers in 4 bits (QLoRA; "
+                                                              "needs init_from and lora)")
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig,
                                          description="new rows of an extended vocabulary; which rows train, how fast")
     hidden_size: int | None = Field(None, gt=0)
@@ -59,6 +62,9 @@ class ModelConfig(StrictModel):
             object.__setattr__(self, "preset", None)  # not validate_assignment: this is the validator
         if self.init_from and self.config:
             raise ValueError("give one of preset, init_from or config, not several")
+        if self.quantize and not (self.init_from and self.lora):
+            raise ValueError("quantize (a 4-bit base) needs init_from (the base to load) and lora (the 4-bit "
+                             "weights cannot train; QLoRA trains adapters on them)")
         return self
 
     def embedding_lr_ratio(self) -> float | None:
@@ -77,7 +83,15 @@ class ModelConfig(StrictModel):
         return {**PRESETS[self.preset], **overrides}
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int) -> PreTrainedModel:
+def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int, device: torch.device | None = None) -> PreTrainedModel:
+    """The model to train; a 4-bit base (cfg.quantize) is loaded straight onto `device`."""
+    if cfg.init_from and cfg.quantize:
+        from tokenmill.model.quantize import bnb_config
+        device = device or torch.device("cpu")
+        placement = {"": device.index or 0} if device.type == "cuda" else "cpu"
+        return AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.init_from), dtype=torch.float32,
+                                                    quantization_config=bnb_config(cfg.quantize),
+                                                    device_map=placement, attn_implementation="sdpa")
     if cfg.init_from:
         return load_model(cfg.init_from)
     if cfg.config:

@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model as load_weights
+import json
+
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tokenmill.model.lora import merge
 from tokenmill.model.resolve import resolve_model_path
-from tokenmill.checkpoints import FINAL, is_checkpoint, latest_whole, require_whole
+from tokenmill.checkpoints import FINAL, QUANTIZED_BASE, is_checkpoint, latest_whole, load_weights, require_whole
 
 
 def resolve_source(path: Path | str) -> Path:
@@ -48,9 +49,13 @@ def load_source(spec: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     if (source / "dcp").is_dir():
         raise ValueError(f"{source}: a sharded FSDP checkpoint; use the run's final/ folder, or resume and "
                          "finish the run, which gathers the shards")
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), attn_implementation="sdpa")
+    if (source / QUANTIZED_BASE).is_file():  # QLoRA: the adapters go on the full-precision base, not the 4-bit one
+        base = json.loads((source / QUANTIZED_BASE).read_text())["init_from"]
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    else:
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), attn_implementation="sdpa")
     if (source / "adapter_config.json").is_file():  # a LoRA checkpoint: rebuild the adapters, then merge
         from peft import PeftConfig, get_peft_model
         model = get_peft_model(model, PeftConfig.from_pretrained(source))
-    load_weights(model, str(source / "model.safetensors"))
+    load_weights(model, source / "model.safetensors")
     return merge(model), tokenizer, source

@@ -21,7 +21,7 @@ from tokenmill.atomic import atomic_write_json
 from tokenmill.device import autocast_for, compute_dtype, pick_device
 from tokenmill.evaluation.sets import same_vocabulary, split_windows, token_split
 from tokenmill.losses import chunked_head, mean_loss, next_token_loss
-from tokenmill.model import ModelConfig, build_model, count_parameters, embeddings
+from tokenmill.model import ModelConfig, build_model, count_parameters, embeddings, quantize
 from tokenmill.model.lora import apply_lora, merge
 from tokenmill.model.resolve import resolve_model_path
 from tokenmill.tokenize.extend import read_extension
@@ -42,10 +42,11 @@ __all__ = ["RESUMABLE_CHANGES", "TrainConfig", "run"]
 log = logging.getLogger(__name__)
 
 
-def build(model_cfg: ModelConfig, cfg: TrainConfig, meta: dict, extension: dict | None = None) -> torch.nn.Module:
-    """The model as trained, before any parallel wrapper: base (grown for an extended vocabulary), then LoRA,
-    then activation checkpointing."""
-    model = build_model(model_cfg, meta["vocab_size"], meta["eos_id"])
+def build(model_cfg: ModelConfig, cfg: TrainConfig, meta: dict, extension: dict | None = None,
+          device: torch.device | None = None) -> torch.nn.Module:
+    """The model as trained, before any parallel wrapper, on `device`: base (4-bit for QLoRA; grown for an
+    extended vocabulary), then LoRA, then activation checkpointing."""
+    model = build_model(model_cfg, meta["vocab_size"], meta["eos_id"], device)
     if extension and model_cfg.init_from:
         embeddings.check_base(model, extension, model_cfg.init_from)
         embeddings.transfer(model, extension, model_cfg.embeddings.init, cfg.seed)
@@ -56,6 +57,8 @@ def build(model_cfg: ModelConfig, cfg: TrainConfig, meta: dict, extension: dict 
     if cfg.seq_len > model.config.max_position_embeddings:
         raise ValueError(f"train.seq_len {cfg.seq_len} exceeds the model's max_position_embeddings "
                          f"{model.config.max_position_embeddings}")
+    if model_cfg.quantize:
+        model = quantize.prepare_for_training(model, cfg.activation_checkpointing)
     if model_cfg.lora:
         model = apply_lora(model, model_cfg.lora, train_embeddings=model_cfg.embeddings.train != "none")
     elif model_cfg.embeddings.train == "none":
@@ -63,7 +66,7 @@ def build(model_cfg: ModelConfig, cfg: TrainConfig, meta: dict, extension: dict 
             weight.requires_grad_(False)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
+    return model if model_cfg.quantize else model.to(device or "cpu")  # a 4-bit base was loaded onto it
 
 
 def check_base_tokenizer(init_from: str, tokenizer, shards_dir: Path, extension: dict | None) -> None:
@@ -147,6 +150,12 @@ def save_final(model, rebuild, tokenizer, out_dir: Path, world: World, save_embe
         plain = rebuild() if world.is_main else None
         if plain is not None:
             plain.load_state_dict(full)
+    elif quantize.is_quantized(unwrap(model)):  # what trained, on the full-precision base
+        plain = rebuild() if world.is_main else None
+        if plain is not None:
+            trained = {name: p.detach().cpu() for name, p in unwrap(model).named_parameters() if p.requires_grad}
+            unexpected = plain.load_state_dict(trained, strict=False).unexpected_keys
+            assert not unexpected, f"internal: trained weights without a place in the base: {unexpected[:3]}"
     else:
         plain = unwrap(model)
     if world.is_main:
@@ -219,7 +228,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
         check_base_tokenizer(model_cfg.init_from, tokenizer, shards_dir, extension)
     accum = cfg.accum_steps(world.size)
     sampler = make_sampler(cfg, datasets, shards_dir, mixture, accum, world, meta["eos_id"], out_dir)  # before the model: a bad plan stops here
-    model = build(model_cfg, cfg, meta, extension).to(device)
+    model = build(model_cfg, cfg, meta, extension, device)
     n_params, flops = count_parameters(model), perf.flops_per_token(unwrap(model), cfg.seq_len)
     head = chunked_head(model) if cfg.loss_chunk_tokens else None
     rows = embeddings.RowGradients(model, model_cfg.embeddings, embeddings.new_token_ids(extension))
@@ -264,7 +273,8 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
                           on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device),
                                           **(sampler.metrics() if datasets else {})}, world=world,
                           guard=LossGuard(cfg.spike_factor), before_step=rows if rows.active else None, stop=stop)
-        save_final(model, lambda: build(model_cfg, cfg, meta, extension), tokenizer, out_dir, world,
+        full_precision = model_cfg.model_copy(update={"quantize": None})  # QLoRA merges into the unquantized base
+        save_final(model, lambda: build(full_precision, cfg, meta, extension), tokenizer, out_dir, world,
                    bool(model_cfg.lora and model_cfg.embeddings.train != "none"))
     finally:
         sinks.close()

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
-
-from tokenmill.checkpoints import checkpoint_dirs, latest_whole, require_whole, step_dir
+from tokenmill.checkpoints import (QUANTIZED_BASE, checkpoint_dirs, latest_whole, load_weights, require_whole,
+                                   save_weights, step_dir)
+from tokenmill.model.quantize import is_quantized
 from tokenmill.train.distributed import World, is_fsdp, unwrap
 
 
@@ -45,8 +45,8 @@ def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int, w
     world.barrier()
     if sharded or is_fsdp(model):
         _save_sharded(tmp, model, optimizer)
-    elif world.is_main:
-        save_model(unwrap(model), str(tmp / "model.safetensors"))  # handles tied embeddings
+    elif world.is_main:  # a 4-bit base is made again from the base model: only what trains is saved
+        save_weights(unwrap(model), tmp / "model.safetensors", trainable_only=is_quantized(unwrap(model)))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"cpu": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / f"rng-{world.rank}.pt")
@@ -68,7 +68,7 @@ def load_checkpoint(path: Path, model, optimizer, world: World = World()) -> dic
     if (path / "dcp").is_dir():
         _load_sharded(path, model, optimizer)
     else:
-        load_model(unwrap(model), str(path / "model.safetensors"))
+        load_weights(unwrap(model), path / "model.safetensors")
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     rng_file = path / f"rng-{world.rank}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved: those start from the seed
@@ -83,6 +83,11 @@ def _save_model_description(model, folder: Path) -> None:
     model.config.save_pretrained(folder)
     if hasattr(model, "peft_config"):
         model.peft_config["default"].save_pretrained(folder)
+    if is_quantized(model):  # the full-precision base the adapters go on when the checkpoint is exported
+        config = json.loads((folder / "config.json").read_text())
+        config.pop("quantization_config", None)
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        (folder / QUANTIZED_BASE).write_text(json.dumps({"init_from": model.peft_config["default"].base_model_name_or_path}))
 
 
 def _save_sharded(folder: Path, model, optimizer) -> None:
