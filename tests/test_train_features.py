@@ -11,7 +11,7 @@ from conftest import tiny_pipeline
 from tokenmill import export, train
 from tokenmill.config import ConfigError, validate
 from tokenmill.model.resolve import resolve_model_path
-from tokenmill.train.data import document_mask
+from tokenmill.train.data import document_positions
 from tokenmill.train.loop import LossGuard, TrainingDiverged
 
 
@@ -23,19 +23,34 @@ def tiny_llama(vocab=64):
     return LlamaForCausalLM(cfg).eval()
 
 
-def test_document_mask_makes_packed_documents_independent():
-    model, eos = tiny_llama(), 0
-    a, b = torch.tensor([5, 6, 7, eos]), torch.tensor([9, 10, 11, 12, 13])
-    packed = torch.cat([a, b])[None]
-    extra = document_mask(packed, eos)
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_document_positions_make_packed_documents_independent_without_a_mask(family):
+    """Position ids that restart per document, and no attention mask: a document's logits are those of the
+    document alone, and do not change when the document before it in the window changes."""
+    from transformers import AutoConfig
+    config = AutoConfig.for_model(family, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model, eos = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval(), 0
+    a, other_a, b = torch.tensor([5, 6, 7, eos]), torch.tensor([9, 3, 2, 8, 4, 1, eos]), torch.tensor([9, 10, 11, 12, 13])
+    packed, repacked = torch.cat([a, b])[None], torch.cat([other_a, b])[None]
+    extra = document_positions(packed, eos)
+    assert set(extra) == {"position_ids"}  # nothing [T, T] travels with the batch
     assert extra["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 4]]
     with torch.no_grad():
-        masked = model(input_ids=packed, **extra).logits[0]
+        masked = model(input_ids=packed, **extra, use_cache=False).logits[0]  # as the trainer calls it
+        remasked = model(input_ids=repacked, **document_positions(repacked, eos), use_cache=False).logits[0]
         alone_a, alone_b = model(input_ids=a[None]).logits[0], model(input_ids=b[None]).logits[0]
         unmasked = model(input_ids=packed).logits[0]
-    torch.testing.assert_close(masked[:4], alone_a)
+    torch.testing.assert_close(masked[:4], alone_a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(masked[4:], alone_b, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(unmasked[4:], alone_b, atol=1e-3)  # without the mask b sees a
+    torch.testing.assert_close(remasked[7:], masked[4:], rtol=1e-5, atol=1e-5)  # another document before b
+    assert not torch.allclose(unmasked[4:], alone_b, atol=1e-3)  # without the positions b sees a
+    from tokenmill.losses import next_token_loss
+    labels = torch.roll(packed, -1, dims=1)
+    with torch.no_grad():  # the trainer's own forward sees the documents apart too
+        loss = next_token_loss(model, {"input_ids": packed, "labels": labels, **extra})
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(masked, labels[0]))
 
 
 def base_model_dir(tmp_path, shards):

@@ -51,7 +51,9 @@ def next_token_loss(model, batch: dict[str, torch.Tensor], autocast=contextlib.n
     applied here, `chunk_tokens` at a time."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with autocast():
-        out = model(**inputs).logits
+        # No KV cache: training has no use for one, and with one transformers does not read packed documents'
+        # boundaries from the position ids (masking_utils: only when attention_mask and cache are None).
+        out = model(**inputs, use_cache=False).logits
     if head is None:
         return F.cross_entropy(out.float().flatten(0, 1), batch["labels"].flatten())
     return ChunkedLinearCrossEntropy.apply(out.flatten(0, 1), head.weight, batch["labels"].flatten(), chunk_tokens)

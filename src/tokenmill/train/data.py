@@ -56,7 +56,7 @@ class WindowSampler:
         windows = torch.from_numpy(np.stack([self.windows[int(i)] for i in picks]).astype(np.int64))
         batch = {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
         if self.mask_documents_at is not None:
-            batch.update(document_mask(batch["input_ids"], self.mask_documents_at))
+            batch.update(document_positions(batch["input_ids"], self.mask_documents_at))
         return batch
 
     def state_dict(self) -> dict:
@@ -69,15 +69,15 @@ class WindowSampler:
         self._order = self._permutation()
 
 
-def document_mask(input_ids: torch.Tensor, eos_id: int) -> dict[str, torch.Tensor]:
-    """A 4-D boolean attention mask that is causal within each packed document and blocks the others,
-    and position ids that restart at each document (so RoPE sees every document from position 0)."""
+def document_positions(input_ids: torch.Tensor, eos_id: int) -> dict[str, torch.Tensor]:
+    """Position ids that restart at each packed document (so RoPE sees every document from position 0),
+    and no attention mask: transformers reads the document boundaries from the position ids
+    (`find_packed_sequence_indices`) and keeps attention within each document. No [T, T] mask travels with
+    the batch; with SDPA transformers builds one per forward, with flash attention or flex_attention (GPU)
+    none at all (varlen / block masks)."""
     is_eos = input_ids == eos_id
     doc = torch.cumsum(is_eos, dim=1) - is_eos.long()  # an EOS belongs to the document it ends
     t = torch.arange(input_ids.shape[1]).expand_as(input_ids)
     starts = torch.ones_like(is_eos)
     starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
-    position_ids = t - torch.cummax(t * starts, dim=1).values
-    causal = torch.tril(torch.ones(t.shape[1], t.shape[1], dtype=torch.bool))
-    mask = (doc[:, :, None] == doc[:, None, :]) & causal
-    return {"attention_mask": mask[:, None], "position_ids": position_ids}
+    return {"position_ids": t - torch.cummax(t * starts, dim=1).values}

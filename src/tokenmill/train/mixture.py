@@ -31,7 +31,7 @@ import torch
 from pydantic import Field, model_validator
 
 from tokenmill.schema import StrictModel
-from tokenmill.train.data import Windows, document_mask
+from tokenmill.train.data import Windows, document_positions
 
 
 class StageStart(StrictModel):
@@ -221,7 +221,7 @@ class MixtureSampler:
         windows = torch.from_numpy(np.stack([self._window(d, p) for d, p in mine]).astype(np.int64))
         batch = {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
         if self.mask_documents_at is not None:
-            batch.update(document_mask(batch["input_ids"], self.mask_documents_at))
+            batch.update(document_positions(batch["input_ids"], self.mask_documents_at))
         return batch
 
     def metrics(self) -> dict:
