@@ -205,3 +205,26 @@ def test_sentences_keep_offsets():
     found = sentences(text, 0)
     assert [s.text for s in found] == ["First one here.", "Second (with a bracket.)", "Third!", "Fourth?"]
     assert all(text[s.start:].startswith(s.text) for s in found)
+
+
+def test_loss_by_position_buckets_average_to_the_loss_of_the_training_loss_function(shards):
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tokenmill.evaluation.positions import bucket_name, buckets, loss_by_position
+    from tokenmill.evaluation.sets import split_windows
+    from tokenmill.losses import hidden_state_outputs, mean_loss
+    assert [bucket_name(*b) for b in buckets(8192)] == ["0-512", "512-1k", "1k-2k", "2k-4k", "4k-8k"]
+    assert buckets(32) == [(0, 2), (2, 4), (4, 8), (8, 16), (16, 32)]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
+    windows = split_windows(shards / "val", 32, 2048)
+    expected = mean_loss(model, windows, 4, torch.device("cpu"))
+    with hidden_state_outputs(model) as head:  # the chunked head, as evaluation runs it
+        loss, by_bucket = loss_by_position(model, windows, 4, torch.device("cpu"), head)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    widths = np.array([e - s for s, e in buckets(32)])
+    assert np.dot(list(by_bucket.values()), widths) / 32 == pytest.approx(expected, rel=1e-5)
+    assert len(set(by_bucket.values())) == len(by_bucket)  # each bucket its own positions

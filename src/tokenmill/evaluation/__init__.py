@@ -5,7 +5,7 @@ and lm-evaluation-harness tasks; one results.json (`50_eval/` in a run).
 
 MODEL is a run folder, a checkpoint, a HF folder or hf://org/name (model/source.py). Sets are shards or raw
 text (sets.py), tasks are JSONL questions (choice.py; make them from your own text with cloze.py).
-results.json: {"model", "seq_len", "sets": {NAME: {loss, perplexity, bits_per_byte, tokens}},
+results.json: {"model", "seq_len", "sets": {NAME: {loss, perplexity, bits_per_byte, tokens, loss_by_position}},
 "tasks": {NAME: {acc, acc_stderr, acc_norm, acc_norm_stderr, n}}, "lm_eval": {TASK: {metric: value}}}.
 Several sets side by side, before and after training, is how continued pre-training shows its trade:
 domain gain next to general forgetting.
@@ -13,7 +13,6 @@ domain gain next to general forgetting.
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from tokenmill.atomic import atomic_write_json
 from tokenmill.device import pick_device
 from tokenmill.evaluation.choice import load_task, score_task, task_files
 from tokenmill.evaluation.sets import evaluate_split, parse_sets, token_split
-from tokenmill.losses import hidden_state_outputs, next_token_loss
+from tokenmill.losses import hidden_state_outputs
 from tokenmill.schema import StrictModel
 
 __all__ = ["EvalConfig", "evaluate", "run", "parse_sets", "format_table"]
@@ -46,11 +45,10 @@ def evaluate(model, tokenizer, cfg: EvalConfig, sets: dict[str, Path], seq_len: 
     seq_len = min(seq_len, model.config.max_position_embeddings)
     results: dict = {"seq_len": seq_len, "sets": {}}
     with hidden_state_outputs(model) as head:  # logits a chunk at a time: a 49k vocabulary needs GiBs at once
-        loss_fn = functools.partial(next_token_loss, head=head)
         for name, path in sets.items():
             split = token_split(path, tokenizer, cache_dir)
             results["sets"][name] = evaluate_split(model, split, seq_len, cfg.max_tokens, cfg.batch_size, device,
-                                                   loss_fn)
+                                                   head)
     if cfg.tasks:
         max_length = model.config.max_position_embeddings
         results["tasks"] = {}

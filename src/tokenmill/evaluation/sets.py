@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tokenmill.atomic import staging_dir
-from tokenmill.losses import mean_loss
+from tokenmill.evaluation.positions import loss_by_position
 from tokenmill.tokenize.shards import TokenShard, bytes_per_token, open_split, read_meta
 
 _NAME = re.compile(r"^[\w.-]+$")
@@ -130,13 +130,14 @@ def split_windows(split: Path, seq_len: int, max_tokens: int | None) -> list:
 
 
 def evaluate_split(model, split: Path, seq_len: int, max_tokens: int | None, batch_size: int, device,
-                   loss_fn) -> dict:
+                   head=None) -> dict:
+    """The set's metrics, and its loss by position bucket (evaluation/positions.py)."""
     windows = split_windows(split, seq_len, max_tokens)
     if not windows:
         raise ValueError(f"{split}: fewer than {seq_len + 1} tokens, too short for one evaluation window; "
                          "lower eval.seq_len or give more text")
-    loss = mean_loss(model, windows, batch_size, device, loss_fn=loss_fn)
-    return set_metrics(loss, read_meta(split), len(windows) * seq_len)
+    loss, by_position = loss_by_position(model, windows, batch_size, device, head)
+    return {**set_metrics(loss, read_meta(split), len(windows) * seq_len), "loss_by_position": by_position}
 
 
 def set_metrics(loss: float, meta: dict, tokens: int) -> dict:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenmill.model import rope
+
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
                  "GPT2LMHeadModel": "gpt2"}
 WRITTEN_HERE = ("f32", "f16", "bf16", "q8_0", "q4_0")
@@ -107,9 +109,7 @@ def add_hyperparameters(writer, arch: str, c) -> None:
         writer.add_head_count(c.n_head)
         writer.add_layer_norm_eps(c.layer_norm_epsilon)
         return
-    scaling = (getattr(c, "rope_parameters", None) or {}).get("rope_type", "default")
-    if scaling not in ("default", "linear"):
-        raise ValueError(f"rope scaling {scaling!r} is not supported by tokenmill's GGUF writer yet (default, linear)")
+    scaling, _ = rope.gguf_fields(c)  # refuses a scaling llama.cpp would not be told about
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     writer.add_context_length(c.max_position_embeddings)
     writer.add_embedding_length(c.hidden_size)
@@ -120,10 +120,12 @@ def add_hyperparameters(writer, arch: str, c) -> None:
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(rope_theta(c))
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    if scaling == "linear":
+    if scaling:
         import gguf
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(c.rope_parameters["factor"]))
+        writer.add_rope_scaling_type(gguf.RopeScalingType(scaling["type"]))
+        writer.add_rope_scaling_factor(scaling["factor"])
+        if "original_context_length" in scaling:
+            writer.add_rope_scaling_orig_ctx_len(scaling["original_context_length"])
 
 
 def permute_for_rope(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -157,6 +159,8 @@ def gguf_tensors(model, arch: str):
         elif arch == "gpt2" and hf_name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
             w = w.T  # Conv1D stores (in, out)
         yield name, np.ascontiguousarray(w)
+    if arch != "gpt2":
+        yield from rope.gguf_fields(c)[1].items()  # Llama 3's rope_freqs
 
 
 def encode(name: str, w: np.ndarray, outtype: str):

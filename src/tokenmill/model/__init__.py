@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 from tokenmill.model.embeddings import EmbeddingsConfig
 from tokenmill.model.lora import LoraConfig
 from tokenmill.model.quantize import QuantizeConfig
+from tokenmill.model.rope import RopeConfig, apply as apply_rope, rope_parameters
 from tokenmill.model.resolve import resolve_model_path
 from tokenmill.schema import StrictModel
 
@@ -48,10 +49,12 @@ class ModelConfig(StrictModel):
     num_hidden_layers: int | None = Field(None, gt=0)
     num_attention_heads: int | None = Field(None, gt=0)
     num_key_value_heads: int | None = Field(None, gt=0)
-    max_position_embeddings: int | None = Field(None, gt=0, description="longest sequence (tokens)")
+    max_position_embeddings: int | None = Field(None, gt=0, description="longest sequence (tokens); with init_from: "
+                                                                       "the base's new context length")
     vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's size")
     tie_word_embeddings: bool = True
-    rope_theta: float = Field(10_000.0, gt=0)
+    rope: RopeConfig | None = Field(None, description="RoPE base or scaling (linear, yarn, llama3), e.g. for a "
+                                                      "long-context stage; None: the base's (10000 from scratch)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -90,26 +93,37 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_id: int, device: torch.de
         device = device or torch.device("cpu")
         placement = {"": device.index or 0} if device.type == "cuda" else "cpu"
         return AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.init_from), dtype=torch.float32,
-                                                    quantization_config=bnb_config(cfg.quantize),
+                                                    config=base_config(cfg), quantization_config=bnb_config(cfg.quantize),
                                                     device_map=placement, attn_implementation="sdpa")
     if cfg.init_from:
-        return load_model(cfg.init_from)
+        return load_model(cfg.init_from, config=base_config(cfg))
     if cfg.config:
         config = AutoConfig.from_pretrained(cfg.config, vocab_size=cfg.vocab_size or vocab_size,
                                             bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
         return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     config = LlamaConfig(**cfg.shape(), vocab_size=cfg.vocab_size or vocab_size, tie_word_embeddings=cfg.tie_word_embeddings,
-                         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                         rope_parameters=rope_parameters(cfg.rope or RopeConfig(), None, cfg.shape()["max_position_embeddings"]),
                          bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     config._attn_implementation = "sdpa"
     return LlamaForCausalLM(config)
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def base_config(cfg: ModelConfig):
+    """The base model's HF config with model.rope and a new context length laid over it."""
+    path = resolve_model_path(cfg.init_from)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
+    config = AutoConfig.from_pretrained(path)
+    apply_rope(config, cfg.rope, cfg.max_position_embeddings)
+    return config
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, config=None) -> PreTrainedModel:
     path = resolve_model_path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+                                                **({"config": config} if config is not None else {}))
 
 
 def count_parameters(model: torch.nn.Module, trainable: bool = False) -> int:

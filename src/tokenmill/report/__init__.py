@@ -150,6 +150,7 @@ def evaluation_sections(results: dict, tokenizer_changed: bool = False) -> list[
                         "do not.</p>")
     sections.append(_table(before_after_rows(results, tokenizer_changed),
                            ("set", "metric", "before", "after", "change", "change %")))
+    sections.append(_img(plots.loss_by_position(results), "loss by position"))
     if results.get("tasks"):
         sections.append("<h3>Zero-shot multiple choice</h3>" + _table(
             task_rows(results), ("task", "metric", "before", "after ± stderr", "change", "questions")))

@@ -148,3 +148,20 @@ def cluster_sizes(by_method: dict[str, dict[str, int]]) -> str | None:
     ax.yaxis.set_major_formatter(plain)
     ax.legend()
     return _png(fig)
+
+
+def loss_by_position(results: dict) -> str | None:
+    """Each set's loss by position bucket, after (solid) and before (dashed) training."""
+    sets = {name: r["loss_by_position"] for name, r in results.get("sets", {}).items() if "loss_by_position" in r}
+    if not sets:
+        return None
+    before = {name: r.get("loss_by_position") for name, r in results.get("before", {}).get("sets", {}).items()}
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name, buckets in sets.items():
+        line, = ax.plot(list(buckets), list(buckets.values()), "o-", label=f"{name}: after")
+        if before.get(name):
+            ax.plot(list(before[name]), list(before[name].values()), "o--", color=line.get_color(),
+                    label=f"{name}: before")
+    ax.set(xlabel="positions in the window (tokens)", ylabel="loss (nats/token)", title="Loss by position")
+    ax.legend()
+    return _png(fig)
