@@ -228,3 +228,45 @@ def test_loss_by_position_buckets_average_to_the_loss_of_the_training_loss_funct
     widths = np.array([e - s for s, e in buckets(32)])
     assert np.dot(list(by_bucket.values()), widths) / 32 == pytest.approx(expected, rel=1e-5)
     assert len(set(by_bucket.values())) == len(by_bucket)  # each bucket its own positions
+
+
+def test_make_passkey_hides_the_key_at_each_depth_and_eval_scores_by_length_and_depth(shards, tmp_path, capsys):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tokenmill.cli import main
+    from tokenmill.evaluation.choice import load_task
+    task = tmp_path / "passkey.jsonl"
+    assert main(["make-passkey", "-o", str(task), "--tokenizer", str(shards / "tokenizer"), "--lengths", "256", "512",
+                 "--depths", "0", "0.5", "1", "--per-cell", "4"]) == 0
+    rows = [json.loads(line) for line in task.read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(shards / "tokenizer")
+    assert len(rows) == 2 * 3 * 4 and {r["answer"] for r in rows} != {0}  # the key is not always first
+    for row in rows:
+        key = row["choices"][row["answer"]]
+        n_tokens = len(tok.encode(row["context"], add_special_tokens=False))
+        assert abs(n_tokens - row["length"]) <= 0.15 * row["length"] + 8, (n_tokens, row["length"])
+        from tokenmill.evaluation.passkey import INTRO, QUESTION
+        needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
+        filler = len(row["context"]) - len(INTRO) - len(needle) - len(QUESTION)
+        where = (row["context"].index(needle) - len(INTRO)) / filler  # the share of the filler before the key
+        assert abs(where - row["depth"]) < 0.05, (where, row["depth"])
+        assert row["context"].count(key) == 2 and all(c not in row["context"] for c in row["choices"] if c != key)
+    assert load_task(task)[0].tags == {"length": 256, "depth": 0.0}
+    for bad in (["--depths", "1.5"], ["--lengths", "40"]):  # outside the filler; shorter than the question
+        assert main(["make-passkey", "-o", str(task), "--tokenizer", str(shards / "tokenizer"), *bad]) == 2
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+    model_dir = tmp_path / "model"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+                     ).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    assert main(["make-passkey", "-o", str(task), "--tokenizer", str(model_dir), "--lengths", "256", "400",
+                 "--depths", "0", "1", "--per-cell", "2"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(model_dir), "--tasks", str(task), "-o", str(tmp_path / "ev")]) == 0
+    result = json.loads((tmp_path / "ev" / "results.json").read_text())["tasks"]["passkey"]
+    assert set(result["acc_by"]) == {"length", "depth"} and set(result["acc_by"]["length"]) == {"256", "400"}
+    assert "acc by depth" in capsys.readouterr().out

@@ -31,6 +31,7 @@ EXAMPLES = {
     "train": "tokenmill train runs/x/30_shards -o runs/x/40_checkpoints --preset small --set train.max_steps=2000",
     "eval": "tokenmill eval runs/x general=books/ domain=runs/x/30_shards --tasks cloze.jsonl -o runs/x/eval",
     "make-cloze": "tokenmill make-cloze runs/x/30_shards -o cloze.jsonl --n 500",
+    "make-passkey": "tokenmill make-passkey -o passkey.jsonl --tokenizer runs/x --lengths 256 512 1024 --depths 0 0.5 1",
     "generate": "tokenmill generate runs/x/60_export --prompt 'ROMEO:' --max-new-tokens 80",
     "export": "tokenmill export runs/x -o my-model --format gguf --outtype q8_0",
     "report": "tokenmill report runs/x",
@@ -117,6 +118,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, metavar="TASK.jsonl")
     p.add_argument("--n", type=int, default=500, help="questions (default 500)")
     p.add_argument("--choices", type=int, default=4, help="choices per question (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("make-passkey", help="Build a passkey-retrieval task (a number hidden at several depths of "
+                       "long filler text), scored by length and depth.", epilog=f"example:\n  {EXAMPLES['make-passkey']}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="TASK.jsonl")
+    p.add_argument("--tokenizer", required=True, metavar="PATH",
+                   help="the model's tokenizer (a run, checkpoint or HF folder): lengths are in its tokens")
+    p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024], help="context lengths (tokens)")
+    p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                   help="where the key sits: 0 the start of the filler, 1 its end")
+    p.add_argument("--per-cell", type=int, default=10, help="questions per (length, depth) (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p = stage("generate", "Sample text from a model folder, or from a GGUF file through llama.cpp.")
     p.add_argument("model", type=Path, metavar="MODEL_DIR_OR_GGUF")
@@ -252,6 +264,18 @@ def _dispatch(args) -> None:
         from tokenmill.evaluation import cloze
         counts = cloze.run(cloze.ClozeConfig(n=args.n, choices=args.choices, seed=args.seed), args.source, args.output)
         print(f"{args.output}: {counts['questions']} questions from {counts['documents']} documents")
+        return
+    if args.command == "make-passkey":
+        from transformers import AutoTokenizer
+
+        from tokenmill.evaluation import passkey
+        from tokenmill.model.source import find_tokenizer, resolve_source
+        given = Path(args.tokenizer)
+        folder = given if (given / "tokenizer_config.json").is_file() else find_tokenizer(resolve_source(given))
+        cfg = passkey.PasskeyConfig(lengths=args.lengths, depths=args.depths, per_cell=args.per_cell, seed=args.seed)
+        n = passkey.run(cfg, AutoTokenizer.from_pretrained(folder), args.output)
+        print(f"{args.output}: {n} questions ({len(args.lengths)} lengths x {len(args.depths)} depths x {args.per_cell}); "
+              f"score with tokenmill eval MODEL --tasks {args.output}")
         return
     if args.command == "quality":
         from tokenmill.filters import quality_train

@@ -89,8 +89,11 @@ def format_table(results: dict) -> str:
                   for name, r in results["sets"].items()]
     if results.get("tasks"):
         lines.append(f"{'task':<20} {'acc':>16} {'acc_norm':>16} {'n':>6}")
-        lines += [f"{name:<20} {r['acc']:>8.4f} ± {r['acc_stderr']:.4f} {r['acc_norm']:>8.4f} ± "
-                  f"{r['acc_norm_stderr']:.4f} {r['n']:>6}" for name, r in results["tasks"].items()]
+        for name, r in results["tasks"].items():
+            lines.append(f"{name:<20} {r['acc']:>8.4f} ± {r['acc_stderr']:.4f} {r['acc_norm']:>8.4f} ± "
+                         f"{r['acc_norm_stderr']:.4f} {r['n']:>6}")
+            lines += [f"  acc by {tag}: " + ", ".join(f"{v} {acc:.2f}" for v, acc in values.items())
+                      for tag, values in r.get("acc_by", {}).items()]
     for task, metrics in results.get("lm_eval", {}).items():
         lines.append(f"lm-eval {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return "\n".join(lines)

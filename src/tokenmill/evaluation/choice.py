@@ -1,6 +1,7 @@
 """Zero-shot multiple choice, scored as lm-evaluation-harness scores it.
 
-A task is a JSONL file, one question a line: {"context": ..., "choices": [...], "answer": INDEX}.
+A task is a JSONL file, one question a line: {"context": ..., "choices": [...], "answer": INDEX}; any other
+number or string field (a passkey's `length` and `depth`) is a tag, and accuracy is also given per value.
 Each choice is scored by the log-likelihood of its tokens after the context, tokenized the way
 lm-evaluation-harness 0.4 does (`TemplateLM._encode_pair`): the continuation is " " + choice; trailing
 whitespace of the context moves into the continuation; context + continuation are encoded together (with
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ class Question:
     context: str
     choices: list[str]
     answer: int
+    tags: dict = field(default_factory=dict)
 
 
 def load_task(path: Path) -> list[Question]:
@@ -61,7 +63,9 @@ def _question(row, where: str) -> Question:
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
         raise ValueError(f"{where}: answer {answer!r} is not an index into its {len(choices)} choices "
                          f"(0..{len(choices) - 1})")
-    return Question(context, choices, answer)
+    tags = {k: v for k, v in row.items() if k not in ("context", "choices", "answer")
+            and isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    return Question(context, choices, answer, tags)
 
 
 def task_files(paths: list[Path]) -> dict[str, Path]:
@@ -127,8 +131,19 @@ def score_task(model, tokenizer, questions: list[Question], max_length: int, bat
     correct = np.array([int(np.argmax(ll)) == q.answer for q, ll in zip(questions, lls)], dtype=float)
     correct_norm = np.array([int(np.argmax(np.array(ll) / [len(c) for c in q.choices])) == q.answer
                              for q, ll in zip(questions, lls)], dtype=float)
-    return {"acc": correct.mean(), "acc_stderr": stderr(correct), "acc_norm": correct_norm.mean(),
-            "acc_norm_stderr": stderr(correct_norm), "n": len(questions), "loglikelihoods": lls}
+    scores = {"acc": correct.mean(), "acc_stderr": stderr(correct), "acc_norm": correct_norm.mean(),
+              "acc_norm_stderr": stderr(correct_norm), "n": len(questions), "loglikelihoods": lls}
+    by_tag = accuracy_by_tag(questions, correct)
+    return {**scores, "acc_by": by_tag} if by_tag else scores
+
+
+def accuracy_by_tag(questions: list[Question], correct: np.ndarray) -> dict:
+    """{tag: {value: acc}} for every tag the questions carry (values in their first-seen order)."""
+    by: dict = {}
+    for q, ok in zip(questions, correct):
+        for tag, value in q.tags.items():
+            by.setdefault(tag, {}).setdefault(str(value), []).append(ok)
+    return {tag: {value: float(np.mean(oks)) for value, oks in values.items()} for tag, values in by.items()}
 
 
 def stderr(outcomes: np.ndarray) -> float:

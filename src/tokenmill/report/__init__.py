@@ -135,6 +135,19 @@ def task_rows(results: dict) -> list[tuple]:
     return rows
 
 
+def tag_tables(results: dict) -> list[str]:
+    """Accuracy per value of each tag a task carries (a passkey's length and depth), before and after."""
+    tables = []
+    before = results.get("before", {}).get("tasks", {})
+    for name, r in results.get("tasks", {}).items():
+        for tag, values in r.get("acc_by", {}).items():
+            old = before.get(name, {}).get("acc_by", {}).get(tag, {})
+            rows = [(value, "" if value not in old else f"{old[value]:.3f}", f"{acc:.3f}") for value, acc in values.items()]
+            tables.append(f"<h4>{html.escape(name)}: accuracy by {html.escape(tag)}</h4>" +
+                          _table(rows, (tag, "before", "after")))
+    return tables
+
+
 def _opt(value):
     return "" if value is None else value
 
@@ -154,6 +167,7 @@ def evaluation_sections(results: dict, tokenizer_changed: bool = False) -> list[
     if results.get("tasks"):
         sections.append("<h3>Zero-shot multiple choice</h3>" + _table(
             task_rows(results), ("task", "metric", "before", "after ± stderr", "change", "questions")))
+        sections += tag_tables(results)
     for task, metrics in results.get("lm_eval", {}).items():
         sections.append(f"<h3>lm-eval: {html.escape(task)}</h3>" + _table(list(metrics.items()), ("metric", "value")))
     return sections
