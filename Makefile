@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel on this kind of machine; GPU users: see README ("GPU").
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test venv clean slurm
+.PHONY: demo test test-slow venv clean slurm
 
 $(BIN)/tokenmill: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,7 +48,11 @@ slurm:
 	fi
 
 test: venv $(VENV)/.lm-eval-installed $(VENV)/.oracle-installed slurm
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The slow suite: checks that take minutes (a whole pipeline on Slurm, more SmolLM2 runs, more launchers).
+test-slow: venv $(VENV)/.lm-eval-installed $(VENV)/.oracle-installed slurm
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf runs .pytest_cache

@@ -30,6 +30,7 @@ def test_convert_gguf_is_cached(smollm2, capsys):
     assert manifest["counts"]["architecture"] == "LlamaForCausalLM" and manifest["counts"]["vocab_size"] == 49152
 
 
+@pytest.mark.slow  # the full-training MFU test below trains SmolLM2 fully as well
 def test_full_cpt_of_smollm2_starts_from_a_pretrained_loss(smollm2, corpus, tmp_path):
     ingest(IngestConfig(paths=[str(corpus)]), tmp_path / "docs")
     tokenize(TokenizeConfig(tokenizer=str(smollm2), eos_token="<|endoftext|>", val_fraction=0.15),
@@ -94,7 +95,7 @@ def test_export_writes_an_ollama_modelfile_and_what_vllm_and_tgi_load(smollm2, t
     assert converted_from(str(smollm2)).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")  # what a card of a CPT names
 
 
-@pytest.mark.parametrize("lora", [True, False])
+@pytest.mark.parametrize("lora", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_logged_mfu_of_lora_and_full_cpt_stays_below_one(smollm2, corpus, tmp_path, lora):
     """A LoRA run once logged an MFU of ~2.5 here: 6 FLOPs counted for every frozen weight, and a tokens/s
     window whose clock restarted at each evaluation while it kept its steps."""
@@ -104,8 +105,8 @@ def test_logged_mfu_of_lora_and_full_cpt_stays_below_one(smollm2, corpus, tmp_pa
     raw = tiny_pipeline(corpus)
     raw["model"] = {"preset": None, "init_from": str(smollm2), **({"lora": {"r": 16}} if lora else {})}
     raw["tokenize"] = {"tokenizer": str(smollm2)}
-    raw["train"] = {"seq_len": 128, "micro_batch_size": 2, "max_steps": 4, "warmup_steps": 1, "lr_max": 1e-4,
-                    "log_every": 4, "eval_every": 1, "save_every": 4, "eval_tokens": 128, "eval_at_start": False}
+    raw["train"] = {"seq_len": 128, "micro_batch_size": 2, "max_steps": 3, "warmup_steps": 1, "lr_max": 1e-4,
+                    "log_every": 3, "eval_every": 1, "save_every": 3, "eval_tokens": 128, "eval_at_start": False}
     cfg = validate(raw)
     from tokenmill import train
     train.run(cfg.model, cfg.train, tmp_path / "shards", tmp_path / "ck")

@@ -87,6 +87,7 @@ def test_accelerate_launch_gives_the_losses_of_one_rank(tmp_path, corpus, shards
     assert proc.returncode == 0 and "1 rank(s)" in proc.stdout and "`accelerate launch --cpu` starts one process" in proc.stdout
 
 
+@pytest.mark.slow
 def test_fsdp_with_cpu_offload_matches_one_rank(tmp_path, corpus, shards, single):
     run = launch(tmp_path, corpus, shards, "offload", 2, micro_batch_size=2, parallel="fsdp", fsdp_cpu_offload=True)
     assert train_losses(run) == pytest.approx(train_losses(single), rel=1e-4)
@@ -120,7 +121,8 @@ def test_two_nodes_on_this_machine_match_one_rank(tmp_path, corpus, shards, sing
     assert sum("[train] done" in o for o in outputs) == 1  # only rank 0 manages the stage
 
 
-@pytest.mark.parametrize("parallel, first, then", [("ddp", 2, 1), ("ddp", 1, 2), ("fsdp", 1, 2)])
+@pytest.mark.parametrize("parallel, first, then", [("ddp", 2, 1), pytest.param("ddp", 1, 2, marks=pytest.mark.slow),
+                                                   ("fsdp", 1, 2)])
 def test_a_run_resumes_on_another_number_of_ranks(tmp_path, corpus, shards, single, parallel, first, then):
     """A run checkpointed at step 3 with `first` ranks continues with `then` ranks (the same global batch:
     micro_batch_size x ranks): the data position and the losses are the same. FSDP's 2 → 1 is in

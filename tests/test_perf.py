@@ -74,7 +74,9 @@ def logged_rate(eval_every: int) -> float:
 
 
 def test_tokens_per_second_leaves_evaluation_time_out_but_keeps_the_window_steps():
+    # Each step sleeps 0.02 s for 1000 tokens: no honest rate exceeds 50,000 tokens/s (a busy machine only
+    # lowers it). Evaluating every 2 steps of an 8-step window once reset the clock and kept all 8 steps: 4x.
+    ceiling = 1000 / 0.02
     without, with_evaluations = logged_rate(eval_every=0), logged_rate(eval_every=2)
-    # Evaluating every 2 steps of an 8-step window once reset the clock and kept all 8 steps: a 4x rate.
-    assert with_evaluations == pytest.approx(without, rel=0.35)
-    assert without < 1000 / 0.02
+    assert without <= ceiling and with_evaluations <= ceiling
+    assert with_evaluations > 0.3 * without  # the evaluations' 0.3 s each are left out of the window

@@ -117,6 +117,7 @@ def test_the_example_sbatch_runs_torchrun_on_the_cluster_with_the_losses_of_one_
     assert (tmp_path / "on_slurm" / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # ~100 s: seven job arrays, each a job's start-up
 def test_tokenmill_run_with_every_data_stage_on_slurm_finishes_in_one_command(slurm, corpus, tmp_path, capsys):
     """Each data stage's job arrays (MinHash's four included) are submitted and waited for with a bar, one
     after the other: no re-run per stage. The shards equal a local run's."""

@@ -91,7 +91,8 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     # train is in the key for its eval_sets and seq_len (its other changes change the train stage's key anyway)
     results = run_stage("eval", {"eval": cfg.eval, "train": cfg.train}, [d["train"]], d["eval"],
                         lambda out: _eval_counts(evaluation.run(cfg.eval, d["train"], eval_sets, out,
-                                                                cfg.train.seq_len, before=cfg.model.init_from)),
+                                                                cfg.train.seq_len, before=cfg.model.init_from,
+                                                                base_changes=_base_changes(cfg))),
                         force)
     # eval is an input: the model card carries its results
     run_stage("export", cfg.export, [d["train"], d["eval"]], d["export"],
@@ -131,6 +132,14 @@ def _sampled_model(cfg: PipelineConfig, export_dir: Path) -> Path:
     if "hf" in cfg.export.formats:
         return export_dir
     return sorted(export_dir.glob("*.gguf"))[0]
+
+
+def _base_changes(cfg: PipelineConfig):
+    """The base's HF config with model.rope / max_position_embeddings applied, when the run changes them."""
+    if not cfg.model.init_from or not (cfg.model.rope or cfg.model.max_position_embeddings):
+        return None
+    from tokenmill.model import base_config
+    return base_config(cfg.model)
 
 
 def _eval_counts(results: dict) -> dict:

@@ -64,8 +64,10 @@ def evaluate(model, tokenizer, cfg: EvalConfig, sets: dict[str, Path], seq_len: 
 
 
 def run(cfg: EvalConfig, model_spec: Path | str, sets: dict[str, Path], out_dir: Path | None,
-        default_seq_len: int = 256, before: Path | str | None = None) -> dict:
-    """Evaluate the model (and, given `before`, the base model too, the same way) and write results.json."""
+        default_seq_len: int = 256, before: Path | str | None = None, base_changes=None) -> dict:
+    """Evaluate the model (and, given `before`, the base model too, the same way) and write results.json.
+    `base_changes`: the HF config the base trains with (model.rope, a new length), so that "before" is the
+    model at step 0, evaluated on the same windows as "after"."""
     from tokenmill.model.source import load_source
     seq_len = cfg.seq_len or default_seq_len
     with tempfile.TemporaryDirectory(prefix="tokenmill-eval-") as scratch:
@@ -74,6 +76,9 @@ def run(cfg: EvalConfig, model_spec: Path | str, sets: dict[str, Path], out_dir:
         results = {"model": str(model_spec), **evaluate(model, tokenizer, cfg, sets, seq_len, cache)}
         if before is not None:
             base, base_tokenizer, _ = load_source(before)
+            if base_changes is not None:  # the base as training starts from it: its new RoPE and length
+                from tokenmill.model import load_model
+                base = load_model(before, config=base_changes)
             results["before"] = {"model": str(before), **evaluate(base, base_tokenizer, cfg, sets, seq_len, cache)}
     if out_dir:
         atomic_write_json(Path(out_dir) / "results.json", results)
