@@ -75,9 +75,10 @@ def main() -> None:
                             for name in args.variants}}
     out = ROOT / "bench" / "results" / "context_extension.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
+    from tokenmill.evaluation.positions import in_order
     for name, r in results["variants"].items():
         print(f"{name:8} loss {r['loss']['before']:.3f} → {r['loss']['after']:.3f}  by position (after): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in r["loss_by_position"]["after"].items())
+              + ", ".join(f"{k} {v:.2f}" for k, v in in_order(r["loss_by_position"]["after"]).items())
               + f"  passkey {r['passkey_acc']['before']:.2f} → {r['passkey_acc']['after']:.2f}")
 
 

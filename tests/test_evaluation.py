@@ -212,11 +212,12 @@ def test_loss_by_position_buckets_average_to_the_loss_of_the_training_loss_funct
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tokenmill.evaluation.positions import bucket_name, buckets, loss_by_position
+    from tokenmill.evaluation.positions import bucket_name, buckets, in_order, loss_by_position
     from tokenmill.evaluation.sets import split_windows
     from tokenmill.losses import hidden_state_outputs, mean_loss
     assert [bucket_name(*b) for b in buckets(8192)] == ["0-512", "512-1k", "1k-2k", "2k-4k", "4k-8k"]
     assert buckets(32) == [(0, 2), (2, 4), (4, 8), (8, 16), (16, 32)]
+    assert list(in_order({"512-1k": 1, "4k-8k": 2, "64-128": 3, "0-64": 4})) == ["0-64", "64-128", "512-1k", "4k-8k"]
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))

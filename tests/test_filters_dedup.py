@@ -20,6 +20,27 @@ def test_length_reasons():
     assert reason(f, "abc") == "too_short" and reason(f, "x" * 11) == "too_long" and reason(f, "hello") is None
 
 
+def test_long_documents_are_selected_by_their_tokens_and_counted(shards, tmp_path):
+    """A long-context stage's data: documents of at least N tokens of the model's tokenizer, through the
+    filter stage like any filter (each drop counted by reason)."""
+    import pytest
+    from pydantic import ValidationError
+    from tokenizers import Tokenizer
+    tokenizer = shards / "tokenizer"
+    count = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    texts = [PROSE[:n] for n in (60, 200, 500)] * 2
+    sizes = [len(count.encode(t, add_special_tokens=False).ids) for t in texts]
+    threshold = sorted(set(sizes))[1]
+    write_documents((Document(f"d{i}", t) for i, t in enumerate(texts)), tmp_path / "in")
+    counts = filter_run(FilterConfig(steps=[{"name": "length", "min_tokens": threshold, "tokenizer": str(tokenizer)}]),
+                        tmp_path / "in", tmp_path / "out")
+    kept = [d.text for d in read_documents(tmp_path / "out")]
+    assert sorted(kept) == sorted(t for t, n in zip(texts, sizes) if n >= threshold) and len(kept) == 4
+    assert counts["drops"] == {"length/too_few_tokens": 2}
+    with pytest.raises(ValidationError, match="give tokenizer"):
+        LengthFilter(min_tokens=100)
+
+
 def test_gopher_rules_name_what_fired():
     g = GopherQualityFilter()
     assert reason(g, PROSE) is None

@@ -98,7 +98,7 @@ def format_table(results: dict) -> str:
             lines.append(f"{name:<20} {r['acc']:>8.4f} ± {r['acc_stderr']:.4f} {r['acc_norm']:>8.4f} ± "
                          f"{r['acc_norm_stderr']:.4f} {r['n']:>6}")
             lines += [f"  acc by {tag}: " + ", ".join(f"{v} {acc:.2f}" for v, acc in values.items())
-                      for tag, values in r.get("acc_by", {}).items()]
+                      for tag, values in r.get("acc_by", {}).items()]  # in the order the task lists them
     for task, metrics in results.get("lm_eval", {}).items():
         lines.append(f"lm-eval {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return "\n".join(lines)

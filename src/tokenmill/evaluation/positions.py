@@ -30,6 +30,14 @@ def bucket_name(start: int, end: int) -> str:
     return f"{short(start)}-{short(end)}"
 
 
+def in_order(by_bucket: dict) -> dict:
+    """Buckets by position (results.json sorts its keys as text: "512-1k" before "64-128")."""
+    def start(name: str) -> float:
+        head = name.split("-")[0]
+        return float(head[:-1]) * 1024 if head.endswith("k") else float(head)
+    return dict(sorted(by_bucket.items(), key=lambda item: start(item[0])))
+
+
 def token_losses(model, batch: dict[str, torch.Tensor], head: torch.nn.Module | None) -> torch.Tensor:
     """[B, T] next-token losses (nats); with a chunked `head` the model returns hidden states and the
     logits are made CHUNK_TOKENS positions at a time."""

@@ -142,10 +142,18 @@ def tag_tables(results: dict) -> list[str]:
     for name, r in results.get("tasks", {}).items():
         for tag, values in r.get("acc_by", {}).items():
             old = before.get(name, {}).get("acc_by", {}).get(tag, {})
-            rows = [(value, "" if value not in old else f"{old[value]:.3f}", f"{acc:.3f}") for value, acc in values.items()]
+            rows = [(value, "" if value not in old else f"{old[value]:.3f}", f"{acc:.3f}")
+                    for value, acc in sorted(values.items(), key=lambda item: _as_number(item[0]))]
             tables.append(f"<h4>{html.escape(name)}: accuracy by {html.escape(tag)}</h4>" +
                           _table(rows, (tag, "before", "after")))
     return tables
+
+
+def _as_number(text: str):
+    try:
+        return (0, float(text))
+    except ValueError:
+        return (1, text)
 
 
 def _opt(value):

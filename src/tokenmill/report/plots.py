@@ -152,10 +152,13 @@ def cluster_sizes(by_method: dict[str, dict[str, int]]) -> str | None:
 
 def loss_by_position(results: dict) -> str | None:
     """Each set's loss by position bucket, after (solid) and before (dashed) training."""
-    sets = {name: r["loss_by_position"] for name, r in results.get("sets", {}).items() if "loss_by_position" in r}
+    from tokenmill.evaluation.positions import in_order
+    sets = {name: in_order(r["loss_by_position"]) for name, r in results.get("sets", {}).items()
+            if "loss_by_position" in r}
     if not sets:
         return None
-    before = {name: r.get("loss_by_position") for name, r in results.get("before", {}).get("sets", {}).items()}
+    before = {name: in_order(r["loss_by_position"]) for name, r in results.get("before", {}).get("sets", {}).items()
+              if "loss_by_position" in r}
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for name, buckets in sets.items():
         line, = ax.plot(list(buckets), list(buckets.values()), "o-", label=f"{name}: after")
