@@ -29,25 +29,25 @@ def test_every_batch_carries_each_share_within_one_sequence():
     cfg = mixture({"weights": {"web": 7, "code": 2, "math": 1}},
                   {"weights": {"web": 0.5, "code": 0.3, "math": 0.2}, "start": {"step": 50}})
     plan = solve_plan(cfg, {"web": 10**6, "code": 10**6, "math": 10**6}, 16, 12, 120, 0, lambda s: 1.0, 1.0)
-    counts = np.zeros(3, dtype=np.int64)
+    counts = np.zeros((1, 3), dtype=np.int64)  # one row: one sequence length
     for step in range(120):
         p = np.array(plan.weights[plan.stage_at(step)])
         take = allocate(plan, step, counts)
         assert take.sum() == 12 and np.all(np.abs(take - 12 * p) < 1), (step, take)
-        counts += take
+        counts[0] += take
         start = plan.stage_starts[plan.stage_at(step)]
-        drawn = counts - (0 if start == 0 else plan_counts(plan, start))
+        drawn = counts[0] - (0 if start == 0 else plan_counts(plan, start))
         assert np.all(np.abs(drawn - (step - start + 1) * 12 * p) < 2), (step, drawn)
-    assert plan.sequences == dict(zip(["web", "code", "math"], counts.tolist()))
+    assert plan.sequences == {name: {16: int(c)} for name, c in zip(["web", "code", "math"], counts[0])}
     # Stage 1 gives 50 x 12 sequences at 0.7/0.2/0.1 exactly, to the sequence.
     assert plan_counts(plan, 50).tolist() == [420, 120, 60]
 
 
 def plan_counts(plan, step):
-    counts = np.zeros(len(plan.datasets), dtype=np.int64)
+    counts = np.zeros((1, len(plan.datasets)), dtype=np.int64)
     for s in range(step):
-        counts += allocate(plan, s, counts)
-    return counts
+        counts[0] += allocate(plan, s, counts)
+    return counts[0]
 
 
 @pytest.mark.parametrize("start, expected", [({"step": 300}, 300), ({"tokens": 64 * 8 * 250}, 250),

@@ -30,7 +30,7 @@ from tokenmill.train import perf
 from tokenmill.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from tokenmill.train.config import RESUMABLE_CHANGES, TrainConfig
 from tokenmill.train.data import Windows, WindowSampler
-from tokenmill.train.mixture import MixtureConfig, MixtureSampler, solve_plan
+from tokenmill.train.mixture import MixtureConfig, MixtureSampler, solve_plan, stage_seq_lens
 from tokenmill.train.distributed import World, init_world, is_fsdp, local_device, shutdown, unwrap, wrap
 from tokenmill.train.loop import LoopSettings, LossGuard, train
 from tokenmill.train.metrics import ConsoleSink, JsonlSink, Sinks, TensorBoardSink, WandbSink
@@ -175,10 +175,12 @@ def make_sampler(cfg: TrainConfig, datasets: dict[str, Path] | None, shards_dir:
     if datasets is None:
         return WindowSampler(open_split(shards_dir / "train"), cfg.seq_len, cfg.micro_batch_size, cfg.seed,
                              world.rank, world.size, mask_at)
-    windows = {name: Windows(open_split(Path(path) / "train"), cfg.seq_len) for name, path in datasets.items()}
-    plan = solve_plan(mixture or MixtureConfig(), {n: w.n for n, w in windows.items()}, cfg.seq_len,
-                      cfg.micro_batch_size * accum * world.size, cfg.max_steps, cfg.warmup_steps,
-                      lambda step: SCHEDULES[cfg.schedule](step, cfg), cfg.lr_max)
+    lengths = sorted(set(stage_seq_lens(mixture or MixtureConfig(), cfg.seq_len)))
+    splits = {name: open_split(Path(path) / "train") for name, path in datasets.items()}
+    windows = {name: {length: Windows(split, length) for length in lengths} for name, split in splits.items()}
+    plan = solve_plan(mixture or MixtureConfig(), {n: {k: w.n for k, w in by.items()} for n, by in windows.items()},
+                      cfg.seq_len, cfg.micro_batch_size * accum * world.size, cfg.max_steps, cfg.warmup_steps,
+                      lambda step: SCHEDULES[cfg.schedule](step, cfg), cfg.lr_max, cfg.micro_batch_size)
     if world.is_main:
         atomic_write_json(out_dir / "plan.json", plan.to_json())
         print(describe_plan(plan))
@@ -195,8 +197,10 @@ def describe_data(datasets: dict[str, Path] | None, meta: dict) -> str:
 
 def describe_plan(plan) -> str:
     info = plan.to_json()
+    lengths = {s["seq_len"] for s in info["stages"]}
     lines = ["[mixture] " + ", ".join(f"stage {i} from step {s['start_step']}: " + " ".join(
-        f"{n} {w:.0%}" for n, w in s["weights"].items() if w) for i, s in enumerate(info["stages"]))]
+        f"{n} {w:.0%}" for n, w in s["weights"].items() if w) + (f" at {s['seq_len']} tokens" if len(lengths) > 1 else "")
+        for i, s in enumerate(info["stages"]))]
     lines += [f"[mixture] {n}: {info['tokens'][n]:,} tokens, {info['epochs'][n]:.2f} epochs" for n in plan.datasets]
     return "\n".join(lines)
 
@@ -229,6 +233,11 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
     accum = cfg.accum_steps(world.size)
     sampler = make_sampler(cfg, datasets, shards_dir, mixture, accum, world, meta["eos_id"], out_dir)  # before the model: a bad plan stops here
     model = build(model_cfg, cfg, meta, extension, device)
+    longest = max(stage_seq_lens(mixture or MixtureConfig(), cfg.seq_len) if datasets else [cfg.seq_len])
+    if longest > model.config.max_position_embeddings:
+        raise ValueError(f"a mixture stage's seq_len {longest} exceeds the model's max_position_embeddings "
+                         f"{model.config.max_position_embeddings}: raise model.max_position_embeddings (with "
+                         "model.rope for a base trained shorter)")
     n_params, flops = count_parameters(model), perf.flops_per_token(unwrap(model), cfg.seq_len)
     head = chunked_head(model) if cfg.loss_chunk_tokens else None
     rows = embeddings.RowGradients(model, model_cfg.embeddings, embeddings.new_token_ids(extension))
