@@ -66,3 +66,15 @@ def test_time_and_cost_arithmetic_and_the_json(corpus, tmp_path, capsys):
     assert e["cost_usd"] == pytest.approx(e["total_time_s"] / 3600 * 4 * 2)
     assert main(["estimate", str(path), "--gpus", "2xB999"]) == 2
     assert "unknown device 'B999'" in capsys.readouterr().err
+
+
+def test_the_estimate_knows_each_mixture_stage_length(corpus):
+    raw = tiny_pipeline(corpus)
+    raw.pop("ingest")
+    raw["datasets"] = {"general": {"paths": [str(corpus)]}, "long": {"paths": [str(corpus)]}}
+    raw["mixture"] = {"stages": [{"weights": {"general": 1}},
+                                 {"weights": {"long": 1}, "start": {"fraction": 0.9}, "seq_len": 64}]}
+    e = estimate(validate(raw), "cpu")
+    assert e["stage_seq_lens"] == [32, 64]
+    flops = e["flops_per_token_by_seq_len"]
+    assert flops[32] == e["flops_per_token"] and flops[64] - flops[32] == 12 * 2 * 32 * 32  # attention grows

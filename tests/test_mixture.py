@@ -192,3 +192,44 @@ def test_a_changed_past_stage_is_refused_a_changed_future_stage_is_not(two_datas
     last = [r for r in rows if "data/stage" in r][-1]
     assert last["step"] == 12 and last["data/stage"] == 2
     assert last["data/domain/tokens"] == (6 * 1 + 4 * 3 + 2 * 4) * 32
+
+
+def test_a_long_context_stage_has_its_own_seq_len_and_the_same_tokens_per_step(two_datasets, tmp_path, monkeypatch):
+    """Stage 1 at 64 tokens (train.seq_len 32): micro-batches of 2 sequences instead of 4, the same 128 tokens
+    per optimizer step; the plan, the batches and a resume across the switch all know it."""
+    raw = mix_config(tmp_path / "corpus_general").model_dump(mode="json")
+    raw["mixture"]["stages"][1]["seq_len"] = 64
+    cfg = validate(raw)
+    shapes = []
+    from tokenmill.losses import next_token_loss
+    import tokenmill.train as train_module
+
+    def recording_loss(model, batch, **kw):
+        if model.training:  # a training micro-step, not an evaluation
+            shapes.append(tuple(batch["input_ids"].shape))
+        return next_token_loss(model, batch, **kw)
+    monkeypatch.setattr(train_module, "next_token_loss", recording_loss)
+    train.run(cfg.model, cfg.train, two_datasets, tmp_path / "straight", mixture=cfg.mixture)
+    monkeypatch.undo()
+    plan = json.loads((tmp_path / "straight" / "plan.json").read_text())
+    assert [s["seq_len"] for s in plan["stages"]] == [32, 64] and plan["batch_sequences"] == [4, 2]
+    assert shapes == [(4, 32)] * 6 + [(2, 64)] * 6
+    rows = [r for r in read_rows(tmp_path / "straight" / "metrics.jsonl") if "data/stage" in r]
+    assert all(r["data/general/tokens"] + r["data/domain/tokens"] == r["step"] * 128 for r in rows)
+    assert plan["tokens"] == {"general": rows[-1]["data/general/tokens"], "domain": rows[-1]["data/domain/tokens"]}
+
+    crash_at_step(monkeypatch, 10)  # after the step-8 checkpoint, inside the 64-token stage
+    with pytest.raises(Crash):
+        train.run(cfg.model, cfg.train, two_datasets, tmp_path / "resumed", mixture=cfg.mixture)
+    monkeypatch.undo()
+    train.run(cfg.model, cfg.train, two_datasets, tmp_path / "resumed", mixture=cfg.mixture)
+    straight, resumed = read_rows(tmp_path / "straight" / "metrics.jsonl"), read_rows(tmp_path / "resumed" / "metrics.jsonl")
+    def losses(rows):
+        return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+    assert [s for s, _ in losses(resumed)] == list(range(1, 13))
+    assert [loss for _, loss in losses(resumed)] == pytest.approx([loss for _, loss in losses(straight)], rel=1e-6)
+
+    raw["mixture"]["stages"][1]["seq_len"] = 48  # 4 x 32 = 128 tokens per micro-batch: not whole 48s
+    bad = validate(raw)
+    with pytest.raises(ValueError, match=r"stages\[1\].seq_len 48: each micro-batch holds"):
+        train.run(bad.model, bad.train, two_datasets, tmp_path / "bad", mixture=bad.mixture)

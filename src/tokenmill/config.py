@@ -166,6 +166,10 @@ def _cross_checks(s: dict) -> list[str]:
             if train.seq_len > max_len:
                 problems.append(f"train.seq_len: {train.seq_len} exceeds model max_position_embeddings {max_len}; "
                                 f"lower train.seq_len or raise model.max_position_embeddings")
+            stages = s.get("mixture").stages if s.get("mixture") else []
+            problems += [f"mixture.stages[{i}].seq_len: {stage.seq_len} exceeds model max_position_embeddings "
+                         f"{max_len}; raise model.max_position_embeddings" for i, stage in enumerate(stages)
+                         if stage.seq_len and stage.seq_len > max_len]
     datasets, ingest, mixture = s.get("datasets"), s.get("ingest"), s.get("mixture")
     if datasets and ingest and ingest.paths:
         problems.append("datasets: give either datasets (named, each with its paths) or ingest.paths, not both")

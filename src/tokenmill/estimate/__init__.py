@@ -134,7 +134,12 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
     memory = memory_breakdown(plan)
     total_time = step_time * t.max_steps
     cost = total_time / 3600 * devices.count * price_per_gpu_hour if price_per_gpu_hour else None
+    lengths = sorted({stage.seq_len or t.seq_len for stage in cfg.mixture.stages} | {t.seq_len})
     return {"params": params, "params_embedding": embedding, "params_trainable": plan.trainable,
+            # A stage at another length: the same tokens per step and per micro-batch (so the same activation
+            # memory without a seq² term); attention FLOPs per token grow with the length.
+            "stage_seq_lens": lengths,
+            "flops_per_token_by_seq_len": {n: perf.token_flops(*matmuls, model.config, n) for n in lengths},
             "flops_per_token": flops_token, "flops_total": flops_token * tokens_per_step * t.max_steps,
             "memory_gib_per_device": round(sum(memory.values()), 3),
             "memory_breakdown_gib": memory,
@@ -155,7 +160,9 @@ def format_estimate(e: dict) -> str:
                                                 else "  ← does not fit: try fsdp, activation checkpointing or LoRA"))
     lines = [f"parameters       {e['params'] / 1e6:,.1f}M ({e['params_embedding'] / 1e6:,.1f}M embedding, "
              f"{e['params_trainable'] / 1e6:,.1f}M trainable)",
-             f"FLOPs per token  {e['flops_per_token']:.3g} ({e['flops_convention']})",
+             f"FLOPs per token  {e['flops_per_token']:.3g} ({e['flops_convention']})"
+             + ("".join(f"; {n} tokens: {f:.3g}" for n, f in e["flops_per_token_by_seq_len"].items())
+                if len(e["stage_seq_lens"]) > 1 else ""),
              f"tokens           {e['tokens_total']:,} ({e['tokens_per_step']:,} per step); Chinchilla-optimal for "
              f"this size: {e['chinchilla_tokens']:,.0f} (20 per parameter; not a target for CPT)",
              f"memory/device    {e['memory_gib_per_device']:.2f} GiB{fits}"]

@@ -223,10 +223,10 @@ def mixture_sections(plan_path: Path) -> list[str]:
         return []
     plan = json.loads(plan_path.read_text())
     names = plan["datasets"]
-    stages = [(f"stage {i}", s["start_step"], *(f"{s['weights'][n]:.0%}" for n in names))
-              for i, s in enumerate(plan["stages"])]
+    stages = [(f"stage {i}", s["start_step"], s.get("seq_len", plan["seq_len"]),
+               *(f"{s['weights'][n]:.0%}" for n in names)) for i, s in enumerate(plan["stages"])]
     totals = [(n, plan["tokens"][n], round(plan["epochs"][n], 3)) for n in names]
-    return ["<h2>Data mixture</h2>", _table(stages, ("stage", "from step", *names)),
+    return ["<h2>Data mixture</h2>", _table(stages, ("stage", "from step", "seq_len", *names)),
             _table(totals, ("dataset", "tokens trained on", "epochs"))]
 
 
