@@ -152,3 +152,17 @@ def test_push_to_hub_without_a_token_says_so_and_keeps_the_folder(tiny_config, t
     err = capsys.readouterr().err
     assert "no Hugging Face token" in err and "huggingface-cli upload me/tiny" in err
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "README.md").is_file()
+
+
+def test_run_until_a_data_stage_stops_after_it_and_the_next_run_goes_on(tiny_config, tmp_path, capsys):
+    """What each job of `tokenmill run --submit` runs: the stages up to one, then the rest finds them done."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(config), "-o", str(run_dir), "--until", "filter"]) == 0
+    assert "stopped after filter" in capsys.readouterr().out
+    assert read_manifest(run_dir / "10_filtered") and not (run_dir / "20_dedup").exists()
+    assert main(["run", str(config), "-o", str(run_dir), "--until", "tokenize"]) == 0
+    out = capsys.readouterr().out
+    assert "[ingest] up to date" in out and "[filter] up to date" in out and "[dedup] running" in out
+    assert read_manifest(run_dir / "30_shards") and not (run_dir / "40_checkpoints").exists()

@@ -140,3 +140,35 @@ def test_tokenmill_run_with_every_data_stage_on_slurm_finishes_in_one_command(sl
         want = sorted((tmp_path / "run-local" / "30_shards" / split).glob("tokens*.bin"))
         assert [p.read_bytes() for p in got] == [p.read_bytes() for p in want] and got
     assert (tmp_path / "run-slurm" / "60_export" / "config.json").is_file()
+
+
+@pytest.mark.slow  # ~1-2 minutes: five jobs, each a tokenmill start-up on the node
+def test_tokenmill_run_submit_queues_one_job_per_stage_at_once_and_collects(slurm, corpus, tmp_path, capsys):
+    """--submit queues the whole chain at once (each job after the one before: --dependency=afterok) and
+    returns; when the jobs have run, the same command without --submit finds every stage up to date."""
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=4, eval_every=4, save_every=4)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(config), "-o", str(tmp_path / "run-local")]) == 0
+    capsys.readouterr()
+    run = tmp_path / "run-slurm"
+    assert main(["run", str(config), "-o", str(run), "--submit"]) == 0
+    assert "[slurm] submitted 5 jobs" in capsys.readouterr().out
+    chain = json.loads((run / "slurm" / "chain.json").read_text())
+    assert [c["step"] for c in chain] == ["ingest", "filter", "dedup", "tokenize", "train"]
+    jobs = [c["job"] for c in chain]
+    queued = subprocess.run(["squeue", "-h", "-j", ",".join(jobs), "-o", "%i %r"], capture_output=True, text=True,
+                            env=slurm.env).stdout
+    assert "Dependency" in queued  # all queued at once, the later ones waiting on the earlier
+    slurm.wait(jobs, timeout=600)
+    assert main(["run", str(config), "-o", str(run)]) == 0
+    out = capsys.readouterr().out
+    for stage in ("ingest", "filter", "dedup", "tokenize", "train", "eval", "export"):
+        assert f"[{stage}] up to date" in out, (stage, out[-3000:])
+    for split in ("train", "val"):
+        got = sorted((run / "30_shards" / split).glob("tokens*.bin"))
+        want = sorted((tmp_path / "run-local" / "30_shards" / split).glob("tokens*.bin"))
+        assert got and [p.read_bytes() for p in got] == [p.read_bytes() for p in want]
+    assert sorted(p.name.split("-")[0] for p in (run / "slurm").glob("*.out")) == \
+        ["dedup", "filter", "ingest", "tokenize", "train"]

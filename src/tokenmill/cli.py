@@ -168,6 +168,11 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("run", "Run the whole pipeline from one YAML (or a built-in config: demo, tiny).")
     p.add_argument("config_file", metavar="CONFIG", help="a YAML file, or the name of a built-in config")
     p.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<config name>)")
+    p.add_argument("--until", choices=["ingest", "filter", "dedup", "tokenize"],
+                   help="run the data stages up to this one, then stop")
+    p.add_argument("--submit", action="store_true", help="submit the run to Slurm as a chain of jobs, one per "
+                   "stage (--dependency=afterok), and return; run again without --submit to collect")
+    p.add_argument("--wait", action="store_true", help="with --submit: wait for the chain, a line per stage")
     p = sub.add_parser("convert-gguf", help="Convert a GGUF model into a HF folder (a base for continued pre-training).",
                        epilog=f"example:\n  {EXAMPLES['convert-gguf']}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE", help="a .gguf file, or pkg://PACKAGE/file.gguf")
@@ -351,6 +356,24 @@ def _dispatch(args) -> None:
         print(json.dumps(e, indent=2) if args.json else format_estimate(e))
 
 
+def _submit(cfg: PipelineConfig, args, run_dir: Path) -> None:
+    import shutil
+
+    from tokenmill import slurm_chain
+    if shutil.which("sbatch") is None:
+        raise FileNotFoundError("tokenmill run --submit submits with sbatch, which is not on PATH here; run it on a "
+                                "Slurm login node")
+    config = args.config_file if not Path(args.config_file).is_file() else str(Path(args.config_file).resolve())
+    jobs = slurm_chain.submit(config, Path(run_dir).resolve(), args.overrides, cfg.ingest.executor.slurm)
+    print(f"[slurm] submitted {len(jobs)} jobs, each after the one before: "
+          + ", ".join(f"{step} {job}" for step, job in jobs) + f" (logs: {Path(run_dir) / 'slurm'})")
+    if not args.wait:
+        print(f"run `tokenmill run {args.config_file} -o {run_dir}` when they have finished to collect the run")
+        return
+    slurm_chain.wait(jobs, run_dir, cfg.ingest.executor.slurm.poll_s)
+    print(f"report:     {Path(run_dir) / 'report.html'}")
+
+
 def _eval(cfg: PipelineConfig, args) -> None:
     if not (args.sets or cfg.eval.tasks or cfg.eval.lm_eval):
         raise ValueError("nothing to evaluate: give NAME=PATH sets, --tasks or --lm-eval")
@@ -363,8 +386,14 @@ def _eval(cfg: PipelineConfig, args) -> None:
 def _run(cfg: PipelineConfig, args) -> None:
     from tokenmill.pipeline import run_pipeline
     run_dir = args.output or Path("runs") / Path(args.config_file).stem
+    if args.submit:
+        _submit(cfg, args, run_dir)
+        return
     started = time.time()
-    out = run_pipeline(cfg, run_dir, args.force)
+    out = run_pipeline(cfg, run_dir, args.force, args.until)
+    if out is None:
+        print(f"\nstopped after {args.until} in {time.time() - started:.0f}s ({run_dir})")
+        return
     print(f"\nfinished in {time.time() - started:.0f}s")
     print(f"report:     {out['report']}")
     print(f"model:      {out['model']}  (AutoModelForCausalLM.from_pretrained works on it)")

@@ -34,18 +34,30 @@ DATA_DIRS = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup", "
 MODEL_DIRS = {"train": "40_checkpoints", "eval": "50_eval", "export": "60_export"}
 
 
-def clean(ingest_cfg: IngestConfig, filter_cfg: FilterConfig, dedup_cfg: DedupConfig, root: Path, force: bool) -> Path:
-    """ingest → filter → dedup into root/00_raw, 10_filtered, 20_dedup; returns the deduplicated documents."""
+def clean(ingest_cfg: IngestConfig, filter_cfg: FilterConfig, dedup_cfg: DedupConfig, root: Path, force: bool,
+          until: str | None = None) -> Path:
+    """ingest → filter → dedup into root/00_raw, 10_filtered, 20_dedup (or up to `until`); returns the
+    deduplicated documents."""
     d = {name: root / folder for name, folder in DATA_DIRS.items()}
     run_stage("ingest", ingest_cfg, ingest.input_keys(ingest_cfg), d["ingest"],
               lambda out: ingest.run(ingest_cfg, out), force)
-    run_stage("filter", filter_cfg, [d["ingest"]], d["filter"], lambda out: filters.run(filter_cfg, d["ingest"], out), force)
-    run_stage("dedup", dedup_cfg, [d["filter"]], d["dedup"], lambda out: dedup.run(dedup_cfg, d["filter"], out), force)
+    if until != "ingest":
+        run_stage("filter", filter_cfg, [d["ingest"]], d["filter"], lambda out: filters.run(filter_cfg, d["ingest"], out), force)
+    if until not in ("ingest", "filter"):
+        run_stage("dedup", dedup_cfg, [d["filter"]], d["dedup"], lambda out: dedup.run(dedup_cfg, d["filter"], out), force)
     return d["dedup"]
 
 
-def prepare_data(cfg: PipelineConfig, run_dir: Path, force: bool) -> Path | dict[str, Path]:
-    """The token shards training reads: one folder, or one per named dataset."""
+def prepare_data(cfg: PipelineConfig, run_dir: Path, force: bool, until: str | None = None) -> Path | dict[str, Path] | None:
+    """The token shards training reads: one folder, or one per named dataset (None when `until` stops
+    before tokenize)."""
+    if until in ("ingest", "filter", "dedup"):
+        for name, ds in (cfg.datasets or {}).items():
+            clean(ds.ingest_config(), ds.filter or cfg.filter, ds.dedup or cfg.dedup, run_dir / "datasets" / name,
+                  force, until)
+        if not cfg.datasets:
+            clean(cfg.ingest, cfg.filter, cfg.dedup, run_dir, force, until)
+        return None
     if not cfg.datasets:
         docs = clean(cfg.ingest, cfg.filter, cfg.dedup, run_dir, force)
         shards = run_dir / DATA_DIRS["tokenize"]
@@ -70,7 +82,11 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path, force: bool) -> Path | dict
     return shards
 
 
-def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dict:
+UNTIL = ("ingest", "filter", "dedup", "tokenize")  # where `tokenmill run --until` may stop
+
+
+def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False, until: str | None = None) -> dict | None:
+    """Every stage, or the data stages up to `until` (then None)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
@@ -81,7 +97,9 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False) -> dic
     sections = {"model": cfg.model, "train": cfg.train, **({"mixture": cfg.mixture} if named else {})}
     if not force:  # a training run this config cannot continue is refused before the data stages run
         prepare_resumable("train", sections, None, d["train"], train.RESUMABLE_CHANGES)
-    shards = prepare_data(cfg, run_dir, force)
+    shards = prepare_data(cfg, run_dir, force, until)
+    if until:
+        return None
     _save_estimate(cfg, run_dir)
     run_stage("train", sections, list(shards.values()) if named else [shards], d["train"],
               lambda out: train.run(cfg.model, cfg.train, shards, out, run_dir / "metrics.jsonl", mixture=cfg.mixture),
