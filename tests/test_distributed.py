@@ -29,6 +29,14 @@ def launch(tmp_path, corpus, shards, out, nproc, **train):
     return tmp_path / out
 
 
+def rewind_to_step_3(run) -> int:
+    """As if the run had stopped after its step-3 checkpoint; returns that checkpoint's state.json mtime."""
+    shutil.rmtree(run / "step-00000006")
+    shutil.rmtree(run / "final")
+    (run / "manifest.json").unlink()
+    return (run / "step-00000003" / "state.json").stat().st_mtime_ns
+
+
 def train_losses(run):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
@@ -50,10 +58,7 @@ def test_two_ranks_match_one_rank(tmp_path, corpus, shards, single, parallel):
     if parallel == "fsdp":
         assert (run / "step-00000006" / "dcp").is_dir()
         # Resume the 2-rank FSDP checkpoint of step 3 on one process: the rest of the curve is unchanged.
-        shutil.rmtree(run / "step-00000006")
-        shutil.rmtree(run / "final")
-        (run / "manifest.json").unlink()
-        saved = (run / "step-00000003" / "state.json").stat().st_mtime_ns
+        saved = rewind_to_step_3(run)
         resumed = launch(tmp_path, corpus, shards, parallel, 1, micro_batch_size=4, parallel=parallel, grad_accum_steps=1)
         assert resumed == run
         assert (run / "step-00000003" / "state.json").stat().st_mtime_ns == saved  # resumed from it, not re-run
@@ -131,10 +136,7 @@ def test_a_run_resumes_on_another_number_of_ranks(tmp_path, corpus, shards, sing
     run = launch(tmp_path, corpus, shards, "resume", first, micro_batch_size=micro[first], parallel=parallel)
     if parallel == "fsdp":
         assert (run / "step-00000003" / "dcp").is_dir()
-    shutil.rmtree(run / "step-00000006")
-    shutil.rmtree(run / "final")
-    (run / "manifest.json").unlink()
-    saved = (run / "step-00000003" / "state.json").stat().st_mtime_ns
+    saved = rewind_to_step_3(run)
     assert launch(tmp_path, corpus, shards, "resume", then, micro_batch_size=micro[then], parallel=parallel) == run
     assert (run / "step-00000003" / "state.json").stat().st_mtime_ns == saved  # resumed from it, not re-run
     one, after = train_losses(single), train_losses(run)

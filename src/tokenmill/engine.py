@@ -254,10 +254,19 @@ def _previous_job(logging_dir: Path) -> str | None:
     return marker.read_text().strip() if marker.is_file() else None
 
 
-def _queued(job_id: str) -> bool:
+SLURM_ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+
+
+def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
+    """The jobs still queued or running, with their state (squeue)."""
     import subprocess
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True)
-    return bool(out.stdout.strip())
+    out = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T"], capture_output=True, text=True)
+    rows = (line.split() for line in out.stdout.splitlines() if line.strip())
+    return {job: state for job, state in rows if state in SLURM_ACTIVE}
+
+
+def _queued(job_id: str) -> bool:
+    return bool(slurm_job_states([job_id]))
 
 
 def _failed_logs(logging_dir: Path, job_id: str, failed: list[int]) -> str:
@@ -287,7 +296,7 @@ class TaskProgress:
 
     def __init__(self, logging_dir: Path, tasks: int, interval_s: float = 0.5):
         self.folder, self.tasks, self.interval_s = Path(logging_dir), tasks, interval_s
-        self._stop = None
+        self._stop, self._read = None, {}  # stats file name → documents
 
     def __enter__(self) -> "TaskProgress":
         import threading
@@ -305,14 +314,16 @@ class TaskProgress:
         return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
 
     def _documents(self) -> int:
-        docs = 0
+        """Documents read by the finished tasks; a task's stats file is written once, so each is read once."""
         for path in (self.folder / "stats").glob("*.json"):
+            if path.name in self._read:
+                continue
             try:
                 first = json.loads(path.read_text())[0]["stats"]  # the reader's step: documents read
             except (ValueError, IndexError, KeyError, OSError):
                 continue  # being written
-            docs += sum(total(first, key) for key in ("documents", "docs_out") if key in first)
-        return docs
+            self._read[path.name] = sum(total(first, key) for key in ("documents", "docs_out") if key in first)
+        return sum(self._read.values())
 
     def _watch(self) -> None:
         start = time.monotonic()

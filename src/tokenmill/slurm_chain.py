@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from tokenmill.engine import SlurmConfig
+from tokenmill.engine import SlurmConfig, slurm_job_states
 from tokenmill.pipeline import UNTIL
 
 STEPS = (*UNTIL, "train")  # train: training and everything after it
@@ -66,7 +66,7 @@ def wait(jobs: list[tuple[str, str]], run_dir: Path, poll_s: float = 5.0) -> Non
     ended without the stage's manifest, the rest cancelled) is an error naming its log."""
     reported: dict[str, str] = {}
     while True:
-        queued = _states([job for _, job in jobs])
+        queued = slurm_job_states([job for _, job in jobs])
         for step, job in jobs:
             state = queued.get(job, "ENDED")
             if reported.get(step) != state:
@@ -80,13 +80,3 @@ def wait(jobs: list[tuple[str, str]], run_dir: Path, poll_s: float = 5.0) -> Non
         raise RuntimeError(f"the Slurm chain of {run_dir} did not finish: see its job logs "
                            f"({', '.join(str(p) for p in logs) or Path(run_dir) / 'slurm'}); run the same command "
                            "again to submit what is left")
-
-
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
-
-
-def _states(job_ids: list[str]) -> dict[str, str]:
-    """The jobs still queued or running, with their state."""
-    out = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T"], capture_output=True, text=True)
-    rows = (line.split() for line in out.stdout.splitlines() if line.strip())
-    return {job: state for job, state in rows if state in ACTIVE}

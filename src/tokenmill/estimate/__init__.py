@@ -19,6 +19,7 @@ import torch
 
 from tokenmill.estimate.memory import MemoryPlan, memory_breakdown
 from tokenmill.train import perf
+from tokenmill.train.mixture import stage_seq_lens
 from tokenmill.train.perf import ACCELERATORS
 
 DEFAULT_MFU = {"gpu": 0.40, "cpu": 0.60}  # GPU: llm-foundry's published H100 range 35-46%; CPU: our loop, measured
@@ -134,7 +135,7 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
     memory = memory_breakdown(plan)
     total_time = step_time * t.max_steps
     cost = total_time / 3600 * devices.count * price_per_gpu_hour if price_per_gpu_hour else None
-    lengths = sorted({stage.seq_len or t.seq_len for stage in cfg.mixture.stages} | {t.seq_len})
+    lengths = sorted(set(stage_seq_lens(cfg.mixture, t.seq_len)) | {t.seq_len})
     return {"params": params, "params_embedding": embedding, "params_trainable": plan.trainable,
             # A stage at another length: the same tokens per step and per micro-batch (so the same activation
             # memory without a seq² term); attention FLOPs per token grow with the length.

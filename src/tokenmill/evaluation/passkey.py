@@ -32,14 +32,17 @@ class PasskeyConfig(StrictModel):
     seed: int = 0
 
 
-def question(tokenizer, length: int, depth: float, key: int, others: list[int]) -> dict:
+def tokens_per_sentence(tokenizer) -> float:
+    return len(tokenizer.encode("".join(FILLER) * 8, add_special_tokens=False)) / (8 * len(FILLER))
+
+
+def question(tokenizer, length: int, depth: float, key: int, others: list[int], per_sentence: float) -> dict:
     """One question whose context is `length` tokens, about, with the key after `depth` of the filler."""
     needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
     fixed = len(tokenizer.encode(INTRO + needle + QUESTION, add_special_tokens=False))
     if length < fixed + 16:
         raise ValueError(f"--lengths {length}: the question alone is {fixed} tokens with this tokenizer; give "
                          f"lengths of {fixed + 16} tokens or more")
-    per_sentence = len(tokenizer.encode("".join(FILLER) * 8, add_special_tokens=False)) / (8 * len(FILLER))
     sentences = [FILLER[i % len(FILLER)] for i in range(max(0, round((length - fixed) / per_sentence)))]
     before = round(len(sentences) * depth)
     context = INTRO + "".join(sentences[:before]) + needle + "".join(sentences[before:]) + QUESTION
@@ -48,13 +51,13 @@ def question(tokenizer, length: int, depth: float, key: int, others: list[int]) 
 
 
 def make(cfg: PasskeyConfig, tokenizer) -> list[dict]:
-    rng = random.Random(cfg.seed)
+    rng, per_sentence = random.Random(cfg.seed), tokens_per_sentence(tokenizer)
     rows = []
     for length in cfg.lengths:
         for depth in cfg.depths:
             for _ in range(cfg.per_cell):
                 numbers = rng.sample(range(10_000, 100_000), cfg.choices)
-                row = question(tokenizer, length, depth, numbers[0], numbers[1:])
+                row = question(tokenizer, length, depth, numbers[0], numbers[1:], per_sentence)
                 order = list(range(cfg.choices))
                 rng.shuffle(order)  # the key is not always the first choice
                 row["choices"] = [row["choices"][i] for i in order]

@@ -144,20 +144,19 @@ def make_sinks(cfg: TrainConfig, world: World, out_dir: Path, metrics_path: Path
 
 def save_final(model, rebuild, tokenizer, out_dir: Path, world: World, save_embeddings: bool) -> None:
     """final/ (merged HF model + tokenizer) and, for LoRA, adapter/; rank 0 writes, FSDP shards are gathered."""
-    if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    plain = unwrap(model)
+    if is_fsdp(model) or quantize.is_quantized(plain):
+        # Into a model built again: FSDP's gathered shards (a collective: every rank takes part), or what trained
+        # on a 4-bit base, which goes on the full-precision base that `rebuild` loads.
+        if is_fsdp(model):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            state = {name: p.detach().cpu() for name, p in plain.named_parameters() if p.requires_grad}
         plain = rebuild() if world.is_main else None
         if plain is not None:
-            plain.load_state_dict(full)
-    elif quantize.is_quantized(unwrap(model)):  # what trained, on the full-precision base
-        plain = rebuild() if world.is_main else None
-        if plain is not None:
-            trained = {name: p.detach().cpu() for name, p in unwrap(model).named_parameters() if p.requires_grad}
-            unexpected = plain.load_state_dict(trained, strict=False).unexpected_keys
-            assert not unexpected, f"internal: trained weights without a place in the base: {unexpected[:3]}"
-    else:
-        plain = unwrap(model)
+            unexpected = plain.load_state_dict(state, strict=is_fsdp(model)).unexpected_keys
+            assert not unexpected, f"internal: trained weights without a place in the model: {unexpected[:3]}"
     if world.is_main:
         plain = plain.to("cpu")
         if hasattr(plain, "peft_config"):
