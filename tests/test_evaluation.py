@@ -102,6 +102,19 @@ def test_cpt_evaluates_every_set_at_step_0_the_same_as_a_separate_eval(base_mode
         assert counts["val_losses"][name] == evals[-1][f"val/{name}/loss"]
     assert after["sets"]["domain"]["loss"] < before["sets"]["domain"]["loss"]
 
+    # One evaluation with `before`: every figure with its interval, every change with its paired interval.
+    both = evaluate(EvalConfig(max_tokens=1024, seq_len=32), tmp_path / "ck", sets, None, before=base_model)
+    for name in sets:
+        got, change = both["sets"][name], both["change"]["sets"][name]
+        assert got["loss_ci"][0] < got["loss"] < got["loss_ci"][1]
+        assert got["bits_per_byte_ci"][0] < got["bits_per_byte"] < got["bits_per_byte_ci"][1]
+        expected = got["bits_per_byte"] - both["before"]["sets"][name]["bits_per_byte"]
+        assert change["bits_per_byte"]["difference"] == pytest.approx(expected)
+        assert change["bits_per_byte"]["paired"] and change["bits_per_byte"]["ci"][0] <= expected
+    domain = both["change"]["sets"]["domain"]["bits_per_byte"]
+    assert not domain["within_noise"] and domain["ci"][1] < 0  # trained on it: a real gain, not noise
+    assert "before → after" in evaluation.format_table(both) and "better" in evaluation.format_table(both)
+
 
 def test_train_rejects_shards_of_another_tokenizer(base_model, corpus, shards, tmp_path):
     other = tmp_path / "other_base"
@@ -213,7 +226,8 @@ def test_loss_by_position_buckets_average_to_the_loss_of_the_training_loss_funct
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tokenmill.evaluation.positions import bucket_name, buckets, in_order, loss_by_position
-    from tokenmill.evaluation.sets import split_windows
+    from tokenmill.evaluation.sets import split_windows, window_documents
+    from tokenmill.tokenize.shards import open_split
     from tokenmill.losses import hidden_state_outputs, mean_loss
     assert [bucket_name(*b) for b in buckets(8192)] == ["0-512", "512-1k", "1k-2k", "2k-4k", "4k-8k"]
     assert buckets(32) == [(0, 2), (2, 4), (4, 8), (8, 16), (16, 32)]
@@ -223,9 +237,15 @@ def test_loss_by_position_buckets_average_to_the_loss_of_the_training_loss_funct
                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
     windows = split_windows(shards / "val", 32, 2048)
     expected = mean_loss(model, windows, 4, torch.device("cpu"))
+    documents = window_documents(open_split(shards / "val"), 32, 2048)
     with hidden_state_outputs(model) as head:  # the chunked head, as evaluation runs it
-        loss, by_bucket = loss_by_position(model, windows, 4, torch.device("cpu"), head)
+        loss, by_bucket, units = loss_by_position(model, windows, 4, torch.device("cpu"), head, documents)
     assert loss == pytest.approx(expected, rel=1e-5)
+    # The per-unit sums hold every scored token once: their ratio is the loss.
+    assert units.den.sum() == len(windows) * 32 and units.value == pytest.approx(expected, rel=1e-6)
+    assert units.kind == ("documents" if len(np.unique(documents)) >= 30 else "windows")
+    starts = open_split(shards / "val")[0].doc_offsets
+    assert documents[0, 0] == np.searchsorted(starts, 1, side="right") - 1  # position 1 is window 0's first target
     widths = np.array([e - s for s, e in buckets(32)])
     assert np.dot(list(by_bucket.values()), widths) / 32 == pytest.approx(expected, rel=1e-5)
     assert len(set(by_bucket.values())) == len(by_bucket)  # each bucket its own positions

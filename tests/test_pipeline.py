@@ -31,7 +31,11 @@ def test_run_end_to_end_then_skip_then_rerun_downstream(tiny_config, tmp_path, c
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = json.loads((run_dir / "50_eval" / "results.json").read_text())
     assert f"<td>{_fmt(max(r['mem/peak_gib'] for r in rows if 'mem/peak_gib' in r))}</td>" in report
-    assert f"<td>{_fmt(evals['sets']['val']['loss'])}</td>" in report
+    val = evals["sets"]["val"]
+    lo, hi = val["loss_ci"]
+    assert f"<td>{val['loss']:.4f} [{lo:.4f}, {hi:.4f}]</td>" in report  # each figure with its 95% interval
+    assert f"val:   {val['loss']:.4f} [95% CI {lo:.4f}, {hi:.4f}] nats/token" in out
+    assert 'alt="bits per byte with intervals"' in report
     for part in ("Estimate vs measured", "Stage durations", "Resolved config", 'alt="throughput"', 'alt="MFU"',
                  "Sample</h2><pre>The king"):
         assert part in report, part
@@ -41,7 +45,8 @@ def test_run_end_to_end_then_skip_then_rerun_downstream(tiny_config, tmp_path, c
     card = (run_dir / "60_export" / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "other" and "tokenmill" in front["tags"] and front["datasets"] == [str(tiny_config["ingest"]["paths"][0])]
-    assert f"| val |  | {results['loss']:.4f} |" in card and "| filter |" in card and "max_steps: 60" in card
+    assert f"| val |  | {results['loss']:.4f} [{lo:.4f}, {hi:.4f}] |" in card and "| filter |" in card
+    assert "max_steps: 60" in card
 
     first = started(run_dir)
     assert main(["run", str(config), "-o", str(run_dir)]) == 0

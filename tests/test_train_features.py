@@ -252,3 +252,52 @@ def test_cpt_from_other_model_families(family, shards, corpus, tmp_path):
     before, after = AutoModelForCausalLM.from_pretrained(base), AutoModelForCausalLM.from_pretrained(tmp_path / "ck" / "final")
     assert type(after) is type(before) and counts["steps"] == 6
     assert any(not torch.equal(v, before.state_dict()[k]) for k, v in after.state_dict().items())
+
+
+def test_a_lora_run_on_the_command_line_shows_no_library_noise(shards, corpus, tmp_path):
+    """peft's import makes bitsandbytes warn that it could not fetch CPU kernels, and transformers issues
+    FutureWarnings: they go to the stage's log file, the terminal keeps tokenmill's lines (a real process)."""
+    import subprocess
+    import sys
+
+    import yaml
+    base = base_model_dir(tmp_path, shards)
+    raw = tiny_pipeline(corpus)
+    raw["model"] = {"preset": None, "init_from": str(base), "lora": {"r": 4, "alpha": 8}}
+    raw["tokenize"]["tokenizer"] = str(base)
+    raw["train"].update(max_steps=4, save_every=0, eval_every=0, activation_checkpointing=True)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "ck"
+    done = subprocess.run([sys.executable, "-W", "always", "-m", "tokenmill", "train", str(shards), "-o", str(out),
+                           "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    terminal = done.stdout + done.stderr
+    for noise in ("gemm_4bit_forward", "Warning", "warnings.warn"):
+        assert noise not in terminal, terminal
+    assert "[train]" in terminal and "[eval]" in terminal  # tokenmill's own lines stay
+    assert (out / "logs" / "train.log").is_file()
+
+
+def test_library_logs_keeps_tokenmill_on_the_terminal_and_sends_the_rest_to_the_file(tmp_path, capfd):
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from tokenmill.logs import library_logs
+    terminal = logging.StreamHandler()
+    logging.getLogger().addHandler(terminal)
+    try:
+        with library_logs(tmp_path / "x.log"):
+            logging.getLogger("bitsandbytes.backends.cpu").warning("kernel noise")
+            hf_logging.get_logger("transformers.modeling_utils").warning("hf noise")
+            warnings.warn("a FutureWarning of a library", FutureWarning)
+            logging.getLogger("tokenmill.train").warning("our own line")
+        logging.getLogger("tokenmill.train").warning("after the block")
+    finally:
+        logging.getLogger().removeHandler(terminal)
+    err = capfd.readouterr().err
+    text = (tmp_path / "x.log").read_text()
+    assert "kernel noise" in text and "hf noise" in text and "FutureWarning of a library" in text
+    assert "kernel noise" not in err and "hf noise" not in err and "FutureWarning" not in err
+    assert "our own line" in err and "after the block" in err

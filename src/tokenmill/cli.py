@@ -11,12 +11,15 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from tokenmill import dedup, evaluation, export, filters, ingest, recipes, report, storage, tokenize, train
+from tokenmill import dedup, evaluation, export, filters, ingest, lock, recipes, report, storage, tokenize, train
 from tokenmill.config import ConfigError, PipelineConfig, load_config, resolve_config_path
+from tokenmill.evaluation.intervals import describe_change
 from tokenmill.export.gguf_writer import OUTTYPES
+from tokenmill.logs import library_logs
 from tokenmill.stage import StagePending, run_stage
 from tokenmill.tokenize.shards import check_split
 from tokenmill.train.preemption import EXIT_STATUS as PREEMPTED_EXIT
@@ -304,7 +307,7 @@ def _dispatch(args) -> None:
         run_stage(c, cfg.filter, [args.input], args.output,
                   lambda out: filters.run(cfg.filter, storage.local_stage(args.input), out), args.force)
     elif c == "dedup":
-        run_stage(c, cfg.dedup, [args.input], args.output,
+        run_stage(c, cfg.dedup, dedup.inputs(cfg.dedup, args.input), args.output,
                   lambda out: dedup.run(cfg.dedup, storage.local_stage(args.input), out), args.force)
     elif c == "tokenize":
         run_stage(c, cfg.tokenize, [args.input], args.output,
@@ -328,10 +331,11 @@ def _dispatch(args) -> None:
             raise ValueError("--force deletes the output folder and --resume-from continues a run: give one of them")
         if cfg.recipe.name != "none":
             print(recipes.describe(cfg.recipe, cfg.train, cfg.mixture))
-        run_stage(c, sections, inputs, args.output,
-                  lambda out: train.run(cfg.model, cfg.train, shards, out, mixture=cfg.mixture,
-                                        resume_from=args.resume_from), args.force,
-                  resumable=True, resume_despite=train.RESUMABLE_CHANGES, keep_existing=args.resume_from is not None)
+        with library_logs(Path(args.output) / "logs" / "train.log"):
+            run_stage(c, sections, inputs, args.output,
+                      lambda out: train.run(cfg.model, cfg.train, shards, out, mixture=cfg.mixture,
+                                            resume_from=args.resume_from), args.force,
+                      resumable=True, resume_despite=train.RESUMABLE_CHANGES, keep_existing=args.resume_from is not None)
     elif c == "eval":
         _eval(cfg, args)
     elif c == "generate":
@@ -377,7 +381,9 @@ def _submit(cfg: PipelineConfig, args, run_dir: Path) -> None:
 def _eval(cfg: PipelineConfig, args) -> None:
     if not (args.sets or cfg.eval.tasks or cfg.eval.lm_eval):
         raise ValueError("nothing to evaluate: give NAME=PATH sets, --tasks or --lm-eval")
-    results = evaluation.run(cfg.eval, args.model, evaluation.parse_sets(args.sets), args.output, cfg.train.seq_len)
+    log_file = args.output / "logs" / "eval.log" if args.output else Path(tempfile.gettempdir()) / "tokenmill-eval.log"
+    with library_logs(log_file):
+        results = evaluation.run(cfg.eval, args.model, evaluation.parse_sets(args.sets), args.output, cfg.train.seq_len)
     print(evaluation.format_table(results))
     if args.output:
         print(f"results: {args.output / 'results.json'}")
@@ -390,7 +396,8 @@ def _run(cfg: PipelineConfig, args) -> None:
         _submit(cfg, args, run_dir)
         return
     started = time.time()
-    out = run_pipeline(cfg, run_dir, args.force, args.until)
+    with lock.hold(Path(run_dir)):  # one `tokenmill run` per run folder (a --submit chain runs its jobs in turn)
+        out = run_pipeline(cfg, run_dir, args.force, args.until)
     if out is None:
         print(f"\nstopped after {args.until} in {time.time() - started:.0f}s ({run_dir})")
         return
@@ -401,18 +408,26 @@ def _run(cfg: PipelineConfig, args) -> None:
         print(f"gguf:       {gguf_file}  (llama.cpp: tokenmill generate {gguf_file})")
     if any(Path(out["model"]).glob("*.gguf")):
         print(f"serve:      tokenmill serve {out['model']}  (an OpenAI-compatible API on 127.0.0.1:8080)")
-    for name, result in out["sets"].items():  # before → after for continued pre-training
+    for name, result in out["sets"].items():  # before → after for continued pre-training, with intervals
+        change = out["change"].get(name)
         if out["tokenizer_changed"]:  # nats per token of two tokenizers do not compare; bits per byte do
             before = f"{out['before'][name]['bits_per_byte']:.4f} → " if name in out["before"] else ""
-            print(f"eval {name + ':':<6} {before}{result['bits_per_byte']:.4f} bits/byte (extended tokenizer; "
-                  f"{result['loss']:.4f} nats/token)")
+            print(f"eval {name + ':':<6} {before}{_ci(result, 'bits_per_byte')} bits/byte (extended tokenizer; "
+                  f"{result['loss']:.4f} nats/token)" + (f"; change {describe_change(change['bits_per_byte'], '')}"
+                                                         if change else ""))
             continue
         before = f"{out['before'][name]['loss']:.4f} → " if name in out["before"] else ""
-        print(f"eval {name + ':':<6} {before}{result['loss']:.4f} nats/token ({result['bits_per_byte']:.3f} bits/byte)")
+        print(f"eval {name + ':':<6} {before}{_ci(result, 'loss')} nats/token ({result['bits_per_byte']:.3f} bits/byte)"
+              + (f"; change {describe_change(change['loss'], '')}" if change else ""))
     if out["unigram_entropy"] is not None:
         print(f"unigram entropy of the corpus: {out['unigram_entropy']:.4f} nats/token (what knowing only token "
               f"frequencies gives)")
     print(f"sample:\n{out['sample']}")
+
+
+def _ci(result: dict, metric: str) -> str:
+    ci = result.get(f"{metric}_ci")
+    return f"{result[metric]:.4f} [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{result[metric]:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:

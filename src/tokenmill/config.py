@@ -201,7 +201,7 @@ def _cross_checks(s: dict) -> list[str]:
             problems.append("model.quantize: needs bitsandbytes, not installed: pip install 'tokenmill[qlora]'")
         if train and train.parallel == "fsdp":
             problems.append("model.quantize: a 4-bit base does not shard with train.parallel: fsdp here; use ddp")
-    if train and train.eval_tokens < train.seq_len:
+    if train and train.eval_tokens is not None and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
     return problems
 

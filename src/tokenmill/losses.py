@@ -108,10 +108,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 @torch.no_grad()
 def mean_loss(model, windows: list[np.ndarray], batch_size: int, device, world=None,
-              loss_fn=next_token_loss) -> float:
+              loss_fn=next_token_loss, progress=None) -> float:
     """Mean next-token loss (nats) over windows of seq_len + 1 tokens, by `loss_fn(model, batch)` (the
     training loss, with its autocast and chunked head); with a `world` of several ranks, each evaluates its
-    share and the sums are combined."""
+    share and the sums are combined. `progress(n)` is told the tokens of each batch (all ranks')."""
     if not windows:
         raise ValueError("no evaluation windows: the validation split is shorter than one sequence")
     rank, size = (world.rank, world.size) if world else (0, 1)
@@ -124,6 +124,8 @@ def mean_loss(model, windows: list[np.ndarray], batch_size: int, device, world=N
         batch = {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}
         total += torch.stack([loss_fn(model, batch).double() * len(tokens),
                               torch.tensor(float(len(tokens)), dtype=torch.float64, device=device)])
+        if progress:
+            progress(batch["labels"].numel() * size)
     if size > 1 and len(windows) >= size:
         total = world.mean(total) * size
     return (total[0] / total[1]).item()

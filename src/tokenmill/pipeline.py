@@ -23,8 +23,10 @@ from tokenmill import dedup, evaluation, export, filters, ingest, recipes, repor
 from tokenmill.atomic import atomic_write_json, atomic_write_text
 from tokenmill.config import PipelineConfig, dump_config
 from tokenmill.dedup import DedupConfig
+from tokenmill.decontaminate import with_run_sources
 from tokenmill.filters import FilterConfig
 from tokenmill.generate import generate
+from tokenmill.logs import library_logs
 from tokenmill.ingest import IngestConfig
 from tokenmill.stage import prepare_resumable, run_stage
 from tokenmill.tokenize.fertility import of_run
@@ -44,7 +46,8 @@ def clean(ingest_cfg: IngestConfig, filter_cfg: FilterConfig, dedup_cfg: DedupCo
     if until != "ingest":
         run_stage("filter", filter_cfg, [d["ingest"]], d["filter"], lambda out: filters.run(filter_cfg, d["ingest"], out), force)
     if until not in ("ingest", "filter"):
-        run_stage("dedup", dedup_cfg, [d["filter"]], d["dedup"], lambda out: dedup.run(dedup_cfg, d["filter"], out), force)
+        run_stage("dedup", dedup_cfg, dedup.inputs(dedup_cfg, d["filter"]), d["dedup"],
+                  lambda out: dedup.run(dedup_cfg, d["filter"], out), force)
     return d["dedup"]
 
 
@@ -53,18 +56,19 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path, force: bool, until: str | N
     before tokenize)."""
     if until in ("ingest", "filter", "dedup"):
         for name, ds in (cfg.datasets or {}).items():
-            clean(ds.ingest_config(), ds.filter or cfg.filter, ds.dedup or cfg.dedup, run_dir / "datasets" / name,
-                  force, until)
+            clean(ds.ingest_config(), ds.filter or cfg.filter, _dedup_config(ds.dedup or cfg.dedup, cfg, run_dir),
+                  run_dir / "datasets" / name, force, until)
         if not cfg.datasets:
-            clean(cfg.ingest, cfg.filter, cfg.dedup, run_dir, force, until)
+            clean(cfg.ingest, cfg.filter, _dedup_config(cfg.dedup, cfg, run_dir), run_dir, force, until)
         return None
     if not cfg.datasets:
-        docs = clean(cfg.ingest, cfg.filter, cfg.dedup, run_dir, force)
+        docs = clean(cfg.ingest, cfg.filter, _dedup_config(cfg.dedup, cfg, run_dir), run_dir, force)
         shards = run_dir / DATA_DIRS["tokenize"]
         run_stage("tokenize", cfg.tokenize, [docs], shards, lambda out: tokenize.run(cfg.tokenize, docs, out), force)
         return shards
     roots = {name: run_dir / "datasets" / name for name in cfg.datasets}
-    docs = {name: clean(ds.ingest_config(), ds.filter or cfg.filter, ds.dedup or cfg.dedup, roots[name], force)
+    docs = {name: clean(ds.ingest_config(), ds.filter or cfg.filter, _dedup_config(ds.dedup or cfg.dedup, cfg, run_dir),
+                        roots[name], force)
             for name, ds in cfg.datasets.items()}
     tokenize_cfg, inputs = cfg.tokenize, []
     if not cfg.tokenize.tokenizer or cfg.tokenize.extend:
@@ -82,6 +86,15 @@ def prepare_data(cfg: PipelineConfig, run_dir: Path, force: bool, until: str | N
     return shards
 
 
+def _dedup_config(dedup_cfg: DedupConfig, cfg: PipelineConfig, run_dir: Path) -> DedupConfig:
+    """The dedup section with the run's evaluation sets, tasks and lm-eval tasks to decontaminate against."""
+    if dedup_cfg.decontaminate is None:
+        return dedup_cfg
+    decont = with_run_sources(dedup_cfg.decontaminate, cfg.train.eval_sets, cfg.eval.tasks, cfg.eval.lm_eval,
+                              cfg.eval.lm_eval_include, run_dir)
+    return dedup_cfg.model_copy(update={"decontaminate": decont})
+
+
 UNTIL = ("ingest", "filter", "dedup", "tokenize")  # where `tokenmill run --until` may stop
 
 
@@ -92,16 +105,21 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False, until:
     atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
     if cfg.recipe.name != "none":
         print(recipes.describe(cfg.recipe, cfg.train, cfg.mixture))
-    d = {name: run_dir / folder for name, folder in MODEL_DIRS.items()}
-    named = bool(cfg.datasets)
-    sections = {"model": cfg.model, "train": cfg.train, **({"mixture": cfg.mixture} if named else {})}
     if not force:  # a training run this config cannot continue is refused before the data stages run
-        prepare_resumable("train", sections, None, d["train"], train.RESUMABLE_CHANGES)
+        prepare_resumable("train", _train_sections(cfg), None, run_dir / MODEL_DIRS["train"], train.RESUMABLE_CHANGES)
     shards = prepare_data(cfg, run_dir, force, until)
     if until:
         return None
     _save_estimate(cfg, run_dir)
-    run_stage("train", sections, list(shards.values()) if named else [shards], d["train"],
+    with library_logs(run_dir / "logs" / "model.log"):  # transformers, peft, bitsandbytes: not the terminal
+        return _model_stages(cfg, run_dir, shards, force)
+
+
+def _model_stages(cfg: PipelineConfig, run_dir: Path, shards: Path | dict[str, Path], force: bool) -> dict:
+    """train → eval → export → sample → report."""
+    d = {name: run_dir / folder for name, folder in MODEL_DIRS.items()}
+    named = bool(cfg.datasets)
+    run_stage("train", _train_sections(cfg), list(shards.values()) if named else [shards], d["train"],
               lambda out: train.run(cfg.model, cfg.train, shards, out, run_dir / "metrics.jsonl", mixture=cfg.mixture),
               force, resumable=True, resume_despite=train.RESUMABLE_CHANGES)
     default_sets = {name: str(path) for name, path in (shards if named else {"val": shards}).items()}
@@ -120,9 +138,14 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False, until:
     report_path = report.run(run_dir)
     evaluated = json.loads((d["eval"] / "results.json").read_text())
     return {"report": report_path, "model": d["export"], "sets": evaluated["sets"],
-            "before": evaluated.get("before", {}).get("sets", {}),
+            "before": evaluated.get("before", {}).get("sets", {}), "change": evaluated.get("change", {}).get("sets", {}),
             "unigram_entropy": None if named else read_meta(shards / "val").get("unigram_entropy_nats"),
             "sample": sample, "eval": results["counts"], "tokenizer_changed": bool(of_run(run_dir))}
+
+
+def _train_sections(cfg: PipelineConfig) -> dict:
+    """What the train stage's key and record hold: the model, train and (with named datasets) mixture sections."""
+    return {"model": cfg.model, "train": cfg.train, **({"mixture": cfg.mixture} if cfg.datasets else {})}
 
 
 def _save_estimate(cfg: PipelineConfig, run_dir: Path) -> None:

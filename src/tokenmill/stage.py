@@ -7,6 +7,7 @@ The manifest (`manifest.json`, written last) is the completion marker: no manife
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from tokenmill import __version__, storage
+from tokenmill import __version__, lock, storage
 from tokenmill.atomic import atomic_write_json, atomic_write_text, staging_dir
 from tokenmill.storage import file_digest
 
@@ -87,13 +88,24 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
         log = lambda message: None  # noqa: E731
     keys = {str(p): input_key(p) for p in inputs}
     key = stage_key(name, cfg, keys)
+    if storage.is_remote(out_dir):
+        manifest = read_manifest(out_dir)
+        if manifest and manifest["key"] == key and not force:
+            log(f"[{name}] up to date ({out_dir})")
+            return manifest
+        return _run_for_remote(name, cfg, key, keys, str(out_dir), fn, force, resumable, log)
+    # One writer per folder: a second process on it is refused, naming the first (lock.py).
+    with lock.hold(Path(out_dir), log) if main_process else contextlib.nullcontext():
+        return _run_local(name, cfg, key, keys, Path(out_dir), fn, force, resumable, log, main_process,
+                          resume_despite, keep_existing)
+
+
+def _run_local(name, cfg, key, keys, out_dir: Path, fn, force, resumable, log, main_process, resume_despite,
+               keep_existing) -> dict:
     manifest = read_manifest(out_dir)
     if manifest and manifest["key"] == key and not force:
         log(f"[{name}] up to date ({out_dir})")
         return manifest
-    if storage.is_remote(out_dir):
-        return _run_for_remote(name, cfg, key, keys, str(out_dir), fn, force, resumable, log)
-    out_dir = Path(out_dir)
     started = time.time()
     log(f"[{name}] running → {out_dir}")
     if resumable:

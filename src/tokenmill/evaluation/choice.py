@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenmill.evaluation import intervals
+
 TARGET_DELIMITER = " "  # lm-eval's default `target_delimiter` between the context and a choice
 
 
@@ -98,7 +100,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 @torch.no_grad()
 def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], max_length: int, batch_size: int,
-                   device) -> list[float]:
+                   device, progress=None) -> list[float]:
     """Sum of log p(continuation token | everything before it) for each (context, continuation) pair.
     Inputs are (context + continuation)[:-1], cut from the left to `max_length`; longest first, padded on
     the right (a causal model's earlier positions never see the padding)."""
@@ -118,32 +120,45 @@ def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], max_length: 
             end = len(rows[r])
             logprobs = torch.log_softmax(logits[r, end - len(cont):end].float(), dim=-1)
             scores[i] = logprobs.gather(1, torch.tensor(cont, device=logits.device)[:, None]).sum().item()
+        if progress:
+            progress(len(idx))
     return scores
 
 
-def score_task(model, tokenizer, questions: list[Question], max_length: int, batch_size: int, device) -> dict:
-    """acc and acc_norm with standard errors, and each question's per-choice log-likelihoods."""
+def score_task(model, tokenizer, questions: list[Question], max_length: int, batch_size: int, device,
+               progress=None) -> dict:
+    """acc and acc_norm with standard errors and 95% intervals, each question's per-choice log-likelihoods,
+    and whether each was answered right (the units of a paired before/after interval)."""
     pairs = [encode_pair(tokenizer, q.context, TARGET_DELIMITER + c) for q in questions for c in q.choices]
     if any(not cont for _, cont in pairs):
         raise ValueError("a choice encodes to no tokens after its context; check the task's choices")
-    flat = iter(loglikelihoods(model, pairs, max_length, batch_size, device))
+    per_question = len(pairs) / max(len(questions), 1)
+    advance = (lambda n: progress(n / per_question)) if progress else None  # noqa: E731
+    flat = iter(loglikelihoods(model, pairs, max_length, batch_size, device, advance))
     lls = [[next(flat) for _ in q.choices] for q in questions]
     correct = np.array([int(np.argmax(ll)) == q.answer for q, ll in zip(questions, lls)], dtype=float)
     correct_norm = np.array([int(np.argmax(np.array(ll) / [len(c) for c in q.choices])) == q.answer
                              for q, ll in zip(questions, lls)], dtype=float)
     scores = {"acc": correct.mean(), "acc_stderr": stderr(correct), "acc_norm": correct_norm.mean(),
-              "acc_norm_stderr": stderr(correct_norm), "n": len(questions), "loglikelihoods": lls}
+              "acc_norm_stderr": stderr(correct_norm), "n": len(questions), "loglikelihoods": lls,
+              "acc_ci": intervals.interval(intervals.of_outcomes(correct)),
+              "acc_norm_ci": intervals.interval(intervals.of_outcomes(correct_norm)),
+              "correct": correct, "correct_norm": correct_norm}
     by_tag = accuracy_by_tag(questions, correct)
-    return {**scores, "acc_by": by_tag} if by_tag else scores
+    if not by_tag:
+        return scores
+    return {**scores, "acc_by": {tag: {v: acc for v, (acc, _) in values.items()} for tag, values in by_tag.items()},
+            "acc_by_ci": {tag: {v: ci for v, (_, ci) in values.items()} for tag, values in by_tag.items()}}
 
 
 def accuracy_by_tag(questions: list[Question], correct: np.ndarray) -> dict:
-    """{tag: {value: acc}} for every tag the questions carry (values in their first-seen order)."""
+    """{tag: {value: (acc, 95% interval)}} for every tag the questions carry (values in their first-seen order)."""
     by: dict = {}
     for q, ok in zip(questions, correct):
         for tag, value in q.tags.items():
             by.setdefault(tag, {}).setdefault(str(value), []).append(ok)
-    return {tag: {value: float(np.mean(oks)) for value, oks in values.items()} for tag, values in by.items()}
+    return {tag: {value: (float(np.mean(oks)), intervals.interval(intervals.of_outcomes(np.array(oks))))
+                  for value, oks in values.items()} for tag, values in by.items()}
 
 
 def stderr(outcomes: np.ndarray) -> float:

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tokenmill.evaluation import intervals
+
 CHUNK_TOKENS = 1024  # positions whose logits are made at once: a 49k vocabulary needs ~200 MB per 1k tokens
 
 
@@ -52,14 +54,36 @@ def token_losses(model, batch: dict[str, torch.Tensor], head: torch.nn.Module | 
 
 
 @torch.no_grad()
-def loss_by_position(model, windows: list[np.ndarray], batch_size: int, device, head=None) -> tuple[float, dict]:
-    """(mean loss over every token, {bucket: mean loss of its positions}) over windows of seq_len + 1 tokens."""
+def loss_by_position(model, windows: list[np.ndarray], batch_size: int, device, head=None,
+                     documents: np.ndarray | None = None, progress=None) -> tuple[float, dict, intervals.Units]:
+    """(mean loss over every token, {bucket: mean loss of its positions}, the per-unit sums the intervals
+    resample) over windows of seq_len + 1 tokens. `documents` [windows, seq_len]: the document of each scored
+    token; the units are documents, or windows when there are too few documents (intervals.MIN_DOCUMENTS)."""
     model.eval()
-    sums = None
+    sums, window_sums = None, []
+    n_docs = int(documents.max()) + 1 if documents is not None else 0
+    doc_sums = np.zeros(n_docs)
     for i in range(0, len(windows), batch_size):
         tokens = torch.from_numpy(np.stack(windows[i:i + batch_size]).astype(np.int64)).to(device)
-        losses = token_losses(model, {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}, head).double().sum(0)
-        sums = losses if sums is None else sums + losses
+        losses = token_losses(model, {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}, head).double()
+        sums = losses.sum(0) if sums is None else sums + losses.sum(0)
+        on_host = losses.cpu().numpy()
+        window_sums.append(on_host.sum(1))
+        if documents is not None:
+            doc_sums += np.bincount(documents[i:i + batch_size].ravel(), weights=on_host.ravel(), minlength=n_docs)
+        if progress:
+            progress(on_host.size)
     per_position = (sums / len(windows)).cpu().numpy()
     by_bucket = {bucket_name(s, e): float(per_position[s:e].mean()) for s, e in buckets(len(per_position))}
-    return float(per_position.mean()), by_bucket
+    return float(per_position.mean()), by_bucket, _units(np.concatenate(window_sums), len(per_position),
+                                                         documents, doc_sums)
+
+
+def _units(window_sums: np.ndarray, width: int, documents: np.ndarray | None, doc_sums: np.ndarray) -> intervals.Units:
+    if documents is not None:
+        tokens = np.bincount(documents.ravel(), minlength=len(doc_sums)).astype(np.float64)
+        present = np.flatnonzero(tokens)
+        if len(present) >= intervals.MIN_DOCUMENTS:
+            return intervals.Units("documents", present, doc_sums[present], tokens[present])
+    n = len(window_sums)
+    return intervals.Units("windows", np.arange(n), window_sums, np.full(n, float(width)))

@@ -14,7 +14,10 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from tokenmill.atomic import staging_dir
+from tokenmill.evaluation import intervals
 from tokenmill.evaluation.positions import loss_by_position
 from tokenmill.tokenize.shards import TokenShard, bytes_per_token, open_split, read_meta
 
@@ -115,14 +118,27 @@ def _cached_split(path: Path, documents, tokenizer, cache_dir: Path) -> Path:
 
 def eval_windows(shards: list[TokenShard], seq_len: int, max_tokens: int | None) -> list:
     """Consecutive windows from the start of each shard: the same windows at every evaluation."""
-    windows, budget = [], max_tokens or float("inf")
+    return [shard.tokens[start:start + seq_len + 1] for shard, start in _window_starts(shards, seq_len, max_tokens)]
+
+
+def _window_starts(shards: list[TokenShard], seq_len: int, max_tokens: int | None):
+    budget = max_tokens or float("inf")
     for shard in shards:
         for start in range(0, len(shard.tokens) - seq_len, seq_len):
             if budget < seq_len:
-                return windows
-            windows.append(shard.tokens[start:start + seq_len + 1])
+                return
+            yield shard, start
             budget -= seq_len
-    return windows
+
+
+def window_documents(shards: list[TokenShard], seq_len: int, max_tokens: int | None) -> np.ndarray:
+    """[windows, seq_len]: the split-wide index of the document each scored token (a window's positions
+    1..seq_len) belongs to, for the windows of `eval_windows`."""
+    first_doc = {id(shard): n for shard, n in zip(shards, np.cumsum([0] + [len(s.doc_offsets) for s in shards]))}
+    rows = [first_doc[id(shard)] + np.searchsorted(shard.doc_offsets, np.arange(start + 1, start + seq_len + 1),
+                                                   side="right") - 1
+            for shard, start in _window_starts(shards, seq_len, max_tokens)]
+    return np.stack(rows) if rows else np.zeros((0, seq_len), dtype=np.int64)
 
 
 def split_windows(split: Path, seq_len: int, max_tokens: int | None) -> list:
@@ -130,14 +146,18 @@ def split_windows(split: Path, seq_len: int, max_tokens: int | None) -> list:
 
 
 def evaluate_split(model, split: Path, seq_len: int, max_tokens: int | None, batch_size: int, device,
-                   head=None) -> dict:
-    """The set's metrics, and its loss by position bucket (evaluation/positions.py)."""
-    windows = split_windows(split, seq_len, max_tokens)
+                   head=None, progress=None) -> tuple[dict, intervals.Units]:
+    """The set's metrics with their 95% intervals, its loss by position bucket (evaluation/positions.py),
+    and the per-unit sums (documents or windows) a paired before/after interval resamples."""
+    shards = open_split(split)
+    windows = eval_windows(shards, seq_len, max_tokens)
     if not windows:
         raise ValueError(f"{split}: fewer than {seq_len + 1} tokens, too short for one evaluation window; "
                          "lower eval.seq_len or give more text")
-    loss, by_position = loss_by_position(model, windows, batch_size, device, head)
-    return {**set_metrics(loss, read_meta(split), len(windows) * seq_len), "loss_by_position": by_position}
+    documents = window_documents(shards, seq_len, max_tokens)
+    loss, by_position, units = loss_by_position(model, windows, batch_size, device, head, documents, progress)
+    metrics = set_metrics(loss, read_meta(split), len(windows) * seq_len)
+    return {**metrics, **set_intervals(units, read_meta(split)), "loss_by_position": by_position}, units
 
 
 def set_metrics(loss: float, meta: dict, tokens: int) -> dict:
@@ -145,3 +165,16 @@ def set_metrics(loss: float, meta: dict, tokens: int) -> dict:
     split's UTF-8 bytes per token) and the tokens scored."""
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)),
             "bits_per_byte": loss / math.log(2) / bytes_per_token(meta), "tokens": tokens}
+
+
+def bits_per_nat(meta: dict) -> float:
+    """The factor from a split's nats per token to its bits per byte."""
+    return 1 / math.log(2) / bytes_per_token(meta)
+
+
+def set_intervals(units: intervals.Units, meta: dict) -> dict:
+    """95% intervals of loss, perplexity and bits per byte, bootstrapped over the set's units."""
+    low, high = intervals.interval(units)
+    return {"loss_ci": [low, high], "perplexity_ci": [math.exp(min(low, 50)), math.exp(min(high, 50))],
+            "bits_per_byte_ci": [low * bits_per_nat(meta), high * bits_per_nat(meta)],
+            "interval_units": units.kind, "n_units": len(units.keys)}

@@ -99,15 +99,32 @@ def evaluation_section(run: Path) -> list[str]:
     before = results.get("before", {}).get("sets", {})
     changed = bool(of_run(run))  # another tokenizer than the base's: only bits per byte compare
     metric = "bits_per_byte" if changed else "loss"
-    rows = [f"| set | {metric} before | {metric} after | perplexity after | bits/byte after |", "|---|---|---|---|---|"]
+    changes = results.get("change", {})
+    rows = [f"| set | {metric} before | {metric} after [95% CI] | change [paired 95% CI] | bits/byte after [95% CI] |",
+            "|---|---|---|---|---|"]
     for set_name, after in results["sets"].items():
         b = before.get(set_name, {}).get(metric)
-        rows.append(f"| {set_name} | {'' if b is None else f'{b:.4f}'} | {after[metric]:.4f} | "
-                    f"{after['perplexity']:.2f} | {after['bits_per_byte']:.4f} |")
+        change = changes.get("sets", {}).get(set_name, {}).get(metric)
+        rows.append(f"| {set_name} | {'' if b is None else f'{b:.4f}'} | {_with_ci(after[metric], after.get(metric + '_ci'))} "
+                    f"| {_change(change)} | {_with_ci(after['bits_per_byte'], after.get('bits_per_byte_ci'))} |")
     for task, r in results.get("tasks", {}).items():
-        rows.append(f"| {task} (accuracy) | {results.get('before', {}).get('tasks', {}).get(task, {}).get('acc', '')} "
-                    f"| {r['acc']:.4f} ± {r['acc_stderr']:.4f} | | |")
-    return ["## Evaluation", "", "Before: the base model; after: this model, measured the same way.", "", *rows, ""]
+        b = results.get("before", {}).get("tasks", {}).get(task, {}).get("acc")
+        rows.append(f"| {task} (accuracy) | {'' if b is None else f'{b:.4f}'} | {_with_ci(r['acc'], r.get('acc_ci'))} "
+                    f"| {_change(changes.get('tasks', {}).get(task, {}).get('acc'), False)} | |")
+    return ["## Evaluation", "", "Before: the base model; after: this model, measured the same way. Intervals are 95% "
+            "bootstraps over the set's documents (questions for accuracy); a change is paired (the same documents "
+            "for both models), and one whose interval holds zero is within noise.", "", *rows, ""]
+
+
+def _with_ci(value: float, ci: list[float] | None) -> str:
+    return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{value:.4f}"
+
+
+def _change(change: dict | None, lower_is_better: bool = True) -> str:
+    if not change:
+        return ""
+    from tokenmill.evaluation.intervals import describe_change
+    return describe_change(change, "", lower_is_better=lower_is_better)
 
 
 def usage_section(name: str, gguf_files: list[str]) -> list[str]:

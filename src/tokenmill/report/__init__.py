@@ -110,28 +110,50 @@ def data_funnel_sections(run_dir: Path) -> list[str]:
 
 
 def before_after_rows(results: dict, tokenizer_changed: bool = False) -> list[tuple]:
-    """Per set and metric: before (the base model), after, the change and the change in %. Without a
-    "before" (training from scratch) the before columns stay empty. When the tokenizer changed, only bits per
-    byte compare."""
+    """Per set and metric: before (the base model), after, each with its 95% interval, the change with its
+    paired interval and whether it is beyond noise. Without a "before" (training from scratch) the before
+    columns stay empty. When the tokenizer changed, only bits per byte compare."""
     before = results.get("before", {}).get("sets", {})
+    changes = results.get("change", {}).get("sets", {})
     rows = []
     for name, after in results.get("sets", {}).items():
         for metric in ("bits_per_byte",) if tokenizer_changed else ("loss", "perplexity", "bits_per_byte"):
-            b = before.get(name, {}).get(metric)
-            change = after[metric] - b if b is not None else None
-            rows.append((name, metric, _opt(b), after[metric], _opt(change),
-                         f"{100 * change / b:+.1f}%" if b else ""))
+            b = before.get(name, {})
+            change = changes.get(name, {}).get(metric)
+            rows.append((name, metric, _ci(b.get(metric), b.get(f"{metric}_ci")),
+                         _ci(after[metric], after.get(f"{metric}_ci")), *_change(change, b.get(metric), after[metric])))
     return rows
+
+
+def _ci(value, ci, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else f"{value:.{digits}f}"
+
+
+def _change(change: dict | None, before, after, lower_is_better: bool = True) -> tuple:
+    """(change [paired CI], change %, verdict) cells; without a paired interval, the plain difference."""
+    if before is None:
+        return "", "", ""
+    percent = f"{100 * (after - before) / before:+.1f}%" if before else ""
+    if change is None:
+        return f"{after - before:+.4f}", percent, ""
+    lo, hi = change["ci"]
+    verdict = "within noise" if change["within_noise"] else \
+        ("better" if (change["difference"] < 0) == lower_is_better else "worse")
+    return f"{change['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]", percent, verdict
 
 
 def task_rows(results: dict) -> list[tuple]:
     before = results.get("before", {}).get("tasks", {})
+    changes = results.get("change", {}).get("tasks", {})
     rows = []
     for name, after in results.get("tasks", {}).items():
         for metric in ("acc", "acc_norm"):
-            b = before.get(name, {}).get(metric)
-            rows.append((name, metric, _opt(b), f"{after[metric]:.4f} ± {after[metric + '_stderr']:.4f}",
-                         _opt(after[metric] - b if b is not None else None), after["n"]))
+            b = before.get(name, {})
+            rows.append((name, metric, _ci(b.get(metric), b.get(f"{metric}_ci")),
+                         _ci(after[metric], after.get(f"{metric}_ci")),
+                         *_change(changes.get(name, {}).get(metric), b.get(metric), after[metric], False), after["n"]))
     return rows
 
 
@@ -141,10 +163,11 @@ def tag_tables(results: dict) -> list[str]:
     before = results.get("before", {}).get("tasks", {})
     for name, r in results.get("tasks", {}).items():
         for tag, values in r.get("acc_by", {}).items():
-            old = before.get(name, {}).get("acc_by", {}).get(tag, {})
-            rows = [(value, "" if value not in old else f"{old[value]:.3f}", f"{acc:.3f}")
+            old, old_ci = (before.get(name, {}).get(key, {}).get(tag, {}) for key in ("acc_by", "acc_by_ci"))
+            cis = r.get("acc_by_ci", {}).get(tag, {})
+            rows = [(value, _ci(old.get(value), old_ci.get(value), 3), _ci(acc, cis.get(value), 3))
                     for value, acc in sorted(values.items(), key=lambda item: _as_number(item[0]))]
-            tables.append(f"<h4>{html.escape(name)}: accuracy by {html.escape(tag)}</h4>" +
+            tables.append(f"<h4>{html.escape(name)}: accuracy by {html.escape(tag)} [95% CI]</h4>" +
                           _table(rows, (tag, "before", "after")))
     return tables
 
@@ -169,12 +192,18 @@ def evaluation_sections(results: dict, tokenizer_changed: bool = False) -> list[
     if tokenizer_changed:
         sections.append("<p>The tokenizer was extended: bits per byte compare the two models, nats per token "
                         "do not.</p>")
+    sections.append("<p>Each figure with its 95% interval (a bootstrap over the set's documents); each change "
+                    "with its paired interval (the same documents resampled for both models). A change whose "
+                    "interval holds zero is within noise.</p>")
     sections.append(_table(before_after_rows(results, tokenizer_changed),
-                           ("set", "metric", "before", "after", "change", "change %")))
+                           ("set", "metric", "before [95% CI]", "after [95% CI]", "change [paired 95% CI]",
+                            "change %", "")))
+    sections.append(_img(plots.before_after_bars(results), "bits per byte with intervals"))
     sections.append(_img(plots.loss_by_position(results), "loss by position"))
     if results.get("tasks"):
         sections.append("<h3>Zero-shot multiple choice</h3>" + _table(
-            task_rows(results), ("task", "metric", "before", "after ± stderr", "change", "questions")))
+            task_rows(results), ("task", "metric", "before [95% CI]", "after [95% CI]", "change [paired 95% CI]",
+                                 "change %", "", "questions")))
         sections += tag_tables(results)
     for task, metrics in results.get("lm_eval", {}).items():
         sections.append(f"<h3>lm-eval: {html.escape(task)}</h3>" + _table(list(metrics.items()), ("metric", "value")))

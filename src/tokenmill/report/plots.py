@@ -168,3 +168,25 @@ def loss_by_position(results: dict) -> str | None:
     ax.set(xlabel="positions in the window (tokens)", ylabel="loss (nats/token)", title="Loss by position")
     ax.legend()
     return _png(fig)
+
+
+def before_after_bars(results: dict) -> str | None:
+    """Each set's bits per byte before and after, with 95% error bars."""
+    sets = {name: r for name, r in results.get("sets", {}).items() if "bits_per_byte_ci" in r}
+    if not sets:
+        return None
+    before = results.get("before", {}).get("sets", {})
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x = range(len(sets))
+    for offset, label, source in ((-0.2, "before", before), (0.2, "after", sets)):
+        shown = [(i, source[n]) for i, n in zip(x, sets) if "bits_per_byte_ci" in source.get(n, {})]
+        if not shown:
+            continue
+        values = [r["bits_per_byte"] for _, r in shown]
+        errors = [[v - r["bits_per_byte_ci"][0] for v, (_, r) in zip(values, shown)],
+                  [r["bits_per_byte_ci"][1] - v for v, (_, r) in zip(values, shown)]]
+        ax.bar([i + offset for i, _ in shown], values, width=0.4, yerr=errors, capsize=4, label=label)
+    ax.set_xticks(list(x), list(sets))
+    ax.set(ylabel="bits per byte", title="Evaluation sets, with 95% intervals")
+    ax.legend()
+    return _png(fig)

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 
 from tokenmill.atomic import atomic_write_json
 from tokenmill.device import autocast_for, compute_dtype, pick_device
+from tokenmill.evaluation.progress import eval_bar
 from tokenmill.evaluation.sets import same_vocabulary, split_windows, token_split
 from tokenmill.losses import chunked_head, mean_loss, next_token_loss
 from tokenmill.model import ModelConfig, build_model, count_parameters, embeddings, quantize
@@ -97,7 +98,8 @@ def check_embedding_rows(model_cfg: ModelConfig, extension: dict | None, shards_
                          "tokenizer (tokenize.extend), and this one adds no tokens")
 
 
-def eval_set_windows(cfg: TrainConfig, default_sets: dict[str, str], tokenizer, cache_dir: Path, world: World) -> dict:
+def eval_set_windows(cfg: TrainConfig, default_sets: dict[str, str], tokenizer, cache_dir: Path, world: World,
+                     eval_tokens: int) -> dict:
     """The evaluation windows of each named set (default: each dataset's val split, named after it; one
     dataset's is `val`), and each set's bytes per token; raw-text sets are tokenized once, by rank 0, with
     the run's tokenizer."""
@@ -107,12 +109,52 @@ def eval_set_windows(cfg: TrainConfig, default_sets: dict[str, str], tokenizer, 
     world.barrier()
     if not world.is_main:
         splits = {name: token_split(path, tokenizer, cache_dir) for name, path in sets.items()}
-    windows = {name: split_windows(split, cfg.seq_len, cfg.eval_tokens) for name, split in splits.items()}
+    windows = {name: split_windows(split, cfg.seq_len, eval_tokens) for name, split in splits.items()}
     for name, found in windows.items():
         if not found:
             raise ValueError(f"train.eval_sets.{name} ({sets[name]}): fewer than train.seq_len + 1 = "
                              f"{cfg.seq_len + 1} tokens, too short for one evaluation window")
     return windows, {name: bytes_per_token(read_meta(split)) for name, split in splits.items()}
+
+
+OVERLAP_SAMPLE_CHARS = 16_000_000  # of training text decoded for the check: a few seconds, whatever the data
+
+
+def check_eval_overlap(cfg: TrainConfig, default_sets: dict[str, str], train_splits: list[Path], tokenizer,
+                       cache_dir: Path) -> None:
+    """Warn, naming the set, when an evaluation set shares passages with the training shards (the data stages
+    decontaminate, but a run may start from shards made elsewhere)."""
+    if cfg.eval_overlap_warn is None:
+        return
+    from tokenmill.decontaminate import check
+    splits = {name: token_split(Path(path), tokenizer, cache_dir) for name, path in (cfg.eval_sets or default_sets).items()}
+    training = (text for split in train_splits for text in check.decoded(split, tokenizer))
+    result = check.overlap({name: check.decoded(split, tokenizer) for name, split in splits.items()},
+                           _until_chars(training, OVERLAP_SAMPLE_CHARS))
+    total = sum(read_meta(split)["n_bytes"] for split in train_splits)
+    for line in check.describe(result, cfg.eval_overlap_warn, OVERLAP_SAMPLE_CHARS if total > OVERLAP_SAMPLE_CHARS else None):
+        print(line)
+
+
+def _until_chars(texts, limit: int):
+    seen = 0
+    for text in texts:
+        yield text
+        seen += len(text)
+        if seen >= limit:
+            return
+
+
+def describe_eval_cost(cfg: TrainConfig, val_sets: dict, evaluations: int, tokens_per_step: int,
+                       train_flops: float, model) -> str:
+    """What evaluation will cost, said before it starts: its tokens and its share of the run's compute."""
+    tokens = sum(len(w) for w in val_sets.values()) * cfg.seq_len * evaluations
+    forward = perf.forward_flops(*perf.matmul_parameters(model), model.config, cfg.seq_len)
+    train_tokens = cfg.max_steps * tokens_per_step
+    share = tokens * forward / (tokens * forward + train_tokens * train_flops)
+    sizing = "train.eval_tokens" if cfg.eval_tokens else "scaled to the run; set train.eval_tokens to choose"
+    return (f"[eval] {len(val_sets)} set(s) x {tokens // max(evaluations * len(val_sets), 1):,} tokens x "
+            f"{evaluations} evaluations = {tokens:,} tokens, {share:.0%} of the run's compute ({sizing})")
 
 
 def resume(checkpoint: Path, model, optimizer, sampler, cfg: TrainConfig, accum: int, world: World) -> dict:
@@ -247,7 +289,11 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
     optimizer = build_optimizer(unwrap(model), cfg.lr_max, cfg.betas, cfg.weight_decay, device,
                                 model_cfg.embedding_lr_ratio())
     default_sets = {name: str(path / "val") for name, path in (datasets or {"val": shards_dir}).items()}
-    val_sets, val_bytes_per_token = eval_set_windows(cfg, default_sets, tokenizer, out_dir / "eval_sets", world)
+    eval_at_start = cfg.eval_at_start if cfg.eval_at_start is not None else bool(model_cfg.init_from)
+    tokens_per_step = cfg.seq_len * cfg.micro_batch_size * accum * world.size
+    eval_tokens = cfg.eval_tokens_per_set(len(cfg.eval_sets or default_sets), eval_at_start, tokens_per_step)
+    val_sets, val_bytes_per_token = eval_set_windows(cfg, default_sets, tokenizer, out_dir / "eval_sets", world,
+                                                     eval_tokens)
 
     state = {"step": 0, "tokens": 0}
     resume_from = resume_point(out_dir, resume_from)
@@ -267,16 +313,29 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
         save_checkpoint(out_dir, model, optimizer, {**loop_state, "loader": sampler.state_dict()}, cfg.keep_last, world,
                         sharded=cfg.parallel == "fsdp")
 
+    if world.is_main:
+        check_eval_overlap(cfg, default_sets, [Path(p) / "train" for p in (datasets or {"": shards_dir}).values()],
+                           tokenizer, out_dir / "eval_sets")
+        print(describe_eval_cost(cfg, val_sets, cfg.evaluations(eval_at_start), tokens_per_step, flops,
+                                 unwrap(model)))
+
+    def evaluate_sets(m) -> dict[str, float]:
+        losses = {}
+        for i, (name, windows) in enumerate(val_sets.items()):
+            label = f"eval {name} ({i + 1}/{len(val_sets)})"
+            with eval_bar(label, len(windows) * cfg.seq_len, enabled=world.is_main) as progress:
+                losses[name] = mean_loss(m, windows, cfg.micro_batch_size, device, world, loss_fn, progress)
+        return losses
+
     loop = LoopSettings(max_steps=cfg.max_steps, grad_accum_steps=accum, grad_clip=cfg.grad_clip,
                         log_every=cfg.log_every, eval_every=cfg.eval_every, save_every=cfg.save_every,
-                        tokens_per_step=cfg.seq_len * cfg.micro_batch_size * accum * world.size,
-                        eval_at_start=cfg.eval_at_start if cfg.eval_at_start is not None else bool(model_cfg.init_from),
+                        tokens_per_step=tokens_per_step,
+                        eval_at_start=eval_at_start,
                         bytes_per_token=val_bytes_per_token)
     try:
         with StopSignals(world, device) as stop:  # a launcher's SIGTERM/USR1: checkpoint, exit 143
             state = train(forward_model, optimizer, lambda step: SCHEDULES[cfg.schedule](step, cfg), sampler.next_batch,
-                          lambda m: {name: mean_loss(m, windows, cfg.micro_batch_size, device, world, loss_fn)
-                                     for name, windows in val_sets.items()}, sinks, save,
+                          evaluate_sets, sinks, save,
                           loop, state, device, loss_fn, flops, perf.device_peak_flops(device, dtype),
                           on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device),
                                           **(sampler.metrics() if datasets else {})}, world=world,

@@ -17,10 +17,17 @@ Logger = Literal["console", "jsonl", "tensorboard", "wandb"]
 # The layout of the global batch over ranks may change too (resume on another number of ranks); the global
 # batch itself, in tokens per optimizer step, is checked on resume.
 RESUMABLE_CHANGES = ("mixture", "train.max_steps", "train.log_every", "train.eval_every", "train.eval_tokens",
-                     "train.eval_sets", "train.eval_at_start", "train.save_every", "train.keep_last", "train.device",
+                     "train.eval_sets", "train.eval_at_start", "train.eval_overlap_warn", "train.save_every", "train.keep_last", "train.device",
                      "train.threads", "train.compile", "train.activation_checkpointing", "train.loss_chunk_tokens",
                      "train.loggers", "train.wandb_project", "train.spike_factor", "train.micro_batch_size",
                      "train.grad_accum_steps", "train.batch_tokens", "train.parallel", "train.fsdp_cpu_offload")
+
+# The evaluation budget when train.eval_tokens is not given: what a short run can afford (a 40-step CPT run
+# with four sets and 65,536 tokens each spent more time evaluating than training), never more than the
+# long-standing 65,536 tokens a set, never fewer than 8 windows (the intervals of results.json say how noisy).
+EVAL_COMPUTE_SHARE, MAX_EVAL_TOKENS, MIN_EVAL_WINDOWS = 0.1, 65_536, 8
+EVAL_TOKENS_RULE = (f"evaluation within {EVAL_COMPUTE_SHARE:.0%} of the run's compute, at most {MAX_EVAL_TOKENS:,} "
+                    f"tokens and at least {MIN_EVAL_WINDOWS} windows a set")
 
 
 class TrainConfig(StrictModel):
@@ -41,13 +48,17 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, gt=0, description="optimizer steps between metric rows")
     eval_every: int | None = Field(100, ge=0, description="optimizer steps between evaluations; 0 or null: only "
                                                           "at the end")
-    eval_tokens: int = Field(65_536, gt=0, description="tokens per evaluation set")
+    eval_tokens: int | None = Field(None, gt=0, description="tokens per evaluation set; null: scaled to the run ("
+                                                            + EVAL_TOKENS_RULE + ")")
     eval_sets: dict[str, str] | None = Field(
         None, description="named evaluation sets, NAME: token shards or raw text (tokenized with the run's "
                           "tokenizer); logged as val/NAME/loss. Default: the shards' val split as `val`")
     eval_at_start: bool | None = Field(None, description="evaluate every set at step 0, before the first update "
                                                          "(the 'before' of continued pre-training); default: "
                                                          "when model.init_from is set")
+    eval_overlap_warn: float | None = Field(
+        0.01, ge=0, le=1, description="warn before training when more than this share of an evaluation set's "
+        "documents shares a 13-word / 50-character passage with the training shards; null: no check")
     save_every: int | None = Field(200, ge=0, description="optimizer steps between checkpoints; 0 or null: only "
                                                           "at the end")
     keep_last: int = Field(2, gt=0, description="checkpoints kept")
@@ -83,6 +94,20 @@ class TrainConfig(StrictModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def evaluations(self, at_start: bool) -> int:
+        """How many times the loop evaluates: at step 0 (CPT), every eval_every steps, and at the end."""
+        every = self.eval_every or self.max_steps
+        return at_start + self.max_steps // every + bool(self.max_steps % every)
+
+    def eval_tokens_per_set(self, n_sets: int, at_start: bool, tokens_per_step: int) -> int:
+        """train.eval_tokens, or the rule's: evaluation's forward passes (a third of a training token's FLOPs)
+        within EVAL_COMPUTE_SHARE of the run, between MIN_EVAL_WINDOWS windows and MAX_EVAL_TOKENS a set."""
+        if self.eval_tokens:
+            return self.eval_tokens
+        affordable = EVAL_COMPUTE_SHARE * 3 * self.max_steps * tokens_per_step / (n_sets * self.evaluations(at_start))
+        windows = min(int(affordable // self.seq_len), max(MAX_EVAL_TOKENS // self.seq_len, 1))
+        return max(windows, MIN_EVAL_WINDOWS) * self.seq_len
 
     def accum_steps(self, world_size: int = 1) -> int:
         if self.batch_tokens is None:
