@@ -5,11 +5,13 @@ configured in a folder of the test's, started as root, and stopped by PID.
         subprocess.run(["sbatch", ...], env=cluster.env)
 
 Needs root and `apt-get install slurm-wlm munge` (`make test` installs them where it can); `unavailable()`
-says why not, for a skip. One cluster per machine at a time: its ports (6817/6818) are fixed.
+says why not, for a skip. One cluster per machine at a time: its ports (6817/6818) are fixed, and a cluster
+that an interrupted test run left behind (its daemons in REGISTRY) is stopped before a new one starts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+REGISTRY = Path("/run/tokenmill-test-slurm.json")  # the running cluster's daemons, for the next run to stop
 
 
 def unavailable() -> str | None:
@@ -57,6 +60,7 @@ class SlurmCluster:
             f"PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP", ""]))
 
     def __enter__(self) -> SlurmCluster:
+        _stop_leftovers()  # a test run stopped part-way (a timeout) left its daemons running: they hold the ports
         self._write_config()
         run = Path("/run/munge")
         run.mkdir(exist_ok=True)
@@ -69,6 +73,7 @@ class SlurmCluster:
         for daemon, pid_file in (("slurmctld", "slurmctld.pid"), ("slurmd", "slurmd.pid")):
             subprocess.run([f"/usr/sbin/{daemon}"], check=True, env=self.env)
             self.pids[daemon] = int(_wait_for(self.root / pid_file).read_text())
+        REGISTRY.write_text(json.dumps(self.pids))
         deadline = time.time() + 20
         while time.time() < deadline:
             state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=self.env).stdout
@@ -88,6 +93,7 @@ class SlurmCluster:
         for pid in self.pids.values():
             while time.time() < deadline and _alive(pid):
                 time.sleep(0.05)
+        REGISTRY.unlink(missing_ok=True)
 
     def wait(self, job_ids: list[str], timeout: float = 300) -> None:
         """Until none of the jobs is queued or running."""
@@ -112,6 +118,28 @@ class SlurmCluster:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"job {job_id} was not requeued")
+
+
+def _stop_leftovers() -> None:
+    """Stop the daemons an earlier cluster of these tests left running (its registry names them; a PID is only
+    signalled while its command line is still that daemon's, so a reused PID is left alone)."""
+    if not REGISTRY.is_file():
+        return
+    left = {daemon: pid for daemon, pid in json.loads(REGISTRY.read_text()).items() if _is_daemon(pid, daemon)}
+    for pid in left.values():
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + 15
+    for pid in left.values():
+        while time.time() < deadline and _alive(pid):
+            time.sleep(0.05)
+    REGISTRY.unlink(missing_ok=True)
+
+
+def _is_daemon(pid: int, daemon: str) -> bool:
+    try:
+        return daemon in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def _wait_for(path: Path, timeout: float = 10) -> Path:

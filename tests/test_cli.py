@@ -15,6 +15,18 @@ def test_every_command_has_help_with_an_example(command, capsys):
     assert EXAMPLES[command] in capsys.readouterr().out
 
 
+def test_help_names_every_input_format_and_the_built_in_configs(capsys):
+    from tokenmill.config import builtin_configs
+    with pytest.raises(SystemExit):
+        main(["ingest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(kind in text for kind in ("WARC", "PDF", "URL lists", "source code", "hf://", "Parquet"))
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert f"built-in config: {', '.join(builtin_configs())}" in " ".join(capsys.readouterr().out.split())
+    assert set(builtin_configs()) == {"demo", "cpt-demo"}
+
+
 def test_stage_commands_chain_by_hand(corpus, tmp_path, capsys, tiny_config):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config))

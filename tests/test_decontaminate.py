@@ -163,3 +163,33 @@ def test_training_warns_when_an_evaluation_set_overlaps_the_training_shards(shar
     out = capsys.readouterr().out
     assert "3 of 6 documents of evaluation set 'leaky' (50.0%) share a 13-word / 40-character" in out
     assert "evaluation set 'val'" not in out  # the held-out split shares nothing with the training split
+
+
+def test_tokenize_holds_out_its_val_split_from_the_training_side(tmp_path, corpus):
+    """A training document that repeats a val document's passages (another edition of the same text) loses
+    them at tokenize: the val figures then measure generalisation."""
+    import random
+
+    from conftest import make_text
+    from tokenmill.tokenize import TokenizeConfig, split_of, validation_ids
+    from tokenmill.tokenize import run as tokenize
+    rng = random.Random(3)
+    docs = [Document(f"d{i:03d}", make_text(rng, 30)) for i in range(40)]
+    cfg = TokenizeConfig(vocab_size=300, val_fraction=0.15)
+    write_documents(docs, tmp_path / "docs")
+    val = sorted(validation_ids(tmp_path / "docs", cfg))
+    source = next(d for d in docs if d.id == val[0])
+    # Another edition: the same passage inside other text, under an id that lands on the training side.
+    edition_id = next(f"edition{k}" for k in range(1000) if split_of(f"edition{k}", cfg.seed) > 0.5)
+    edition = Document(edition_id, OTHER * 3 + "\n" + source.text[:400] + "\n" + OTHER * 3)
+    write_documents([*docs, edition], tmp_path / "docs2")
+    assert sorted(validation_ids(tmp_path / "docs2", cfg)) == val
+
+    counts = tokenize(cfg, tmp_path / "docs2", tmp_path / "shards")
+    assert counts["decontaminate"]["val"]["cut"] + counts["decontaminate"]["val"]["documents"] == 1
+    removed = list(read_documents(tmp_path / "shards" / "dropped" / "decontaminate"))
+    assert {d.metadata["from"] for d in removed} == {edition_id}
+    assert source.text[100:200] in "".join(d.text for d in removed)
+    off = tokenize(cfg.model_copy(update={"decontaminate_val": False}), tmp_path / "docs2", tmp_path / "plain")
+    assert "decontaminate" not in off
+    assert off["train_n_bytes"] > counts["train_n_bytes"] and off["val_n_bytes"] == counts["val_n_bytes"]

@@ -67,3 +67,14 @@ def test_an_unknown_lm_eval_task_is_named(base_model, local_task, capsys):  # no
     _, include = local_task
     assert main(["eval", str(base_model), "--lm-eval", "tiny_mc,no_such_task", "--lm-eval-include", str(include)]) == 2
     assert "no_such_task" in capsys.readouterr().err
+
+
+def test_decontamination_reads_a_local_lm_eval_tasks_documents_and_names_a_missing_one(local_task, tmp_path,
+                                                                                       capsys, caplog):
+    from tokenmill.decontaminate import DecontaminateConfig, evaluation_texts
+    data, include = local_task
+    cfg = DecontaminateConfig(lm_eval=["tiny_mc", "hellaswag"], lm_eval_include=str(include))
+    texts = evaluation_texts(cfg)
+    assert list(texts) == ["tiny_mc"]  # hellaswag's data is not on this machine: left out, named
+    assert texts["tiny_mc"][2] == "My lord said to his son the waves"  # the question and its right answer
+    assert "hellaswag" in caplog.text and "not available here" in caplog.text

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from tokenmill import dedup, evaluation, export, filters, ingest, lock, recipes, report, storage, tokenize, train
-from tokenmill.config import ConfigError, PipelineConfig, load_config, resolve_config_path
+from tokenmill.config import ConfigError, PipelineConfig, builtin_configs, load_config, resolve_config_path
 from tokenmill.evaluation.intervals import describe_change
 from tokenmill.export.gguf_writer import OUTTYPES
 from tokenmill.logs import library_logs
@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
         return p
 
-    p = stage("ingest", "Read txt/md/jsonl(.gz/.zst)/json/csv/tsv/parquet/html files, folders or globs into document shards.")
+    p = stage("ingest", "Read text, markdown, source code, JSONL/JSON, CSV/TSV, Parquet, HTML, PDF, WARC, URL lists "
+                        "(.urls) and Hugging Face datasets (hf://), plain or compressed, from files, folders, globs or "
+                        "object storage, into document shards.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("-o", "--output", required=True, type=_location)
     for name, text in [("filter", "Drop low-quality documents; count each drop by filter and reason."),
@@ -168,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads")
     p = stage("report", "Write report.html for a run folder: loss curves, learning rate, data funnel.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p = stage("run", "Run the whole pipeline from one YAML (or a built-in config: demo, tiny).")
+    p = stage("run", f"Run the whole pipeline from one YAML (or a built-in config: {', '.join(builtin_configs())}).")
     p.add_argument("config_file", metavar="CONFIG", help="a YAML file, or the name of a built-in config")
     p.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<config name>)")
     p.add_argument("--until", choices=["ingest", "filter", "dedup", "tokenize"],

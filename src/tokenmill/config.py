@@ -18,6 +18,7 @@ from tokenmill.filters import FilterConfig
 from tokenmill.generate import GenerateConfig
 from tokenmill.ingest import IngestConfig
 from tokenmill.model import PRESETS, ModelConfig
+from tokenmill.plan.config import PlanConfig
 from tokenmill.recipes import RecipeConfig, expand
 from tokenmill.schema import StrictModel
 from tokenmill.export.gguf_writer import K_QUANTS
@@ -57,6 +58,7 @@ class PipelineConfig(StrictModel):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    plan: PlanConfig | None = Field(None, description="tokenmill plan: proxy runs that choose the mixture share")
     storage: StorageConfig = Field(default_factory=StorageConfig, exclude=True,  # it may hold credentials
                                    description="fsspec options per protocol (s3, gcs, az, ...) for storage URLs")
 
@@ -70,15 +72,19 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s) in the config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def builtin_configs() -> list[str]:
+    return [p.stem for p in sorted(BUILTIN_CONFIGS.glob("*.yaml"))]
+
+
 def resolve_config_path(name_or_path: str) -> Path:
-    """A YAML path, or the name of a built-in config (`demo`, `tiny`)."""
+    """A YAML path, or the name of a built-in config (`builtin_configs()`)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
     builtin = BUILTIN_CONFIGS / f"{name_or_path}.yaml"
     if builtin.is_file():
         return builtin
-    known = ", ".join(p.stem for p in sorted(BUILTIN_CONFIGS.glob("*.yaml")))
+    known = ", ".join(builtin_configs())
     raise FileNotFoundError(f"{name_or_path}: no such config file, and no built-in config of that name ({known})")
 
 
@@ -126,6 +132,9 @@ def validate(raw: dict, source: str = "config", dataset_names: list[str] = ()) -
         if name not in SECTIONS:
             problems.append(f"{name}: unknown section; valid sections: {', '.join(SECTIONS)}")
     for name, model in SECTIONS.items():
+        if raw.get(name) is None and PipelineConfig.model_fields[name].default is None:
+            sections[name] = None  # an optional section (plan) left out
+            continue
         value = raw.get(name) or {}
         try:
             sections[name] = TypeAdapter(model).validate_python(value)
@@ -203,6 +212,26 @@ def _cross_checks(s: dict) -> list[str]:
             problems.append("model.quantize: a 4-bit base does not shard with train.parallel: fsdp here; use ddp")
     if train and train.eval_tokens is not None and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
+    if s.get("plan") and train:
+        problems += _plan_checks(s["plan"], datasets or {}, train)
+    return problems
+
+
+def _plan_checks(plan, datasets: dict, train: TrainConfig) -> list[str]:
+    """What `tokenmill plan` needs of the rest of the config, said before any proxy runs."""
+    from tokenmill.plan.config import MIN_PROXY_STEPS
+    if not datasets:
+        return ["plan: needs named datasets (the datasets section) whose mixture it varies"]
+    problems = [f"plan.shares.{name}: no dataset of that name (datasets: {', '.join(datasets)})"
+                for name in plan.shares if name not in datasets]
+    sets = list(train.eval_sets or datasets)
+    problems += [f"plan.{role}.set: {goal.set!r} is not an evaluation set (the sets: {', '.join(sets)}); name one, or "
+                 "add it to train.eval_sets" for role, goal in (("objective", plan.objective),
+                                                                 ("constraint", plan.constraint)) if goal.set not in sets]
+    shortest = round(min(plan.budgets) * train.max_steps)
+    if shortest < MIN_PROXY_STEPS:
+        problems.append(f"plan.budgets: {min(plan.budgets)} of train.max_steps {train.max_steps} is {shortest} steps; a "
+                        f"proxy needs at least {MIN_PROXY_STEPS} (raise the budget)")
     return problems
 
 

@@ -5,8 +5,8 @@
 The last step of the dedup stage (after duplicates are gone, so that "how many training documents hold this
 n-gram" counts distinct documents). `tokenmill run` adds what the run evaluates on: `train.eval_sets` that are
 not this run's own shards, `eval.tasks` (multiple choice, cloze, passkey), `eval.lm_eval` tasks whose documents
-are on this machine. Each dataset's own val/ split is held out at tokenize, after this step, by document, and
-MinHash has already removed its near-duplicates from the training side.
+are on this machine. Each dataset's own val/ split is chosen later, at tokenize, which holds it out the same
+way (`tokenize.decontaminate_val`: the training side loses the passages it shares with the val documents).
 
 The rule, in order:
 1. Every evaluation document becomes word n-grams (`n_words`) and, for scripts without spaces, character
@@ -22,9 +22,11 @@ The rule, in order:
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
 import numpy as np
 from pydantic import Field
@@ -32,6 +34,7 @@ from pydantic import Field
 from tokenmill.decontaminate import sources
 from tokenmill.decontaminate.index import EvalIndex, document_ngrams, matched_spans
 from tokenmill.decontaminate.ngrams import Tokenizer
+from tokenmill.atomic import atomic_write_json
 from tokenmill.documents import Document, read_documents, rewrite_shards, write_documents
 from tokenmill.schema import StrictModel
 
@@ -99,10 +102,10 @@ def build_index(cfg: DecontaminateConfig, tokenizer: Tokenizer) -> EvalIndex:
     return index
 
 
-def find(in_dir: Path, index: EvalIndex, tokenizer: Tokenizer, common_docs: int) -> tuple[dict, np.ndarray, int]:
+def find(docs: Iterable[Document], index: EvalIndex, tokenizer: Tokenizer, common_docs: int) -> tuple[dict, np.ndarray, int]:
     """Pass 1: {document id: the index keys it matches, common n-grams left out}, the common keys, documents."""
     hits, n_docs = {}, 0
-    for doc in read_documents(in_dir):
+    for doc in docs:
         n_docs += 1
         found = index.lookup(document_ngrams(tokenizer.tokens(doc.text), index.n_words, index.n_chars))
         keys = np.unique(found[found >= 0])
@@ -113,6 +116,55 @@ def find(in_dir: Path, index: EvalIndex, tokenizer: Tokenizer, common_docs: int)
     common = frequency > common_docs
     contaminated = {doc_id: keys[~common[keys]] for doc_id, keys in hits.items() if (~common[keys]).any()}
     return contaminated, index.keys[common], n_docs
+
+
+@dataclass
+class Removal:
+    """What pass 1 decided: the contaminated documents (by id, with the set each overlaps most) and the index
+    less its common n-grams. `apply` takes a document through it; `save`/`load` carry it to data tasks."""
+    cfg: DecontaminateConfig
+    index: EvalIndex
+    owners: dict[str, str]
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)
+
+    @classmethod
+    def plan(cls, cfg: DecontaminateConfig, docs: Iterable[Document], where: str, index: EvalIndex,
+             tokenizer: Tokenizer) -> tuple[Removal, dict]:
+        """Pass 1 over `docs`; stops, before anything is written, when too much of them overlaps."""
+        contaminated, common, n_docs = find(docs, index, tokenizer, cfg.common_docs)
+        owners = {doc_id: _owner_of(keys, index) for doc_id, keys in contaminated.items()}
+        by_set = {name: list(owners.values()).count(name) for name in set(owners.values())}
+        if n_docs and len(contaminated) > cfg.max_share * n_docs:
+            worst = max(by_set, key=by_set.get)
+            raise DecontaminationTooBroad(
+                f"decontaminate: {len(contaminated):,} of {n_docs:,} documents of {where} overlap the evaluation "
+                f"text, more than max_share {cfg.max_share:.0%}; most of them overlap {worst!r} ({by_set[worst]:,})."
+                " Is it the training data given as an evaluation set? Nothing was written; fix the set, or raise "
+                "max_share")
+        return cls(cfg, index.without(common), owners, tokenizer), {"decontaminate_common_ngrams": int(len(common))}
+
+    def apply(self, doc: Document) -> tuple[Document | None, list[Document]]:
+        """(the document as it stays, or None when it goes whole; the removed text as documents)."""
+        owner = self.owners.get(doc.id)
+        if owner is None:
+            return doc, []
+        kept, cut = _remove(doc, self.cfg, self.index, self.tokenizer)
+        removed = [Document(f"{doc.id}:{start}-{end}", text, doc.source, {"decontaminated_by": owner, "from": doc.id})
+                   for start, end, text in cut]
+        return kept, removed
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "index.npz", keys=self.index.keys, owner=self.index.owner)
+        atomic_write_json(folder / "removal.json", {"config": self.cfg.model_dump(mode="json"), "names": self.index.names,
+                                                   "owners": self.owners})
+
+    @classmethod
+    def load(cls, folder: Path) -> Removal:
+        record, arrays = json.loads((folder / "removal.json").read_text()), np.load(folder / "index.npz")
+        cfg = DecontaminateConfig(**record["config"])
+        index = EvalIndex(record["names"], arrays["keys"], arrays["owner"], cfg.n_words, cfg.n_chars)
+        return cls(cfg, index, record["owners"])
 
 
 def with_run_sources(cfg: DecontaminateConfig, eval_sets: dict[str, str] | None, tasks: list[str],
@@ -138,37 +190,40 @@ def prepare(cfg: DecontaminateConfig) -> tuple[EvalIndex, Tokenizer]:
 def run(cfg: DecontaminateConfig, in_dir: Path, out_dir: Path, prepared: tuple[EvalIndex, Tokenizer] | None = None) -> dict:
     """Decontaminate the document shards of in_dir into out_dir (shard by shard); returns the counts."""
     index, tokenizer = prepared or prepare(cfg)
-    contaminated, common, n_docs = find(in_dir, index, tokenizer, cfg.common_docs)
-    owners = {doc_id: _owner_of(keys, index) for doc_id, keys in contaminated.items()}
-    by_set = {name: list(owners.values()).count(name) for name in set(owners.values())}
-    if n_docs and len(contaminated) > cfg.max_share * n_docs:
-        worst = max(by_set, key=by_set.get)
-        raise DecontaminationTooBroad(
-            f"decontaminate: {len(contaminated):,} of {n_docs:,} documents of {in_dir} overlap the evaluation text, "
-            f"more than max_share {cfg.max_share:.0%}; most of them overlap {worst!r} ({by_set[worst]:,}). Is it "
-            "the training data given as an evaluation set? Nothing was written; fix the set, or raise max_share")
-    index = index.without(common)
+    removal, counts = Removal.plan(cfg, read_documents(in_dir), str(in_dir), index, tokenizer)
     removed: list[Document] = []
-    counts = {name: {"documents": 0, "cut": 0, "chars_removed": 0} for name in index.names}
+    tally = Tally(index.names)
 
     def keep(doc: Document) -> Document | None:
-        if doc.id not in owners:
-            return doc
-        owner = owners[doc.id]
-        kept, cut = _remove(doc, cfg, index, tokenizer)
-        for start, end, text in cut:
-            removed.append(Document(f"{doc.id}:{start}-{end}", text, doc.source, {"decontaminated_by": owner,
-                                                                                  "from": doc.id}))
-        counts[owner]["documents" if kept is None else "cut"] += 1
-        counts[owner]["chars_removed"] += len(doc.text) - (len(kept.text) if kept else 0)
+        kept, cut = removal.apply(doc)
+        tally.add(doc, kept, removal.owners.get(doc.id))
+        removed.extend(cut)
         return kept
 
-    n_in, n_out = rewrite_shards(in_dir, out_dir, keep)
+    rewrite_shards(in_dir, out_dir, keep)
     if removed:
         write_documents(removed, out_dir / "dropped" / "decontaminate")
-    drops = {f"decontaminate/{name}": c["documents"] for name, c in counts.items() if c["documents"]}
-    return {"drops": drops, "decontaminate": {name: c for name, c in counts.items()},
-            "decontaminate_common_ngrams": int(len(common)), "decontaminate_index_ngrams": int(len(index.keys))}
+    for name, c in tally.by_set.items():
+        print(f"[decontaminate] {name}: {c['documents']:,} documents dropped, {c['cut']:,} cut "
+              f"({c['chars_removed']:,} characters)")
+    return {**tally.counts(), **counts, "decontaminate_index_ngrams": int(len(removal.index.keys))}
+
+
+class Tally:
+    """Per evaluation set: documents dropped whole, documents cut, characters removed."""
+
+    def __init__(self, names: list[str]):
+        self.by_set = {name: {"documents": 0, "cut": 0, "chars_removed": 0} for name in names}
+
+    def add(self, doc: Document, kept: Document | None, owner: str | None) -> None:
+        if owner is None or kept is doc:
+            return
+        self.by_set[owner]["documents" if kept is None else "cut"] += 1
+        self.by_set[owner]["chars_removed"] += len(doc.text) - (len(kept.text) if kept else 0)
+
+    def counts(self) -> dict:
+        return {"drops": {f"decontaminate/{name}": c["documents"] for name, c in self.by_set.items() if c["documents"]},
+                "decontaminate": self.by_set}
 
 
 def _owner_of(keys: np.ndarray, index: EvalIndex) -> str:

@@ -49,7 +49,7 @@ def lm_eval_texts(tasks: list[str], include: str | None) -> dict[str, Iterable[s
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        from lm_eval.tasks import TaskManager, get_task_dict
+        from lm_eval.tasks import TaskManager
     except ImportError as e:
         raise RuntimeError("decontaminating against lm-eval tasks needs lm-evaluation-harness: "
                            "pip install 'tokenmill[lm-eval]'") from e
@@ -57,7 +57,7 @@ def lm_eval_texts(tasks: list[str], include: str | None) -> dict[str, Iterable[s
     out = {}
     for name in tasks:
         try:
-            task = get_task_dict([name], manager)[name]
+            task = manager.load(name)["tasks"][name]
             docs = list(task.eval_docs)
         except Exception as e:  # noqa: BLE001 (lm-eval raises many kinds when data is missing)
             log.warning("lm-eval task %s: its documents are not available here (%s); not decontaminated against",

@@ -29,7 +29,7 @@ from datatrove.pipeline.base import PipelineStep
 from pydantic import Field
 
 from tokenmill import engine
-from tokenmill.documents import Document, read_documents
+from tokenmill.documents import Document, read_documents, write_documents
 from tokenmill.schema import StrictModel
 from tokenmill.tokenize.extend import ExtendConfig, base_tokenizer, extend, read_extension
 from tokenmill.tokenize.fertility import compare, fertility
@@ -47,6 +47,9 @@ class TokenizeConfig(StrictModel):
     min_frequency: int = Field(2, ge=1, description="BPE: merges must occur at least this often")
     eos_token: str | None = Field(None, description="EOS token of a reused tokenizer, if it names none")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of documents held out for validation")
+    decontaminate_val: bool = Field(True, description="training documents lose the passages they share with the val "
+                                                      "split (dedup.decontaminate's rule), so its figures measure "
+                                                      "what the model generalises, not what it saw")
     seed: int = Field(0, description="seed of the document-level split")
     tokens_per_shard: int = Field(1 << 28, gt=0, description="tokens per shard file")
     batch_docs: int = Field(256, gt=0, description="documents encoded per batch")
@@ -129,15 +132,48 @@ def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
     else:
         make_tokenizer(cfg, [in_dir], out_dir)
     tok = load_tokenizer(out_dir / "tokenizer", cfg.eos_token)
-    step = EncodeShards(out_dir, validation_boundary(in_dir, cfg), cfg)
+    boundary = validation_boundary(in_dir, cfg)
+    removal = held_out_removal(cfg, in_dir, boundary, out_dir / "logs" / "decontaminate") if cfg.decontaminate_val \
+        else None
+    step = EncodeShards(out_dir, boundary, cfg, removal)
     engine.run_pipeline(engine.for_input(cfg.executor, in_dir), [engine.reader(in_dir), step], out_dir / "logs")
     metas = {split: merge_parts(out_dir / split, len(tok), tok.eos_token_id) for split in SPLITS}
+    encoded = engine.step_stats(out_dir / "logs")[-1]["stats"]
     counts = {"vocab_size": len(tok), "eos_id": tok.eos_token_id,
               **{f"{s}_{k}": m[k] for s, m in metas.items() for k in ("n_docs", "n_tokens", "n_bytes")},
-              "docs_in": sum(m["n_docs"] for m in metas.values()),
+              "docs_in": engine.total(encoded, "docs"),
               "tokens_out": sum(m["n_tokens"] for m in metas.values())}
+    if removal:
+        counts["decontaminate"] = {"val": {key: engine.total(encoded, f"decontaminate_{key}")
+                                           for key in ("documents", "cut", "chars_removed")}}
+        counts["drops"] = {"decontaminate/val": counts["decontaminate"]["val"]["documents"]}
+        held = counts["decontaminate"]["val"]
+        print(f"[tokenize] val split held out: {held['documents']:,} training documents dropped and {held['cut']:,} "
+              f"cut ({held['chars_removed']:,} characters) for sharing passages with it (dropped/decontaminate/)")
     fertile = tokenizer_fertility(tok, in_dir)
     return {**counts, "fertility": fertile} if fertile else counts
+
+
+def held_out_removal(cfg: TokenizeConfig, in_dir: Path, val_boundary: tuple, folder: Path) -> Path | None:
+    """Index the val documents' n-grams and find the training documents that share passages with them (pass
+    1, here); the encode tasks remove those passages (pass 2). None when nothing overlaps."""
+    from tokenmill.decontaminate import DecontaminateConfig, DecontaminationTooBroad, Removal
+    from tokenmill.decontaminate.index import EvalIndex
+    from tokenmill.decontaminate.ngrams import Tokenizer
+    decont, words = DecontaminateConfig(), Tokenizer()
+    held_out = lambda doc: (split_of(doc.id, cfg.seed), doc.id) <= tuple(val_boundary)  # noqa: E731
+    index = EvalIndex.build({"val": (d.text for d in read_documents(in_dir) if held_out(d))}, decont.n_words,
+                            decont.n_chars, words)
+    try:
+        removal, _ = Removal.plan(decont, (d for d in read_documents(in_dir) if not held_out(d)),
+                                  f"{in_dir} (its training side, against its own val split)", index, words)
+    except DecontaminationTooBroad as e:
+        raise DecontaminationTooBroad(f"{e}.\nHere the corpus repeats itself across the split: deduplicate it "
+                                      "more strictly (dedup.minhash), or set tokenize.decontaminate_val: false") from None
+    if not removal.owners:
+        return None
+    removal.save(folder)
+    return folder
 
 
 class EncodeShards(PipelineStep):
@@ -146,9 +182,10 @@ class EncodeShards(PipelineStep):
     type = "🔢 - TOKENIZE"
     name = "encode"
 
-    def __init__(self, out_dir: Path, val_boundary: tuple[float, str], cfg: TokenizeConfig):
+    def __init__(self, out_dir: Path, val_boundary: tuple[float, str], cfg: TokenizeConfig,
+                 removal: Path | None = None):
         super().__init__()
-        self.out_dir, self.val_boundary, self.cfg = Path(out_dir), tuple(val_boundary), cfg
+        self.out_dir, self.val_boundary, self.cfg, self.removal = Path(out_dir), tuple(val_boundary), cfg, removal
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         tok = load_tokenizer(str(self.out_dir / "tokenizer"), self.cfg.eos_token)
@@ -166,13 +203,33 @@ class EncodeShards(PipelineStep):
                 os.environ["TOKENIZERS_PARALLELISM"] = previous
 
     def _encode_parts(self, tok, data):
+        from tokenmill.decontaminate import Removal
+        removal = Removal.load(self.removal) if self.removal else None
         for part, docs in groupby(data, key=lambda doc: doc.metadata[engine.SHARD_KEY]):
             writers = {split: ShardWriter(self.out_dir / split, len(tok), tok.eos_token_id, self.cfg.tokens_per_shard,
                                           part=part.removeprefix("docs-")) for split in SPLITS}
-            encode_documents(tok, self._counted(docs), lambda doc: writers[self._split(doc.id)], self.cfg.batch_docs)
+            removed: list[Document] = []
+            kept = self._held_out(self._counted(docs), removal, removed) if removal else self._counted(docs)
+            encode_documents(tok, kept, lambda doc: writers[self._split(doc.id)], self.cfg.batch_docs)
             for writer in writers.values():
                 writer.close()
+            if removed:
+                write_documents(removed, self.out_dir / "dropped" / "decontaminate", prefix=part)
         yield from ()
+
+    def _held_out(self, docs, removal, removed: list):
+        """Training documents without the passages they share with the val split (the val side untouched)."""
+        for doc in docs:
+            if self._split(doc.id) == "val":
+                yield doc
+                continue
+            kept, cut = removal.apply(Document(doc.id, doc.text, doc.metadata.get("source", ""), dict(doc.metadata)))
+            if cut:
+                self.stat_update("decontaminate_documents" if kept is None else "decontaminate_cut")
+                self.stat_update("decontaminate_chars_removed", value=len(doc.text) - len(kept.text if kept else ""))
+                removed.extend(cut)
+            if kept is not None:
+                yield kept
 
     def _split(self, doc_id: str) -> str:
         return "val" if (split_of(doc_id, self.cfg.seed), doc_id) <= self.val_boundary else "train"

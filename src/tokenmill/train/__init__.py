@@ -133,7 +133,7 @@ def check_eval_overlap(cfg: TrainConfig, default_sets: dict[str, str], train_spl
                            _until_chars(training, OVERLAP_SAMPLE_CHARS))
     total = sum(read_meta(split)["n_bytes"] for split in train_splits)
     for line in check.describe(result, cfg.eval_overlap_warn, OVERLAP_SAMPLE_CHARS if total > OVERLAP_SAMPLE_CHARS else None):
-        print(line)
+        print(line, flush=True)
 
 
 def _until_chars(texts, limit: int):
@@ -317,7 +317,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
         check_eval_overlap(cfg, default_sets, [Path(p) / "train" for p in (datasets or {"": shards_dir}).values()],
                            tokenizer, out_dir / "eval_sets")
         print(describe_eval_cost(cfg, val_sets, cfg.evaluations(eval_at_start), tokens_per_step, flops,
-                                 unwrap(model)))
+                                 unwrap(model)), flush=True)
 
     def evaluate_sets(m) -> dict[str, float]:
         losses = {}

@@ -1,0 +1,164 @@
+"""Plan: from a few small proxy runs, the mixture share to pay for and the losses it will buy.
+
+    tokenmill plan my-cpt.yaml -o runs/cpt          # proxies, fits, the answer in runs/cpt/plan/plan.json
+    tokenmill run my-cpt.yaml -o runs/cpt --plan    # then train the target at the recommended share, and check
+
+The config is the one `tokenmill run` reads (named datasets, model.init_from, the train budget, the
+evaluation sets) with a `plan:` section:
+
+    plan:
+      shares: {domain: [0.5, 0.7, 0.85, 0.95, 1.0]}    # the rest: the other datasets, in the mixture's proportions
+      budgets: [0.05, 0.1, 0.2]                        # of the target's train.max_steps
+      objective: {set: domain}
+      constraint: {set: general, max_rise_bits_per_byte: 0.02}
+
+Proxies (proxies.py) are ordinary train runs in RUN/plan/share-R/: one WSD run per share to the largest budget
+and cooldown branches from its checkpoints for the others, each evaluated at step 0 and at its end. Per
+evaluation set a D-CPT law in (share, tokens) is fitted (laws.py) with bootstrap intervals and leave-one-out
+errors; recommend.py picks the share. The trainer knows nothing of plans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tokenmill.atomic import atomic_write_json
+from tokenmill.plan import proxies
+from tokenmill.plan.config import PlanConfig
+from tokenmill.plan.recommend import fit_set, recommend
+
+__all__ = ["PlanConfig", "run", "target_mixture", "format_plan"]
+
+
+def run(cfg, run_dir: Path, force: bool = False) -> dict:
+    """Data stages, proxies, fits, recommendation; writes RUN/plan/plan.json and returns it."""
+    from tokenmill.pipeline import prepare_data
+    run_dir = Path(run_dir)
+    shards = prepare_data(cfg, run_dir, force)
+    points, base, budget_list = run_proxies(cfg, shards, run_dir / "plan", force)
+    out = run_dir / "plan" / "plan.json"
+    key = hashlib.sha256(json.dumps([points, base, cfg.plan.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()
+    if out.is_file() and not force and json.loads(out.read_text()).get("key") == key:
+        return json.loads(out.read_text())  # the fits of these very points are done
+    result = {"key": key, **answer(cfg, points, base), "compute": compute(cfg, budget_list)}
+    atomic_write_json(out, result)
+    return result
+
+
+def run_proxies(cfg, shards: dict[str, Path], folder: Path, force: bool) -> tuple[list[dict], dict, list]:
+    """Every proxy (skipped when done); the points [{share, tokens (of the target's), set: bits per byte}] and
+    the start model's bits per byte per set."""
+    from tokenmill import train
+    from tokenmill.stage import run_stage
+    plan, budget_list = cfg.plan, proxies.budgets(cfg.plan.budgets, cfg.train.max_steps, cfg.plan.decay_fraction)
+    proportions = (cfg.mixture.stages[0].weights if cfg.mixture.stages else {n: 1.0 for n in shards})
+    longest = budget_list[-1]
+    train_cfg = proxy_train_config(cfg, budget_list, len(cfg.train.eval_sets or shards))
+    points, base = [], {}
+    for share in plan.share_values:
+        mixture = cfg.mixture.model_copy(update={"stages": [{"weights": proxies.mixture_weights(
+            plan.varied, share, proportions)}]})
+        mixture = type(cfg.mixture).model_validate(mixture.model_dump())
+        root = folder / proxies.share_label(share)
+        for budget in reversed(budget_list):  # the stable run first: the branches start from its checkpoints
+            t = train_cfg.model_copy(update={"max_steps": budget.steps})
+            branch = budget is not longest
+            out = root / ("stable" if not branch else f"steps-{budget.steps}")
+            start = proxies.branch_point(root / "stable", budget) if branch else None
+            print(f"[plan] proxy {plan.varied} {share:.2f}, {budget.steps} steps"
+                  + (f" (a cooldown from step {budget.decay_start})" if branch else ""), flush=True)
+            run_stage("train", {"model": cfg.model, "train": t, "mixture": mixture}, list(shards.values()), out,
+                      lambda o, t=t, start=start: train.run(cfg.model, t, shards, o, mixture=mixture, resume_from=start),
+                      force, resumable=True, resume_despite=train.RESUMABLE_CHANGES, keep_existing=branch)
+            first, last = proxies.final_bits_per_byte(out / "metrics.jsonl")
+            base = base or first
+            points.append({"share": share, "tokens": budget.steps / cfg.train.max_steps, "steps": budget.steps, **last})
+    return points, base, budget_list
+
+
+def proxy_train_config(cfg, budget_list: list, n_sets: int):
+    """The target's train section as a WSD proxy: checkpoints at the branch points, evaluation at start and
+    end with the target's own per-set budget (the points are as noisy as the target's figures)."""
+    t = cfg.train
+    tokens_per_step = t.seq_len * t.micro_batch_size * t.accum_steps()
+    eval_tokens = t.eval_tokens_per_set(n_sets, True, tokens_per_step)
+    return t.model_copy(update={
+        "schedule": "wsd", "decay_fraction": cfg.plan.decay_fraction, "save_every": budget_list[0].decay_start,
+        "keep_last": proxies.keep_last(budget_list), "eval_every": 0, "eval_at_start": True,
+        "eval_tokens": eval_tokens, "loggers": ["jsonl"],
+        "warmup_steps": min(t.warmup_steps, budget_list[0].decay_start - 1)})
+
+
+def answer(cfg, points: list[dict], base: dict) -> dict:
+    """The fits of every evaluation set, the recommended share and its predictions."""
+    plan = cfg.plan
+    shares = np.array([p["share"] for p in points])
+    tokens = np.array([p["tokens"] for p in points])
+    sets = [k for k in points[0] if k not in ("share", "tokens", "steps")]
+    fits = {name: fit_set(name, shares, tokens, np.array([p[name] for p in points]), plan.resamples) for name in sets}
+    constraint_values = np.array([p[plan.constraint.set] for p in points])
+    start = base[plan.constraint.set]
+    choice = recommend(fits[plan.objective.set], fits[plan.constraint.set], constraint_values, start,
+                       plan.constraint.allowed_rise(start), (min(shares), max(shares)))
+    if choice["share"] is not None:  # every set at the chosen share, with its interval
+        choice["prediction"] = {name: {"bits_per_byte": float(f.predict(choice["share"], 1.0)),
+                                       "ci": f.interval(choice["share"], 1.0)} for name, f in fits.items()}
+    return {"varied": plan.varied, "points": points, "base": base, "recommendation": choice,
+            "fits": {name: {"law": "d-cpt", "theta": f.theta.tolist(), "loo_relative": f.loo.tolist()}
+                     for name, f in fits.items()}}
+
+
+def compute(cfg, budget_list: list) -> dict:
+    """The proxies' training tokens against the target's: the same model and batch, so FLOPs in proportion."""
+    n_shares = len(cfg.plan.share_values)
+    stable = budget_list[-1].steps
+    branches = sum(b.steps - b.decay_start for b in budget_list[:-1])
+    steps = n_shares * (stable + branches)
+    return {"proxy_steps": steps, "target_steps": cfg.train.max_steps, "fraction": steps / cfg.train.max_steps}
+
+
+def target_mixture(cfg, share: float):
+    """The config's mixture with the varied dataset at `share` (the proxies' mixture, at the target's length)."""
+    proportions = cfg.mixture.stages[0].weights if cfg.mixture.stages else {n: 1.0 for n in cfg.datasets}
+    weights = proxies.mixture_weights(cfg.plan.varied, share, proportions)
+    return type(cfg.mixture).model_validate({**cfg.mixture.model_dump(), "stages": [{"weights": weights}]})
+
+
+def format_plan(result: dict, cfg) -> str:
+    plan, rec = cfg.plan, result["recommendation"]
+    c = result["compute"]
+    lines = [f"[plan] {len(result['points'])} points from {len(plan.share_values)} shares of {plan.varied}; proxies "
+             f"cost {c['fraction']:.2f}x the target's training steps ({c['proxy_steps']:,} of {c['target_steps']:,} "
+             "each)"]
+    for name, fit in result["fits"].items():
+        errors = np.abs(fit["loo_relative"])
+        lines.append(f"[plan] {name}: leave-one-out error mean {errors.mean():.2%}, max {errors.max():.2%}")
+    if rec["share"] is None:
+        lines += [f"[plan] no recommendation: {why}" for why in rec.get("poor_fit", [])]
+        if rec.get("infeasible"):
+            lines.append(f"[plan] no recommendation: {rec['infeasible']}")
+        return "\n".join(lines)
+    start = result["base"][plan.constraint.set]
+    lines.append(f"[plan] recommended {plan.varied} share: {rec['share']:.2f} (the others "
+                 f"{1 - rec['share']:.2f}); {plan.constraint.set} may rise {rec['max_rise']:.4f} bits/byte over the "
+                 f"start's {start:.4f}")
+    lines.append(f"{'set':<16} {'start':>8} {'predicted at the target [95% CI]':>36}")
+    for name, p in rec["prediction"].items():
+        lines.append(f"{name:<16} {result['base'].get(name, float('nan')):>8.4f} "
+                     f"{p['bits_per_byte']:>14.4f} [{p['ci'][0]:.4f}, {p['ci'][1]:.4f}]")
+    return "\n".join(lines)
+
+
+def check(result: dict, measured: dict) -> dict:
+    """Predicted against measured bits per byte of each set, after the target ran at the recommended share."""
+    out = {}
+    for name, p in result["recommendation"].get("prediction", {}).items():
+        if name in measured:
+            m = measured[name]["bits_per_byte"]
+            out[name] = {"predicted": p["bits_per_byte"], "ci": p["ci"], "measured": m,
+                         "error_relative": m / p["bits_per_byte"] - 1, "inside_ci": p["ci"][0] <= m <= p["ci"][1]}
+    return out
