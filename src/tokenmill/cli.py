@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokenmill import dedup, evaluation, export, filters, ingest, lock, recipes, report, storage, tokenize, train
+from tokenmill import dedup, evaluation, export, filters, ingest, lock, plan, recipes, report, storage, tokenize, train
+from tokenmill.atomic import atomic_write_json
 from tokenmill.config import ConfigError, PipelineConfig, builtin_configs, load_config, resolve_config_path
 from tokenmill.evaluation.intervals import describe_change
 from tokenmill.export.gguf_writer import OUTTYPES
@@ -40,6 +41,7 @@ EXAMPLES = {
     "report": "tokenmill report runs/x",
     "serve": "tokenmill serve runs/x --port 8080 --api-key KEY   (OpenAI API at http://127.0.0.1:8080/v1)",
     "estimate": "tokenmill estimate my.yaml --gpus 8xH100 --price-per-gpu-hour 2.5",
+    "plan": "tokenmill plan my-cpt.yaml -o runs/cpt     (then: tokenmill run my-cpt.yaml -o runs/cpt --plan)",
     "run": "tokenmill run demo -o runs/demo     |     tokenmill run my.yaml --set train.lr_max=1e-3",
     "shards": "tokenmill shards check runs/x/30_shards/train",
     "quality": "tokenmill quality train --positive curated/ --negative crawl/ -o quality.bin",
@@ -178,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--submit", action="store_true", help="submit the run to Slurm as a chain of jobs, one per "
                    "stage (--dependency=afterok), and return; run again without --submit to collect")
     p.add_argument("--wait", action="store_true", help="with --submit: wait for the chain, a line per stage")
+    p.add_argument("--plan", action="store_true", help="run the config's plan first (tokenmill plan), train at the "
+                   "recommended share, then set the prediction beside the measurement")
+    p = stage("plan", "From small proxy runs, the share of a dataset to pay for (plan.shares), the final bits per "
+                      "byte it buys per evaluation set, with intervals, and the proxies' cost (writes RUN/plan/plan.json).")
+    p.add_argument("config_file", metavar="CONFIG", help="a YAML file with a plan section")
+    p.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<config name>)")
     p = sub.add_parser("convert-gguf", help="Convert a GGUF model into a HF folder (a base for continued pre-training).",
                        epilog=f"example:\n  {EXAMPLES['convert-gguf']}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE", help="a .gguf file, or pkg://PACKAGE/file.gguf")
@@ -258,7 +266,7 @@ def _train_inputs(specs: list[str]) -> Path | dict[str, Path]:
 
 
 def _load(args) -> PipelineConfig:
-    path = resolve_config_path(args.config_file) if args.command in ("run", "estimate") else args.config
+    path = resolve_config_path(args.config_file) if args.command in ("run", "estimate", "plan") else args.config
     named = _train_inputs(args.inputs) if args.command == "train" else None
     cfg = load_config(path, [*_flag_overrides(args), *args.overrides],
                       dataset_names=list(named) if isinstance(named, dict) else [])
@@ -356,6 +364,10 @@ def _dispatch(args) -> None:
         print(f"report: {report.run(args.run_dir)}")
     elif c == "run":
         _run(cfg, args)
+    elif c == "plan":
+        run_dir = args.output or Path("runs") / Path(args.config_file).stem
+        with lock.hold(run_dir):
+            _planned(cfg, run_dir, args.force)
     elif c == "estimate":
         from tokenmill.estimate import estimate, format_estimate
         e = estimate(cfg, args.gpus, args.price_per_gpu_hour, args.mfu)
@@ -399,7 +411,14 @@ def _run(cfg: PipelineConfig, args) -> None:
         return
     started = time.time()
     with lock.hold(Path(run_dir)):  # one `tokenmill run` per run folder (a --submit chain runs its jobs in turn)
+        planned = _planned(cfg, run_dir, args.force) if args.plan else None
+        if planned:
+            share = planned["recommendation"]["share"]
+            cfg = cfg.model_copy(update={"mixture": plan.target_mixture(cfg, share)})
+            atomic_write_json(Path(run_dir) / "plan" / "applied.json", {"share": share})
         out = run_pipeline(cfg, run_dir, args.force, args.until)
+        if planned and out:
+            _check_plan(planned, out, run_dir)
     if out is None:
         print(f"\nstopped after {args.until} in {time.time() - started:.0f}s ({run_dir})")
         return
@@ -425,6 +444,30 @@ def _run(cfg: PipelineConfig, args) -> None:
         print(f"unigram entropy of the corpus: {out['unigram_entropy']:.4f} nats/token (what knowing only token "
               f"frequencies gives)")
     print(f"sample:\n{out['sample']}")
+
+
+def _planned(cfg: PipelineConfig, run_dir: Path, force: bool) -> dict:
+    """tokenmill plan: proxies (skipped when done), fits, the recommendation; refuses to go on without one."""
+    if cfg.plan is None:
+        raise ValueError("the config has no plan section: add plan: {shares: {DATASET: [...]}, objective: {set: ...}, "
+                         "constraint: {set: ..., max_rise_bits_per_byte: ...}} (docs/plan.md)")
+    result = plan.run(cfg, run_dir, force)
+    print(plan.format_plan(result, cfg))
+    print(f"plan:       {Path(run_dir) / 'plan' / 'plan.json'}")
+    if result["recommendation"]["share"] is None:
+        raise RuntimeError("the plan makes no recommendation (above), so there is no mixture to pay for yet")
+    return result
+
+
+def _check_plan(planned: dict, out: dict, run_dir: Path) -> None:
+    """The target ran at the recommended share: its measured figures beside the plan's predictions."""
+    checked = plan.check(planned, plan.measured(Path(run_dir) / "metrics.jsonl"))
+    atomic_write_json(Path(run_dir) / "plan" / "check.json", checked)
+    report.run(run_dir)  # with the check beside the prediction
+    for name, c in checked.items():
+        print(f"plan {name}: predicted {c['predicted']:.4f} [{c['ci'][0]:.4f}, {c['ci'][1]:.4f}] bits/byte, measured "
+              f"{c['measured']:.4f} ({c['error_relative']:+.1%}{', inside the interval' if c['inside_ci'] else ''}; "
+              "the final evaluation in training, on the proxies' windows)")
 
 
 def _ci(result: dict, metric: str) -> str:

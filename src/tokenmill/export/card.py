@@ -42,7 +42,8 @@ def model_card(name: str, source: Path, license: str | None, gguf_files: list[st
     if n_params:
         body += [f"{n_params / 1e6:.1f}M parameters.", ""]
     if run:
-        body += data_section(run) + tokenizer_section(run) + training_section(run) + evaluation_section(run)
+        body += data_section(run) + tokenizer_section(run) + training_section(run) + evaluation_section(run) + \
+            plan_section(run)
     body += usage_section(name, gguf_files)
     if config:
         body += ["## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
@@ -125,6 +126,24 @@ def _change(change: dict | None, lower_is_better: bool = True) -> str:
         return ""
     from tokenmill.evaluation.intervals import describe_change
     return describe_change(change, "", lower_is_better=lower_is_better)
+
+
+def plan_section(run: Path) -> list[str]:
+    """The mixture `tokenmill plan` chose, and what it predicted beside what was measured."""
+    path, metrics = run / "plan" / "plan.json", run / "metrics.jsonl"
+    if not path.is_file() or not metrics.is_file():
+        return []
+    from tokenmill.plan import check, measured
+    planned, applied = json.loads(path.read_text()), run / "plan" / "applied.json"
+    if planned["recommendation"]["share"] is None or not applied.is_file() or \
+            json.loads(applied.read_text())["share"] != planned["recommendation"]["share"]:
+        return []  # planned, but this model was not trained at the plan's share
+    rows = ["| set | predicted [95% CI] | measured |", "|---|---|---|"]
+    rows += [f"| {name} | {c['predicted']:.4f} [{c['ci'][0]:.4f}, {c['ci'][1]:.4f}] | {c['measured']:.4f} |"
+             for name, c in check(planned, measured(metrics)).items()]
+    return ["## Mixture", "", f"The share of {planned['varied']} was chosen by `tokenmill plan` from "
+            f"{len(planned['points'])} proxy points: {planned['recommendation']['share']:.2f}. Bits per byte at the end "
+            "of training, on the proxies' evaluation windows:", "", *rows, ""]
 
 
 def usage_section(name: str, gguf_files: list[str]) -> list[str]:

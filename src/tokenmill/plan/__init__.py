@@ -32,6 +32,7 @@ from tokenmill.plan.config import PlanConfig
 from tokenmill.plan.recommend import fit_set, recommend
 
 __all__ = ["PlanConfig", "run", "target_mixture", "format_plan"]
+FIT_VERSION = 3  # part of plan.json's key: a changed law or fit refits the same points
 
 
 def run(cfg, run_dir: Path, force: bool = False) -> dict:
@@ -41,7 +42,8 @@ def run(cfg, run_dir: Path, force: bool = False) -> dict:
     shards = prepare_data(cfg, run_dir, force)
     points, base, budget_list = run_proxies(cfg, shards, run_dir / "plan", force)
     out = run_dir / "plan" / "plan.json"
-    key = hashlib.sha256(json.dumps([points, base, cfg.plan.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([points, base, cfg.plan.model_dump(mode="json"), FIT_VERSION],
+                                    sort_keys=True).encode()).hexdigest()
     if out.is_file() and not force and json.loads(out.read_text()).get("key") == key:
         return json.loads(out.read_text())  # the fits of these very points are done
     result = {"key": key, **answer(cfg, points, base), "compute": compute(cfg, budget_list)}
@@ -60,9 +62,7 @@ def run_proxies(cfg, shards: dict[str, Path], folder: Path, force: bool) -> tupl
     train_cfg = proxy_train_config(cfg, budget_list, len(cfg.train.eval_sets or shards))
     points, base = [], {}
     for share in plan.share_values:
-        mixture = cfg.mixture.model_copy(update={"stages": [{"weights": proxies.mixture_weights(
-            plan.varied, share, proportions)}]})
-        mixture = type(cfg.mixture).model_validate(mixture.model_dump())
+        mixture = target_mixture(cfg, share)
         root = folder / proxies.share_label(share)
         for budget in reversed(budget_list):  # the stable run first: the branches start from its checkpoints
             t = train_cfg.model_copy(update={"max_steps": budget.steps})
@@ -87,7 +87,7 @@ def proxy_train_config(cfg, budget_list: list, n_sets: int):
     tokens_per_step = t.seq_len * t.micro_batch_size * t.accum_steps()
     eval_tokens = t.eval_tokens_per_set(n_sets, True, tokens_per_step)
     return t.model_copy(update={
-        "schedule": "wsd", "decay_fraction": cfg.plan.decay_fraction, "save_every": budget_list[0].decay_start,
+        "schedule": "wsd", "decay_fraction": cfg.plan.decay_fraction, "save_every": proxies.checkpoint_interval(budget_list),
         "keep_last": proxies.keep_last(budget_list), "eval_every": 0, "eval_at_start": True,
         "eval_tokens": eval_tokens, "loggers": ["jsonl"],
         "warmup_steps": min(t.warmup_steps, budget_list[0].decay_start - 1)})
@@ -99,7 +99,8 @@ def answer(cfg, points: list[dict], base: dict) -> dict:
     shares = np.array([p["share"] for p in points])
     tokens = np.array([p["tokens"] for p in points])
     sets = [k for k in points[0] if k not in ("share", "tokens", "steps")]
-    fits = {name: fit_set(name, shares, tokens, np.array([p[name] for p in points]), plan.resamples) for name in sets}
+    fits = {name: fit_set(name, shares, tokens, np.array([p[name] for p in points]), plan.resamples,
+                          **own_share(cfg, name)) for name in sets}
     constraint_values = np.array([p[plan.constraint.set] for p in points])
     start = base[plan.constraint.set]
     choice = recommend(fits[plan.objective.set], fits[plan.constraint.set], constraint_values, start,
@@ -108,8 +109,18 @@ def answer(cfg, points: list[dict], base: dict) -> dict:
         choice["prediction"] = {name: {"bits_per_byte": float(f.predict(choice["share"], 1.0)),
                                        "ci": f.interval(choice["share"], 1.0)} for name, f in fits.items()}
     return {"varied": plan.varied, "points": points, "base": base, "recommendation": choice,
-            "fits": {name: {"law": "d-cpt", "theta": f.theta.tolist(), "loo_relative": f.loo.tolist()}
-                     for name, f in fits.items()}}
+            "fits": {name: {"law": "d-cpt", "theta": f.theta.tolist(), "loo_relative": f.loo.tolist(),
+                            "share": {"offset": f.offset, "slope": f.slope}} for name, f in fits.items()}}
+
+
+def own_share(cfg, name: str) -> dict:
+    """The set's own data's share as offset + slope x the varied share: a set named after a dataset follows that
+    dataset's share (the varied one's r, another's its part of 1 - r); any other set follows r."""
+    if name == cfg.plan.varied or name not in cfg.datasets:
+        return {"offset": 0.0, "slope": 1.0}
+    proportions = cfg.mixture.stages[0].weights if cfg.mixture.stages else {n: 1.0 for n in cfg.datasets}
+    part = proxies.mixture_weights(cfg.plan.varied, 0.0, proportions)[name]  # its share when r = 0
+    return {"offset": part, "slope": -part}
 
 
 def compute(cfg, budget_list: list) -> dict:
@@ -153,12 +164,18 @@ def format_plan(result: dict, cfg) -> str:
     return "\n".join(lines)
 
 
-def check(result: dict, measured: dict) -> dict:
+def measured(metrics: Path) -> dict[str, float]:
+    """The target's bits per byte per set at its last evaluation in training: the same sets, windows and
+    per-set budget as the proxies' points (the eval stage's results.json uses eval.max_tokens, other windows)."""
+    return proxies.final_bits_per_byte(metrics)[1]
+
+
+def check(result: dict, measured: dict[str, float]) -> dict:
     """Predicted against measured bits per byte of each set, after the target ran at the recommended share."""
     out = {}
     for name, p in result["recommendation"].get("prediction", {}).items():
         if name in measured:
-            m = measured[name]["bits_per_byte"]
+            m = measured[name]
             out[name] = {"predicted": p["bits_per_byte"], "ci": p["ci"], "measured": m,
                          "error_relative": m / p["bits_per_byte"] - 1, "inside_ci": p["ci"][0] <= m <= p["ci"][1]}
     return out

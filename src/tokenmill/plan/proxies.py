@@ -25,19 +25,16 @@ class Budget:
 
 
 def budgets(fractions: list[float], target_steps: int, decay_fraction: float) -> list[Budget]:
-    """Each fraction of the target's steps as a WSD run whose decay starts on a checkpoint of the longest one:
-    the decay starts are multiples of the smallest (the checkpoint interval)."""
+    """Each fraction of the target's steps as a WSD run (max_steps, decay start); the stable run keeps a
+    checkpoint every `checkpoint_interval` steps, which every decay start is a multiple of."""
     def decay_start(steps: int) -> int:
         return steps - max(1, round(decay_fraction * steps))
-    raw = sorted(max(2, round(f * target_steps)) for f in fractions)
-    unit = max(1, decay_start(raw[0]))
-    out = []
-    for steps in raw:
-        start = max(unit, round(decay_start(steps) / unit) * unit)
-        # The smallest max_steps whose decay starts exactly there.
-        m = next(m for m in range(start + 1, 3 * start + 3) if decay_start(m) == start)
-        out.append(Budget(m, start))
-    return out
+    steps = sorted({max(2, round(f * target_steps)) for f in fractions})
+    return [Budget(m, decay_start(m)) for m in steps]
+
+
+def checkpoint_interval(budget_list: list[Budget]) -> int:
+    return math.gcd(*[b.decay_start for b in budget_list])
 
 
 def mixture_weights(varied: str, share: float, proportions: dict[str, float]) -> dict[str, float]:
@@ -70,4 +67,4 @@ def share_label(share: float) -> str:
 
 
 def keep_last(budget_list: list[Budget]) -> int:
-    return math.ceil(budget_list[-1].steps / budget_list[0].decay_start) + 1
+    return math.ceil(budget_list[-1].steps / checkpoint_interval(budget_list)) + 1

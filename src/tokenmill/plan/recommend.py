@@ -5,6 +5,8 @@ target budget) among the shares whose predicted constraint set (a general set) r
 the start model's, searched on a 0.01 grid within the shares the proxies ran (never extrapolated in r). A fit
 whose leave-one-out error is larger than the margin the decision needs is reported as poor, with no
 recommendation: the constraint set's error must stay under half the allowed rise, the objective's under 2%.
+The same limits hold for the budget hold-out (the largest proxy budget predicted from the smaller ones), the
+check of what the target needs most: a law that carries in tokens.
 """
 
 from __future__ import annotations
@@ -21,17 +23,25 @@ OBJECTIVE_LOO_LIMIT = 0.02
 
 @dataclass
 class SetFit:
-    """One evaluation set's law: its parameters, leave-one-out relative errors and bootstrap refits."""
+    """One evaluation set's law: its parameters, leave-one-out relative errors and bootstrap refits. The law's
+    share is the set's own data's share of the mixture, offset + slope x the varied share (a general set is
+    fitted in the replay share 1 - r, where its forgetting steepens as the replay runs out)."""
     name: str
     theta: np.ndarray
     loo: np.ndarray
     boots: list[np.ndarray]
+    offset: float = 0.0
+    slope: float = 1.0
+    holdout: np.ndarray | None = None  # the largest budget's points predicted from the smaller budgets alone
+
+    def own_share(self, share):
+        return self.offset + self.slope * np.asarray(share, dtype=np.float64)
 
     def predict(self, share, tokens) -> np.ndarray:
-        return laws.predict(laws.DCPT, self.theta, share, tokens)
+        return laws.predict(laws.DCPT, self.theta, self.own_share(share), tokens)
 
     def interval(self, share: float, tokens: float = 1.0) -> list[float]:
-        draws = [float(laws.predict(laws.DCPT, t, share, tokens)) for t in self.boots]
+        draws = [float(laws.predict(laws.DCPT, t, self.own_share(share), tokens)) for t in self.boots]
         return [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))]
 
     def loo_bits(self, values: np.ndarray) -> float:
@@ -39,10 +49,25 @@ class SetFit:
         return float(np.sqrt(np.mean((self.loo * values) ** 2)))
 
 
-def fit_set(name: str, shares, tokens, values, resamples: int = 100, seed: int = 0) -> SetFit:
-    theta = laws.fit(laws.DCPT, shares, tokens, values, seed=seed)
-    return SetFit(name, theta, laws.leave_one_out(laws.DCPT, shares, tokens, values, theta, seed),
-                  laws.bootstrap(laws.DCPT, shares, tokens, values, theta, resamples, seed))
+def fit_set(name: str, shares, tokens, values, resamples: int = 100, seed: int = 0, offset: float = 0.0,
+            slope: float = 1.0) -> SetFit:
+    """The law of one set from the points (varied share, tokens, bits per byte)."""
+    own = offset + slope * np.asarray(shares, dtype=np.float64)
+    tokens, values = np.asarray(tokens, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    theta = laws.fit(laws.DCPT, own, tokens, values, seed=seed)
+    return SetFit(name, theta, laws.leave_one_out(laws.DCPT, own, tokens, values, theta, seed),
+                  laws.bootstrap(laws.DCPT, own, tokens, values, theta, resamples, seed), offset, slope,
+                  budget_holdout(own, tokens, values, seed))
+
+
+def budget_holdout(own, tokens, values, seed: int = 0) -> np.ndarray | None:
+    """Relative errors of the largest budget's points predicted by a fit to the smaller budgets: how far the law
+    carries in tokens, the direction the target lies in (None with fewer than three budgets)."""
+    if len(set(tokens)) < 3:
+        return None
+    keep = tokens < tokens.max()
+    theta = laws.fit(laws.DCPT, own[keep], tokens[keep], values[keep], seed=seed)
+    return laws.predict(laws.DCPT, theta, own[~keep], tokens[~keep]) / values[~keep] - 1
 
 
 def recommend(objective: SetFit, constraint: SetFit, constraint_values: np.ndarray, base: float, max_rise: float,
@@ -64,6 +89,16 @@ def recommend(objective: SetFit, constraint: SetFit, constraint_values: np.ndarr
     if loo_objective > OBJECTIVE_LOO_LIMIT:
         poor.append(f"the {objective.name} law's leave-one-out error ({loo_objective:.1%}) exceeds "
                     f"{OBJECTIVE_LOO_LIMIT:.0%}")
+    # How far each law carries in tokens, the direction the target lies in: the same limits, relative.
+    for fit, limit in ((objective, OBJECTIVE_LOO_LIMIT), (constraint, max_rise / 2 / base)):
+        if fit.holdout is None:
+            continue
+        answer[f"budget_holdout_{fit.name}"] = fit.holdout.tolist()
+        error = float(np.abs(fit.holdout).max())
+        if error > limit:
+            poor.append(f"the {fit.name} law does not carry in tokens: fitted without the largest proxy budget, it "
+                        f"misses those points by up to {error:.1%} (limit {limit:.1%}); run longer proxies "
+                        "(plan.budgets)")
     if poor:
         return {**answer, "share": None, "poor_fit": poor}
     if not feasible.any():

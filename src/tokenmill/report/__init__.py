@@ -259,6 +259,32 @@ def mixture_sections(plan_path: Path) -> list[str]:
             _table(totals, ("dataset", "tokens trained on", "epochs"))]
 
 
+def plan_sections(folder: Path) -> list[str]:
+    """tokenmill plan: the proxies' points and fitted laws, the frontier of domain gain against forgetting,
+    the recommendation, and (after `run --plan`) the prediction beside the measurement."""
+    path = folder / "plan.json"
+    if not path.is_file():
+        return []
+    result = json.loads(path.read_text())
+    rec = result["recommendation"]
+    sections = ["<h2>Plan</h2>", f"<p>{len(result['points'])} proxy points over shares of "
+                f"{html.escape(result['varied'])}; proxies cost {result['compute']['fraction']:.2f}x the target's "
+                "training steps. Curves: the fitted law at each proxy budget and at the target (solid).</p>",
+                _img(plots.plan_curves(result), "plan laws"), _img(plots.plan_frontier(result), "plan frontier")]
+    if rec["share"] is None:
+        reasons = rec.get("poor_fit", []) + ([rec["infeasible"]] if rec.get("infeasible") else [])
+        sections.append("<p><strong>No recommendation:</strong> " + html.escape("; ".join(reasons)) + "</p>")
+        return sections
+    checked = json.loads((folder / "check.json").read_text()) if (folder / "check.json").is_file() else {}
+    rows = [(name, result["base"].get(name, ""), _ci(p["bits_per_byte"], p["ci"]),
+             checked.get(name, {}).get("measured", ""),
+             f"{checked[name]['error_relative']:+.1%}" if name in checked else "")
+            for name, p in rec["prediction"].items()]
+    sections.append(f"<p>Recommended share of {html.escape(result['varied'])}: <strong>{rec['share']:.2f}</strong>."
+                    "</p>" + _table(rows, ("set", "start", "predicted at the target [95% CI]", "measured", "error")))
+    return sections
+
+
 def estimate_sections(estimate_path: Path, rows: list[dict]) -> list[str]:
     """What `tokenmill estimate` predicted before the run, beside what the run measured."""
     if not estimate_path.is_file():
@@ -305,6 +331,7 @@ def render(run_dir: Path) -> str:
     sample = run_dir / "sample.txt"
     if sample.is_file():
         sections.append(f"<h2>Sample</h2><pre>{html.escape(sample.read_text())}</pre>")
+    sections += plan_sections(run_dir / "plan")
     sections += mixture_sections(run_dir / "40_checkpoints" / "plan.json")
     if dataset_roots:
         for root in dataset_roots:

@@ -190,3 +190,50 @@ def before_after_bars(results: dict) -> str | None:
     ax.set(ylabel="bits per byte", title="Evaluation sets, with 95% intervals")
     ax.legend()
     return _png(fig)
+
+
+def plan_curves(result: dict) -> str | None:
+    """Each evaluation set's proxy points (bits per byte against the share) with its law at every proxy budget
+    (dashed) and at the target's (solid)."""
+    import numpy as np
+
+    from tokenmill.plan import laws
+    points, fits = result["points"], result["fits"]
+    if not points:
+        return None
+    fig, axes = plt.subplots(1, len(fits), figsize=(4 * len(fits), 3.4), squeeze=False)
+    grid = np.linspace(min(p["share"] for p in points), max(p["share"] for p in points), 50)
+    for ax, (name, fit) in zip(axes[0], fits.items()):
+        own = fit["share"]["offset"] + fit["share"]["slope"] * grid  # the law's share: the set's own data's
+        for tokens in sorted({p["tokens"] for p in points}):
+            at = [p for p in points if p["tokens"] == tokens]
+            line, = ax.plot([p["share"] for p in at], [p[name] for p in at], "o", label=f"{tokens:.2f} of the target")
+            ax.plot(grid, laws.predict(laws.DCPT, np.array(fit["theta"]), own, np.full(len(grid), tokens)), "--",
+                    color=line.get_color())
+        ax.plot(grid, laws.predict(laws.DCPT, np.array(fit["theta"]), own, np.ones(len(grid))), "k-", label="target")
+        if name in result["base"]:
+            ax.axhline(result["base"][name], color="grey", ls=":", label="start")
+        ax.set(xlabel=f"share of {result['varied']}", ylabel="bits per byte", title=name)
+    axes[0][0].legend(fontsize=7)
+    return _png(fig)
+
+
+def plan_frontier(result: dict) -> str | None:
+    """Predicted domain bits per byte against the general set's rise, along the shares; the recommendation marked."""
+    rec = result["recommendation"]
+    if "grid" not in rec:
+        return None
+    rise = [g - rec["base_constraint"] for g in rec["predicted_constraint"]]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(rise, rec["predicted_objective"], "-")
+    for share in (min(rec["grid"]), max(rec["grid"])):
+        i = rec["grid"].index(share)
+        ax.annotate(f"{share:.2f}", (rise[i], rec["predicted_objective"][i]), fontsize=8)
+    ax.axvline(rec["max_rise"], color="grey", ls=":", label="allowed rise")
+    if rec["share"] is not None:
+        i = min(range(len(rec["grid"])), key=lambda k: abs(rec["grid"][k] - rec["share"]))
+        ax.plot([rise[i]], [rec["predicted_objective"][i]], "r*", markersize=12, label=f"recommended {rec['share']:.2f}")
+    ax.set(xlabel="predicted rise of the constraint set (bits per byte)", ylabel="predicted objective (bits per byte)",
+           title="Domain gain against forgetting, at the target budget")
+    ax.legend(fontsize=8)
+    return _png(fig)

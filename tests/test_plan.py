@@ -1,0 +1,142 @@
+"""tokenmill plan: the law fitter on points of known parameters, the proxies' budgets, bad plans refused before
+any proxy runs, and a whole plan of real proxy runs on a tiny config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import write_corpus
+from tokenmill.config import ConfigError, validate
+from tokenmill.plan import laws, proxies
+from tokenmill.plan.recommend import fit_set, recommend
+
+DOMAIN = np.array([np.log(1.0), np.log(0.8), -0.25, 0.25, np.log(0.15), 0.6])   # falls with share and tokens
+GENERAL = np.array([np.log(1.3), np.log(0.2), 3.0, -0.1, np.log(0.005), 0.3])    # forgets faster near 1, and with D
+SHARES, BUDGETS = np.array([0.5, 0.7, 0.85, 0.95, 1.0]), np.array([0.1, 0.2, 0.3])
+
+
+def points(theta, rng):
+    r, d = (a.ravel() for a in np.meshgrid(SHARES, BUDGETS))
+    return r, d, laws.predict(laws.DCPT, theta, r, d) * (1 + rng.normal(0, 0.005, len(r)))  # 0.5% noise
+
+
+def test_the_fitter_recovers_held_out_losses_and_the_optimal_share_from_noisy_points():
+    rng = np.random.default_rng(1)
+    r, d, general = points(GENERAL, rng)
+    _, _, domain = points(DOMAIN, rng)
+    fits = {"domain": fit_set("domain", r, d, domain, resamples=20), "general": fit_set("general", r, d, general,
+                                                                                         resamples=20)}
+    held_r, held_d = np.array([0.6, 0.8, 0.9, 0.6, 0.8, 0.9]), np.array([0.15, 0.15, 0.15, 0.25, 0.25, 0.25])
+    for name, truth in (("domain", DOMAIN), ("general", GENERAL)):
+        error = fits[name].predict(held_r, held_d) / laws.predict(laws.DCPT, truth, held_r, held_d) - 1
+        assert np.abs(error).max() < 0.005, (name, error)
+    # The true optimum: the largest share whose general loss at the target stays within the allowed rise.
+    base, grid = 1.31, np.round(np.arange(0.5, 1.0001, 0.01), 4)
+    true_general = laws.predict(laws.DCPT, GENERAL, grid, np.ones(len(grid)))
+    max_rise = float(np.interp(0.8, grid, true_general) - base)
+    answer = recommend(fits["domain"], fits["general"], general, base, max_rise, (0.5, 1.0))
+    assert answer["poor_fit"] == [] and abs(answer["share"] - 0.8) <= 0.02, answer["share"]
+    lo, hi = answer["prediction"]["domain"]["ci"]
+    assert lo < answer["prediction"]["domain"]["bits_per_byte"] < hi
+
+
+def test_a_poor_fit_is_reported_and_never_recommended():
+    rng = np.random.default_rng(2)
+    r, d, general = points(GENERAL, rng)
+    noisy = general * (1 + rng.normal(0, 0.05, len(general)))  # 5% noise: the law cannot be trusted
+    fits = {n: fit_set(n, r, d, y, resamples=10) for n, y in (("domain", points(DOMAIN, rng)[2]), ("general", noisy))}
+    answer = recommend(fits["domain"], fits["general"], noisy, 1.31, 0.02, (0.5, 1.0))
+    assert answer["share"] is None and "leave-one-out error" in answer["poor_fit"][0]
+
+
+def test_budgets_branch_from_checkpoints_of_the_longest_run():
+    found = proxies.budgets([0.1, 0.2, 0.3], 150, 0.2)
+    assert [(b.steps, b.decay_start) for b in found] == [(15, 12), (30, 24), (45, 36)]
+    assert proxies.checkpoint_interval(found) == 12 and proxies.keep_last(found) == 5
+    found = proxies.budgets([0.1, 0.15, 0.2], 100, 0.2)
+    assert [(b.steps, b.decay_start) for b in found] == [(10, 8), (15, 12), (20, 16)]
+    for b in found:  # each branch's WSD decay starts where it leaves the stable run, on a checkpoint
+        assert b.steps - max(1, round(0.2 * b.steps)) == b.decay_start
+        assert b.decay_start % proxies.checkpoint_interval(found) == 0
+    assert proxies.mixture_weights("domain", 0.7, {"general": 0.5, "domain": 0.5, "web": 1.5}) == \
+        pytest.approx({"domain": 0.7, "general": 0.075, "web": 0.225})
+
+
+def plan_config(tmp_path, **plan) -> dict:
+    write_corpus(tmp_path / "general", 50, seed=1)
+    write_corpus(tmp_path / "domain", 50, seed=2)
+    return {"datasets": {"general": {"paths": [str(tmp_path / "general")]},
+                         "domain": {"paths": [str(tmp_path / "domain")]}},
+            "filter": {"steps": [{"name": "length", "min_chars": 100}]}, "dedup": {"minhash": None},
+            "tokenize": {"vocab_size": 300, "val_fraction": 0.15},
+            "model": {"preset": "tiny", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                      "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64},
+            "train": {"seq_len": 32, "micro_batch_size": 4, "max_steps": 100, "warmup_steps": 2, "lr_max": 1e-2,
+                      "lr_min": 1e-3, "log_every": 5, "eval_tokens": 256},
+            "mixture": {"stages": [{"weights": {"general": 0.5, "domain": 0.5}}]},
+            "generate": {"prompt": "The king", "max_new_tokens": 4},
+            "plan": {"shares": {"domain": [0.3, 0.6, 0.8, 1.0]}, "budgets": [0.1, 0.15, 0.2],
+                     "objective": {"set": "domain"}, "constraint": {"set": "general", "max_rise_bits_per_byte": 0.05},
+                     "resamples": 10, **plan}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"shares": {"domain": [0.5, 1.2, 0.7]}}, r"shares.domain: \[1.2\] outside \[0, 1\]"),
+    ({"shares": {}}, "name exactly one dataset to vary"),
+    ({"objective": None}, "give an objective"),
+    ({"shares": {"domain": [0.5, 0.7, 0.9]}, "budgets": [0.1, 0.2]}, "6 proxy points .* too few: .* at least 9"),
+    ({"budgets": [0.05, 0.1, 0.2]}, r"plan.budgets: 0.05 of train.max_steps 100 is 5 steps; a proxy needs at least 10"),
+    ({"constraint": {"set": "books", "max_rise_bits_per_byte": 0.1}}, "plan.constraint.set: 'books' is not an evaluation set"),
+    ({"shares": {"code": [0.5, 0.7, 0.9]}}, "plan.shares.code: no dataset of that name"),
+])
+def test_a_bad_plan_is_refused_before_any_proxy_runs(tmp_path, change, message):
+    raw = plan_config(tmp_path)
+    raw["plan"].update(change)
+    with pytest.raises(ConfigError, match=message):
+        validate(raw)
+
+
+def test_a_plan_runs_its_proxies_fits_and_says_what_it_found(tmp_path, capsys):
+    from tokenmill.cli import main
+    config = tmp_path / "plan.yaml"
+    config.write_text(yaml.safe_dump(plan_config(tmp_path)))
+    code = main(["plan", str(config), "-o", str(tmp_path / "run")])
+    result = json.loads((tmp_path / "run" / "plan" / "plan.json").read_text())
+    assert len(result["points"]) == 12 and {p["steps"] for p in result["points"]} == {10, 15, 20}
+    assert set(result["fits"]) == {"general", "domain"} and set(result["base"]) == {"general", "domain"}
+    assert result["compute"]["fraction"] == pytest.approx(4 * (20 + 2 + 3) / 100)  # a stable run and two cooldowns
+    out = capsys.readouterr()
+    assert "[plan] 12 points from 4 shares of domain" in out.out
+    if result["recommendation"]["share"] is None:  # an honest "no": this tiny model's curves are noisy
+        assert code == 2 and "no recommendation" in out.out and "no mixture to pay for" in out.err
+    else:
+        assert code == 0 and "recommended domain share" in out.out
+    # Everything is done: a second plan trains nothing; `run --plan` trains the target only on a recommendation.
+    code = main(["run", str(config), "-o", str(tmp_path / "run"), "--plan"])
+    out = capsys.readouterr()
+    assert "[train] running" not in out.out.split("[plan] 12 points")[0]
+    if result["recommendation"]["share"] is None:
+        assert code == 2 and not (tmp_path / "run" / "40_checkpoints").exists()
+    else:
+        assert code == 0 and "plan domain: predicted" in out.out
+        assert json.loads((tmp_path / "run" / "plan" / "applied.json").read_text())["share"] == \
+            result["recommendation"]["share"]
+
+
+def test_the_check_sets_each_prediction_beside_the_measurement(tmp_path):
+    from tokenmill.plan import check, measured
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 0, "val/domain/bits_per_byte": 3.0, "val/general/bits_per_byte": 2.0},
+        {"step": 5, "train/loss": 1.0},
+        {"step": 10, "val/domain/bits_per_byte": 2.5, "val/general/bits_per_byte": 2.1}]) + "\n")
+    planned = {"recommendation": {"prediction": {"domain": {"bits_per_byte": 2.4, "ci": [2.3, 2.45]},
+                                                 "general": {"bits_per_byte": 2.12, "ci": [2.05, 2.2]}}}}
+    got = check(planned, measured(metrics))  # the last evaluation in training: the proxies' own windows
+    assert got["domain"]["measured"] == 2.5 and not got["domain"]["inside_ci"]
+    assert got["domain"]["error_relative"] == pytest.approx(2.5 / 2.4 - 1)
+    assert got["general"]["inside_ci"]
