@@ -44,6 +44,21 @@ def test_the_fitter_recovers_held_out_losses_and_the_optimal_share_from_noisy_po
     assert lo < answer["prediction"]["domain"]["bits_per_byte"] < hi
 
 
+def test_the_from_scratch_law_is_fitted_by_the_same_fitter():
+    truth = np.array([np.log(1.7), np.log(400.0), 0.34, np.log(410.0), 0.28])  # Chinchilla's approach-3 shape
+    n, d = (a.ravel() for a in np.meshgrid([10e6, 30e6, 100e6, 300e6], [0.2e9, 0.6e9, 2e9, 6e9]))
+    rng = np.random.default_rng(0)
+    y = laws.predict(laws.CHINCHILLA, truth, n, d) * (1 + rng.normal(0, 0.005, len(n)))
+    theta = laws.fit(laws.CHINCHILLA, n / 1e6, d / 1e9, y * 1.0, seed=0)  # millions of parameters, billions of tokens
+    scaled = truth.copy()
+    scaled[1] -= truth[2] * np.log(1e6)
+    scaled[3] -= truth[4] * np.log(1e9)
+    held_n, held_d = np.array([50.0, 200.0]), np.array([1.0, 4.0])
+    error = laws.predict(laws.CHINCHILLA, theta, held_n, held_d) / laws.predict(laws.CHINCHILLA, scaled, held_n,
+                                                                                 held_d) - 1
+    assert np.abs(error).max() < 0.005, error
+
+
 def test_a_poor_fit_is_reported_and_never_recommended():
     rng = np.random.default_rng(2)
     r, d, general = points(GENERAL, rng)

@@ -466,8 +466,9 @@ def _check_plan(planned: dict, out: dict, run_dir: Path) -> None:
     report.run(run_dir)  # with the check beside the prediction
     for name, c in checked.items():
         print(f"plan {name}: predicted {c['predicted']:.4f} [{c['ci'][0]:.4f}, {c['ci'][1]:.4f}] bits/byte, measured "
-              f"{c['measured']:.4f} ({c['error_relative']:+.1%}{', inside the interval' if c['inside_ci'] else ''}; "
-              "the final evaluation in training, on the proxies' windows)")
+              f"{c['measured']:.4f} ({c['error_relative']:+.1%}{', inside the interval' if c['inside_ci'] else ''}"
+              f"{'' if c['reliable'] else ', a prediction the plan marked as not reliable'}; the final evaluation in "
+              "training, on the proxies' windows)")
 
 
 def _ci(result: dict, metric: str) -> str:

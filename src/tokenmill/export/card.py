@@ -139,7 +139,8 @@ def plan_section(run: Path) -> list[str]:
             json.loads(applied.read_text())["share"] != planned["recommendation"]["share"]:
         return []  # planned, but this model was not trained at the plan's share
     rows = ["| set | predicted [95% CI] | measured |", "|---|---|---|"]
-    rows += [f"| {name} | {c['predicted']:.4f} [{c['ci'][0]:.4f}, {c['ci'][1]:.4f}] | {c['measured']:.4f} |"
+    rows += [f"| {name} | {c['predicted']:.4f} [{c['ci'][0]:.4f}, {c['ci'][1]:.4f}]"
+             f"{'' if c.get('reliable', True) else ' (not reliable)'} | {c['measured']:.4f} |"
              for name, c in check(planned, measured(metrics)).items()]
     return ["## Mixture", "", f"The share of {planned['varied']} was chosen by `tokenmill plan` from "
             f"{len(planned['points'])} proxy points: {planned['recommendation']['share']:.2f}. Bits per byte at the end "

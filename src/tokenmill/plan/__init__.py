@@ -32,7 +32,7 @@ from tokenmill.plan.config import PlanConfig
 from tokenmill.plan.recommend import fit_set, recommend
 
 __all__ = ["PlanConfig", "run", "target_mixture", "format_plan"]
-FIT_VERSION = 3  # part of plan.json's key: a changed law or fit refits the same points
+FIT_VERSION = 4  # part of plan.json's key: a changed law or fit refits the same points
 
 
 def run(cfg, run_dir: Path, force: bool = False) -> dict:
@@ -46,6 +46,7 @@ def run(cfg, run_dir: Path, force: bool = False) -> dict:
                                     sort_keys=True).encode()).hexdigest()
     if out.is_file() and not force and json.loads(out.read_text()).get("key") == key:
         return json.loads(out.read_text())  # the fits of these very points are done
+    warn_on_repetition(cfg, shards)
     result = {"key": key, **answer(cfg, points, base), "compute": compute(cfg, budget_list)}
     atomic_write_json(out, result)
     return result
@@ -108,7 +109,8 @@ def answer(cfg, points: list[dict], base: dict) -> dict:
     if choice["share"] is not None:  # every set at the chosen share, with its interval
         choice["prediction"] = {name: {"bits_per_byte": float(f.predict(choice["share"], 1.0)),
                                        "ci": f.interval(choice["share"], 1.0)} for name, f in fits.items()}
-    return {"varied": plan.varied, "points": points, "base": base, "recommendation": choice,
+    return {"varied": plan.varied, "objective": plan.objective.set, "constraint": plan.constraint.set,
+            "points": points, "base": base, "recommendation": choice,
             "fits": {name: {"law": "d-cpt", "theta": f.theta.tolist(), "loo_relative": f.loo.tolist(),
                             "share": {"offset": f.offset, "slope": f.slope}} for name, f in fits.items()}}
 
@@ -123,13 +125,34 @@ def own_share(cfg, name: str) -> dict:
     return {"offset": part, "slope": -part}
 
 
+def warn_on_repetition(cfg, shards: dict[str, Path]) -> None:
+    """A target that repeats the varied dataset more than its proxies do gets optimistic predictions (arXiv
+    2606.07597); subsampling the proxies' data to the target's repetition rate is not done yet, so say it."""
+    from tokenmill.tokenize.shards import read_meta
+    t = cfg.train
+    tokens = read_meta(Path(shards[cfg.plan.varied]) / "train")["n_tokens"]
+    epochs = max(cfg.plan.share_values) * t.max_steps * t.seq_len * t.micro_batch_size * t.accum_steps() / tokens
+    if epochs > 1:
+        print(f"[plan] warning: the target would repeat {cfg.plan.varied} up to {epochs:.1f} times, the proxies at most "
+              f"{epochs * max(cfg.plan.budgets):.1f}: with repeated data the predictions are optimistic (the proxies' "
+              "data is not yet subsampled to the target's repetition rate)")
+
+
 def compute(cfg, budget_list: list) -> dict:
-    """The proxies' training tokens against the target's: the same model and batch, so FLOPs in proportion."""
+    """The proxies' training steps against the target's (the same model and batch, so FLOPs in proportion:
+    train/perf.py's count through `tokenmill estimate`), and both in time and money by its prices."""
+    from tokenmill.estimate import estimate
     n_shares = len(cfg.plan.share_values)
     stable = budget_list[-1].steps
     branches = sum(b.steps - b.decay_start for b in budget_list[:-1])
     steps = n_shares * (stable + branches)
-    return {"proxy_steps": steps, "target_steps": cfg.train.max_steps, "fraction": steps / cfg.train.max_steps}
+    fraction = steps / cfg.train.max_steps
+    target = estimate(cfg, cfg.plan.gpus, cfg.plan.price_per_gpu_hour)
+    return {"proxy_steps": steps, "target_steps": cfg.train.max_steps, "fraction": fraction,
+            "target_flops": target["flops_total"], "proxy_flops": target["flops_total"] * fraction,
+            "devices": cfg.plan.gpus, "target_hours": target["total_time_s"] / 3600,
+            "proxy_hours": target["total_time_s"] / 3600 * fraction, "target_usd": target["cost_usd"],
+            "proxy_usd": target["cost_usd"] * fraction if target["cost_usd"] is not None else None}
 
 
 def target_mixture(cfg, share: float):
@@ -142,9 +165,11 @@ def target_mixture(cfg, share: float):
 def format_plan(result: dict, cfg) -> str:
     plan, rec = cfg.plan, result["recommendation"]
     c = result["compute"]
-    lines = [f"[plan] {len(result['points'])} points from {len(plan.share_values)} shares of {plan.varied}; proxies "
-             f"cost {c['fraction']:.2f}x the target's training steps ({c['proxy_steps']:,} of {c['target_steps']:,} "
-             "each)"]
+    money = f", ${c['proxy_usd']:,.2f} against ${c['target_usd']:,.2f}" if c.get("proxy_usd") is not None else ""
+    lines = [f"[plan] {len(result['points'])} points from {len(plan.share_values)} shares of {plan.varied}; the proxies "
+             f"cost {c['fraction']:.2f}x the target's compute ({c['proxy_steps']:,} steps against "
+             f"{c['target_steps']:,}; by tokenmill estimate on {c['devices']}: {c['proxy_hours']:.2f} h against "
+             f"{c['target_hours']:.2f} h{money})"]
     for name, fit in result["fits"].items():
         errors = np.abs(fit["loo_relative"])
         lines.append(f"[plan] {name}: leave-one-out error mean {errors.mean():.2%}, max {errors.max():.2%}")
@@ -159,8 +184,10 @@ def format_plan(result: dict, cfg) -> str:
                  f"start's {start:.4f}")
     lines.append(f"{'set':<16} {'start':>8} {'predicted at the target [95% CI]':>36}")
     for name, p in rec["prediction"].items():
+        doubt = "   not reliable: " + "; ".join(rec["objective_unreliable"]) \
+            if name == plan.objective.set and rec.get("objective_unreliable") else ""
         lines.append(f"{name:<16} {result['base'].get(name, float('nan')):>8.4f} "
-                     f"{p['bits_per_byte']:>14.4f} [{p['ci'][0]:.4f}, {p['ci'][1]:.4f}]")
+                     f"{p['bits_per_byte']:>14.4f} [{p['ci'][0]:.4f}, {p['ci'][1]:.4f}]{doubt}")
     return "\n".join(lines)
 
 
@@ -177,5 +204,7 @@ def check(result: dict, measured: dict[str, float]) -> dict:
         if name in measured:
             m = measured[name]
             out[name] = {"predicted": p["bits_per_byte"], "ci": p["ci"], "measured": m,
+                         "reliable": not (name == result.get("objective") and result["recommendation"].get(
+                             "objective_unreliable")),
                          "error_relative": m / p["bits_per_byte"] - 1, "inside_ci": p["ci"][0] <= m <= p["ci"][1]}
     return out

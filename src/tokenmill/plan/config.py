@@ -42,6 +42,8 @@ class PlanConfig(StrictModel):
     objective: PlanObjective | None = None
     constraint: PlanConstraint | None = None
     resamples: int = Field(100, ge=10, description="bootstrap refits for the prediction intervals")
+    gpus: str = Field("cpu", description="what the cost is estimated on (tokenmill estimate's --gpus: 8xH100, cpu)")
+    price_per_gpu_hour: float | None = Field(None, gt=0, description="USD per device-hour, for the cost")
 
     @model_validator(mode="after")
     def _check(self):

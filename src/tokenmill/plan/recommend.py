@@ -4,9 +4,10 @@ The recommended share r* is the one with the lowest predicted objective (the dom
 target budget) among the shares whose predicted constraint set (a general set) rises at most `max_rise` above
 the start model's, searched on a 0.01 grid within the shares the proxies ran (never extrapolated in r). A fit
 whose leave-one-out error is larger than the margin the decision needs is reported as poor, with no
-recommendation: the constraint set's error must stay under half the allowed rise, the objective's under 2%.
-The same limits hold for the budget hold-out (the largest proxy budget predicted from the smaller ones), the
-check of what the target needs most: a law that carries in tokens.
+recommendation: the constraint set's error must stay under half the allowed rise. The same limit holds for its
+budget hold-out (the largest proxy budget predicted from the smaller ones: what the target needs most, a law
+that carries in tokens). The objective law only orders the shares; when its errors pass 2% the share stands
+and its predicted value is marked as not reliable.
 """
 
 from __future__ import annotations
@@ -82,23 +83,26 @@ def recommend(objective: SetFit, constraint: SetFit, constraint_values: np.ndarr
     answer = {"grid": grid.tolist(), "predicted_objective": domain.tolist(), "predicted_constraint": general.tolist(),
               "feasible": feasible.tolist(), "loo_constraint_bits": loo_constraint, "loo_objective_max": loo_objective,
               "base_constraint": base, "max_rise": max_rise}
-    poor = []
+    # The choice rests on the constraint law's level (is a share within the allowed rise?) and only on the
+    # objective law's ordering of the shares. So a poor constraint law stops the recommendation; a poor objective
+    # law leaves it standing and marks the objective's predicted value as not reliable.
+    poor, unreliable = [], []
     if loo_constraint > max_rise / 2:
         poor.append(f"the {constraint.name} law's leave-one-out error ({loo_constraint:.4f} bits/byte) exceeds half the "
                     f"allowed rise ({max_rise / 2:.4f})")
     if loo_objective > OBJECTIVE_LOO_LIMIT:
-        poor.append(f"the {objective.name} law's leave-one-out error ({loo_objective:.1%}) exceeds "
-                    f"{OBJECTIVE_LOO_LIMIT:.0%}")
+        unreliable.append(f"its leave-one-out error ({loo_objective:.1%}) exceeds {OBJECTIVE_LOO_LIMIT:.0%}")
     # How far each law carries in tokens, the direction the target lies in: the same limits, relative.
-    for fit, limit in ((objective, OBJECTIVE_LOO_LIMIT), (constraint, max_rise / 2 / base)):
+    for fit, limit, found in ((objective, OBJECTIVE_LOO_LIMIT, unreliable), (constraint, max_rise / 2 / base, poor)):
         if fit.holdout is None:
             continue
         answer[f"budget_holdout_{fit.name}"] = fit.holdout.tolist()
         error = float(np.abs(fit.holdout).max())
         if error > limit:
-            poor.append(f"the {fit.name} law does not carry in tokens: fitted without the largest proxy budget, it "
-                        f"misses those points by up to {error:.1%} (limit {limit:.1%}); run longer proxies "
-                        "(plan.budgets)")
+            found.append(f"{'the ' + fit.name + ' law' if found is poor else 'it'} does not carry in tokens: fitted "
+                         f"without the largest proxy budget, it misses those points by up to {error:.1%} (limit "
+                         f"{limit:.1%}); longer proxies (plan.budgets) would tell")
+    answer["objective_unreliable"] = unreliable
     if poor:
         return {**answer, "share": None, "poor_fit": poor}
     if not feasible.any():

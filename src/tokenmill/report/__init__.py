@@ -280,8 +280,11 @@ def plan_sections(folder: Path) -> list[str]:
              checked.get(name, {}).get("measured", ""),
              f"{checked[name]['error_relative']:+.1%}" if name in checked else "")
             for name, p in rec["prediction"].items()]
+    doubt = (f" The {html.escape(result.get('objective', ''))} prediction is not reliable: "
+             + html.escape("; ".join(rec["objective_unreliable"])) + ".") if rec.get("objective_unreliable") else ""
     sections.append(f"<p>Recommended share of {html.escape(result['varied'])}: <strong>{rec['share']:.2f}</strong>."
-                    "</p>" + _table(rows, ("set", "start", "predicted at the target [95% CI]", "measured", "error")))
+                    f"{doubt}</p>" + _table(rows, ("set", "start", "predicted at the target [95% CI]", "measured",
+                                                   "error")))
     return sections
 
 
