@@ -73,8 +73,11 @@ def test_decontamination_reads_a_local_lm_eval_tasks_documents_and_names_a_missi
                                                                                        capsys, caplog):
     from tokenmill.decontaminate import DecontaminateConfig, evaluation_texts
     data, include = local_task
-    cfg = DecontaminateConfig(lm_eval=["tiny_mc", "hellaswag"], lm_eval_include=str(include))
+    gone = yaml.safe_load((include / "tiny_mc.yaml").read_text())
+    gone.update(task="gone_mc", dataset_kwargs={"data_files": {"test": str(data.with_name("not-here.jsonl"))}})
+    (include / "gone_mc.yaml").write_text(yaml.safe_dump(gone))  # a task whose documents are not on this machine
+    cfg = DecontaminateConfig(lm_eval=["tiny_mc", "gone_mc"], lm_eval_include=str(include))
     texts = evaluation_texts(cfg)
-    assert list(texts) == ["tiny_mc"]  # hellaswag's data is not on this machine: left out, named
+    assert list(texts) == ["tiny_mc"]  # gone_mc's data is not here: left out, and named
     assert texts["tiny_mc"][2] == "My lord said to his son the waves"  # the question and its right answer
-    assert "hellaswag" in caplog.text and "not available here" in caplog.text
+    assert "gone_mc" in caplog.text and "not available here" in caplog.text
