@@ -155,3 +155,34 @@ def test_the_check_sets_each_prediction_beside_the_measurement(tmp_path):
     assert got["domain"]["measured"] == 2.5 and not got["domain"]["inside_ci"]
     assert got["domain"]["error_relative"] == pytest.approx(2.5 / 2.4 - 1)
     assert got["general"]["inside_ci"]
+
+
+def test_proxies_repeat_scarce_data_as_often_as_the_target_would(tmp_path, capsys):
+    from tokenmill.plan import repetition_subsample
+    cfg = validate(plan_config(tmp_path))  # target: 100 steps x 4 x 32 = 12,800 tokens, up to all of them domain
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    (tmp_path / "d" / "train" / "meta.json").write_text(json.dumps({"n_tokens": 4_000}))
+    assert repetition_subsample(cfg, {"domain": tmp_path / "d"}) == {"domain": 0.2}  # 3.2 passes: the largest budget
+    assert "pass over domain up to 3.2 times" in capsys.readouterr().out
+    (tmp_path / "d" / "train" / "meta.json").write_text(json.dumps({"n_tokens": 40_000}))
+    assert repetition_subsample(cfg, {"domain": tmp_path / "d"}) == {}  # seen less than once: nothing to match
+
+
+def test_a_subsampled_dataset_is_drawn_from_its_first_windows_only(shards, corpus, tmp_path):
+    from conftest import tiny_pipeline
+    from tokenmill import train
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=4, eval_every=0, save_every=0, warmup_steps=0)
+    cfg = validate(raw, dataset_names=["general", "domain"])
+    epochs = {}
+    for share in (None, 0.25):
+        mixture = {"stages": [{"weights": {"general": 0.5, "domain": 0.5}}], **({"subsample": {"domain": share}}
+                                                                               if share else {})}
+        from tokenmill.train.mixture import MixtureConfig
+        out = tmp_path / f"run-{share}"
+        train.run(cfg.model, cfg.train, {"general": shards, "domain": shards}, out, mixture=MixtureConfig(**mixture))
+        epochs[share] = json.loads((out / "plan.json").read_text())["epochs"]
+    assert epochs[0.25]["general"] == epochs[None]["general"]
+    assert epochs[0.25]["domain"] == pytest.approx(4 * epochs[None]["domain"], rel=0.05)
+    with pytest.raises(ValueError, match="subsample"):
+        MixtureConfig(subsample={"domain": 1.5})

@@ -185,6 +185,8 @@ def _cross_checks(s: dict) -> list[str]:
     if datasets and mixture:
         problems += [f"mixture.stages[{i}].weights.{name}: no dataset of that name (datasets: {', '.join(datasets)})"
                      for i, stage in enumerate(mixture.stages) for name in stage.weights if name not in datasets]
+        problems += [f"mixture.subsample.{name}: no dataset of that name (datasets: {', '.join(datasets)})"
+                     for name in mixture.subsample if name not in datasets]
     tokenize = s.get("tokenize")
     if tokenize and tokenize.extend:
         if not tokenize.tokenizer:

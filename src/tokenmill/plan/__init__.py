@@ -46,7 +46,6 @@ def run(cfg, run_dir: Path, force: bool = False) -> dict:
                                     sort_keys=True).encode()).hexdigest()
     if out.is_file() and not force and json.loads(out.read_text()).get("key") == key:
         return json.loads(out.read_text())  # the fits of these very points are done
-    warn_on_repetition(cfg, shards)
     result = {"key": key, **answer(cfg, points, base), "compute": compute(cfg, budget_list)}
     atomic_write_json(out, result)
     return result
@@ -62,8 +61,9 @@ def run_proxies(cfg, shards: dict[str, Path], folder: Path, force: bool) -> tupl
     longest = budget_list[-1]
     train_cfg = proxy_train_config(cfg, budget_list, len(cfg.train.eval_sets or shards))
     points, base = [], {}
+    subsample = repetition_subsample(cfg, shards)
     for share in plan.share_values:
-        mixture = target_mixture(cfg, share)
+        mixture = target_mixture(cfg, share).model_copy(update={"subsample": {**cfg.mixture.subsample, **subsample}})
         root = folder / proxies.share_label(share)
         for budget in reversed(budget_list):  # the stable run first: the branches start from its checkpoints
             t = train_cfg.model_copy(update={"max_steps": budget.steps})
@@ -125,17 +125,21 @@ def own_share(cfg, name: str) -> dict:
     return {"offset": part, "slope": -part}
 
 
-def warn_on_repetition(cfg, shards: dict[str, Path]) -> None:
-    """A target that repeats the varied dataset more than its proxies do gets optimistic predictions (arXiv
-    2606.07597); subsampling the proxies' data to the target's repetition rate is not done yet, so say it."""
+def repetition_subsample(cfg, shards: dict[str, Path]) -> dict[str, float]:
+    """Proxies that see scarce data fewer times than the target mislead (arXiv 2606.07597). The rule: when the
+    target would pass over the varied dataset more than once (at the largest share), the proxies use only the
+    first `largest budget` share of its windows, so at their largest budget they repeat it exactly as often as
+    the target does (the smaller budgets, branches of the same run, less). Otherwise nothing is subsampled."""
     from tokenmill.tokenize.shards import read_meta
-    t = cfg.train
-    tokens = read_meta(Path(shards[cfg.plan.varied]) / "train")["n_tokens"]
+    t, name = cfg.train, cfg.plan.varied
+    tokens = read_meta(Path(shards[name]) / "train")["n_tokens"]
     epochs = max(cfg.plan.share_values) * t.max_steps * t.seq_len * t.micro_batch_size * t.accum_steps() / tokens
-    if epochs > 1:
-        print(f"[plan] warning: the target would repeat {cfg.plan.varied} up to {epochs:.1f} times, the proxies at most "
-              f"{epochs * max(cfg.plan.budgets):.1f}: with repeated data the predictions are optimistic (the proxies' "
-              "data is not yet subsampled to the target's repetition rate)")
+    if epochs <= 1:
+        return {}
+    share = max(cfg.plan.budgets)
+    print(f"[plan] the target would pass over {name} up to {epochs:.1f} times: the proxies use {share:.0%} of it, "
+          "to repeat it as often")
+    return {name: share}
 
 
 def compute(cfg, budget_list: list) -> dict:

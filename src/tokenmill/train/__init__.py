@@ -219,6 +219,7 @@ def make_sampler(cfg: TrainConfig, datasets: dict[str, Path] | None, shards_dir:
     lengths = sorted(set(stage_seq_lens(mixture or MixtureConfig(), cfg.seq_len)))
     splits = {name: open_split(Path(path) / "train") for name, path in datasets.items()}
     windows = {name: {length: Windows(split, length) for length in lengths} for name, split in splits.items()}
+    (mixture or MixtureConfig()).restrict(windows)
     plan = solve_plan(mixture or MixtureConfig(), {n: {k: w.n for k, w in by.items()} for n, by in windows.items()},
                       cfg.seq_len, cfg.micro_batch_size * accum * world.size, cfg.max_steps, cfg.warmup_steps,
                       lambda step: SCHEDULES[cfg.schedule](step, cfg), cfg.lr_max, cfg.micro_batch_size)

@@ -72,6 +72,9 @@ class MixtureConfig(StrictModel):
     max_epochs: float | dict[str, float] = Field(4.0, description="most passes over a dataset (one number or "
                                                                   "per dataset); Muennighoff et al. 2023: ~4 "
                                                                   "epochs are nearly as good as new data")
+    subsample: dict[str, float] = Field(default_factory=dict, description="use only this share of a dataset's "
+                                        "windows (its first ones): a short run that repeats the dataset as often "
+                                        "as a long one would (tokenmill plan's proxies)")
 
     @model_validator(mode="after")
     def _stages(self):
@@ -80,6 +83,19 @@ class MixtureConfig(StrictModel):
         if any(stage.start is None for stage in self.stages[1:]):
             raise ValueError("every stage after the first needs a start: {step|tokens|fraction|lr_below: ...}")
         return self
+
+    @model_validator(mode="after")
+    def _subsample(self):
+        bad = {name: share for name, share in self.subsample.items() if not 0 < share <= 1}
+        if bad:
+            raise ValueError(f"subsample: shares must be in (0, 1] (got {bad})")
+        return self
+
+    def restrict(self, windows: dict) -> None:
+        """Cut each subsampled dataset's windows ({name: {length: Windows}}) to their first share."""
+        for name, share in self.subsample.items():
+            for w in windows.get(name, {}).values():
+                w.n = max(1, int(w.n * share))
 
     def epoch_cap(self, name: str) -> float:
         return self.max_epochs if isinstance(self.max_epochs, (int, float)) else self.max_epochs.get(name, 4.0)
