@@ -186,3 +186,25 @@ def test_a_subsampled_dataset_is_drawn_from_its_first_windows_only(shards, corpu
     assert epochs[0.25]["domain"] == pytest.approx(4 * epochs[None]["domain"], rel=0.05)
     with pytest.raises(ValueError, match="subsample"):
         MixtureConfig(subsample={"domain": 1.5})
+
+
+def test_a_ladder_of_sizes_predicts_the_target_from_scratch(tmp_path, corpus, capsys):
+    from conftest import tiny_pipeline
+    from tokenmill.cli import main
+    raw = tiny_pipeline(corpus)
+    raw["train"].update(max_steps=100, eval_every=0, save_every=0, eval_tokens=256)
+    raw["plan"] = {"sizes": [{"hidden_size": 8, "intermediate_size": 16}, {"hidden_size": 16, "intermediate_size": 32},
+                             {"hidden_size": 24, "intermediate_size": 48}], "budgets": [0.1, 0.15, 0.2], "resamples": 10}
+    config = tmp_path / "ladder.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["plan", str(config), "-o", str(tmp_path / "run")]) == 0
+    result = json.loads((tmp_path / "run" / "plan" / "plan.json").read_text())
+    assert result["mode"] == "sizes" and len(result["points"]) == 9
+    assert len({p["params"] for p in result["points"]}) == 3  # three sizes, counted without the input embedding
+    low, high = result["recommendation"]["prediction"]["val"]["ci"]
+    assert low <= result["recommendation"]["prediction"]["val"]["bits_per_byte"] <= high
+    assert result["compute_optimal"]["params"] > 0 and len(result["fit"]["budget_holdout"]) == 3
+    assert "[plan] the target" in capsys.readouterr().out
+    raw["model"] = {"init_from": str(tmp_path)}
+    with pytest.raises(ConfigError, match="a ladder trains from scratch"):
+        validate(raw)

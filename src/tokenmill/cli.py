@@ -412,7 +412,7 @@ def _run(cfg: PipelineConfig, args) -> None:
     started = time.time()
     with lock.hold(Path(run_dir)):  # one `tokenmill run` per run folder (a --submit chain runs its jobs in turn)
         planned = _planned(cfg, run_dir, args.force) if args.plan else None
-        if planned:
+        if planned and planned.get("mode") != "sizes":  # a mixture plan: train at its share
             share = planned["recommendation"]["share"]
             cfg = cfg.model_copy(update={"mixture": plan.target_mixture(cfg, share)})
             atomic_write_json(Path(run_dir) / "plan" / "applied.json", {"share": share})
@@ -454,7 +454,7 @@ def _planned(cfg: PipelineConfig, run_dir: Path, force: bool) -> dict:
     result = plan.run(cfg, run_dir, force)
     print(plan.format_plan(result, cfg))
     print(f"plan:       {Path(run_dir) / 'plan' / 'plan.json'}")
-    if result["recommendation"]["share"] is None:
+    if result.get("mode") != "sizes" and result["recommendation"]["share"] is None:
         raise RuntimeError("the plan makes no recommendation (above), so there is no mixture to pay for yet")
     return result
 

@@ -215,13 +215,31 @@ def _cross_checks(s: dict) -> list[str]:
     if train and train.eval_tokens is not None and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
     if s.get("plan") and train:
-        problems += _plan_checks(s["plan"], datasets or {}, train)
+        problems += _plan_checks(s["plan"], datasets or {}, train, model)
     return problems
 
 
-def _plan_checks(plan, datasets: dict, train: TrainConfig) -> list[str]:
+def _ladder_checks(plan, datasets: dict, train: TrainConfig, model) -> list[str]:
+    from tokenmill.plan.config import MIN_PROXY_STEPS
+    problems = ["plan.sizes: a ladder trains from scratch; model.init_from is set (a CPT plan varies shares)"] \
+        if model and model.init_from else []
+    sets = list(train.eval_sets or datasets or ["val"])
+    if plan.objective and plan.objective.set not in sets:
+        problems.append(f"plan.objective.set: {plan.objective.set!r} is not an evaluation set (the sets: {', '.join(sets)})")
+    unknown = [s for s in plan.sizes if isinstance(s, str) and s not in PRESETS]
+    problems += [f"plan.sizes: unknown preset {s!r}; choose one of {', '.join(PRESETS)} or give model keys" for s in unknown]
+    shortest = round(min(plan.budgets) * train.max_steps)
+    if shortest < MIN_PROXY_STEPS:
+        problems.append(f"plan.budgets: {min(plan.budgets)} of train.max_steps {train.max_steps} is {shortest} steps; a "
+                        f"proxy needs at least {MIN_PROXY_STEPS} (raise the budget)")
+    return problems
+
+
+def _plan_checks(plan, datasets: dict, train: TrainConfig, model=None) -> list[str]:
     """What `tokenmill plan` needs of the rest of the config, said before any proxy runs."""
     from tokenmill.plan.config import MIN_PROXY_STEPS
+    if plan.sizes:
+        return _ladder_checks(plan, datasets, train, model)
     if not datasets:
         return ["plan: needs named datasets (the datasets section) whose mixture it varies"]
     problems = [f"plan.shares.{name}: no dataset of that name (datasets: {', '.join(datasets)})"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenmill.atomic import atomic_write_json
-from tokenmill.plan import proxies
+from tokenmill.plan import ladder, proxies
 from tokenmill.plan.config import PlanConfig
 from tokenmill.plan.recommend import fit_set, recommend
 
@@ -40,13 +40,20 @@ def run(cfg, run_dir: Path, force: bool = False) -> dict:
     from tokenmill.pipeline import prepare_data
     run_dir = Path(run_dir)
     shards = prepare_data(cfg, run_dir, force)
-    points, base, budget_list = run_proxies(cfg, shards, run_dir / "plan", force)
+    if cfg.plan.sizes:  # from scratch: a ladder of sizes
+        budget_list = proxies.budgets(cfg.plan.budgets, cfg.train.max_steps, cfg.plan.decay_fraction)
+        n_sets = len(cfg.train.eval_sets or (shards if isinstance(shards, dict) else {"val": shards}))
+        points, base = ladder.run_ladder(cfg, shards, run_dir / "plan", force,
+                                         proxy_train_config(cfg, budget_list, n_sets), budget_list), {}
+    else:
+        points, base, budget_list = run_proxies(cfg, shards, run_dir / "plan", force)
     out = run_dir / "plan" / "plan.json"
     key = hashlib.sha256(json.dumps([points, base, cfg.plan.model_dump(mode="json"), FIT_VERSION],
                                     sort_keys=True).encode()).hexdigest()
     if out.is_file() and not force and json.loads(out.read_text()).get("key") == key:
         return json.loads(out.read_text())  # the fits of these very points are done
-    result = {"key": key, **answer(cfg, points, base), "compute": compute(cfg, budget_list)}
+    found = ladder.answer(cfg, points, cfg.plan.resamples) if cfg.plan.sizes else answer(cfg, points, base)
+    result = {"key": key, **found, "compute": compute(cfg, budget_list, points)}
     atomic_write_json(out, result)
     return result
 
@@ -54,31 +61,40 @@ def run(cfg, run_dir: Path, force: bool = False) -> dict:
 def run_proxies(cfg, shards: dict[str, Path], folder: Path, force: bool) -> tuple[list[dict], dict, list]:
     """Every proxy (skipped when done); the points [{share, tokens (of the target's), set: bits per byte}] and
     the start model's bits per byte per set."""
-    from tokenmill import train
-    from tokenmill.stage import run_stage
     plan, budget_list = cfg.plan, proxies.budgets(cfg.plan.budgets, cfg.train.max_steps, cfg.plan.decay_fraction)
-    proportions = (cfg.mixture.stages[0].weights if cfg.mixture.stages else {n: 1.0 for n in shards})
-    longest = budget_list[-1]
     train_cfg = proxy_train_config(cfg, budget_list, len(cfg.train.eval_sets or shards))
     points, base = [], {}
     subsample = repetition_subsample(cfg, shards)
     for share in plan.share_values:
         mixture = target_mixture(cfg, share).model_copy(update={"subsample": {**cfg.mixture.subsample, **subsample}})
-        root = folder / proxies.share_label(share)
-        for budget in reversed(budget_list):  # the stable run first: the branches start from its checkpoints
-            t = train_cfg.model_copy(update={"max_steps": budget.steps})
-            branch = budget is not longest
-            out = root / ("stable" if not branch else f"steps-{budget.steps}")
-            start = proxies.branch_point(root / "stable", budget) if branch else None
-            print(f"[plan] proxy {plan.varied} {share:.2f}, {budget.steps} steps"
-                  + (f" (a cooldown from step {budget.decay_start})" if branch else ""), flush=True)
-            run_stage("train", {"model": cfg.model, "train": t, "mixture": mixture}, list(shards.values()), out,
-                      lambda o, t=t, start=start: train.run(cfg.model, t, shards, o, mixture=mixture, resume_from=start),
-                      force, resumable=True, resume_despite=train.RESUMABLE_CHANGES, keep_existing=branch)
-            first, last = proxies.final_bits_per_byte(out / "metrics.jsonl")
+        for budget, first, last in run_branches(cfg.model, train_cfg, mixture, shards, budget_list,
+                                                folder / proxies.share_label(share), f"{plan.varied} {share:.2f}", force):
             base = base or first
             points.append({"share": share, "tokens": budget.steps / cfg.train.max_steps, "steps": budget.steps, **last})
     return points, base, budget_list
+
+
+def run_branches(model_cfg, train_cfg, mixture, shards, budget_list: list, root: Path, label: str, force: bool):
+    """One WSD proxy to the longest budget and a cooldown branch from its checkpoints for each other budget, as
+    ordinary train runs under `root`; yields (budget, bits per byte at step 0, at the end) per budget."""
+    from tokenmill import train
+    from tokenmill.stage import run_stage
+    named = isinstance(shards, dict)
+    inputs = list(shards.values()) if named else [shards]
+    longest = budget_list[-1]
+    for budget in reversed(budget_list):  # the stable run first: the branches start from its checkpoints
+        t = train_cfg.model_copy(update={"max_steps": budget.steps})
+        branch = budget is not longest
+        out = root / ("stable" if not branch else f"steps-{budget.steps}")
+        start = proxies.branch_point(root / "stable", budget) if branch else None
+        print(f"[plan] proxy {label}, {budget.steps} steps"
+              + (f" (a cooldown from step {budget.decay_start})" if branch else ""), flush=True)
+        sections = {"model": model_cfg, "train": t, **({"mixture": mixture} if named else {})}
+        run_stage("train", sections, inputs, out,
+                  lambda o, t=t, start=start: train.run(model_cfg, t, shards, o, mixture=mixture if named else None,
+                                                        resume_from=start),
+                  force, resumable=True, resume_despite=train.RESUMABLE_CHANGES, keep_existing=branch)
+        yield (budget, *proxies.final_bits_per_byte(out / "metrics.jsonl"))
 
 
 def proxy_train_config(cfg, budget_list: list, n_sets: int):
@@ -142,15 +158,19 @@ def repetition_subsample(cfg, shards: dict[str, Path]) -> dict[str, float]:
     return {name: share}
 
 
-def compute(cfg, budget_list: list) -> dict:
+def compute(cfg, budget_list: list, points: list[dict]) -> dict:
     """The proxies' training steps against the target's (the same model and batch, so FLOPs in proportion:
     train/perf.py's count through `tokenmill estimate`), and both in time and money by its prices."""
     from tokenmill.estimate import estimate
-    n_shares = len(cfg.plan.share_values)
     stable = budget_list[-1].steps
     branches = sum(b.steps - b.decay_start for b in budget_list[:-1])
-    steps = n_shares * (stable + branches)
-    fraction = steps / cfg.train.max_steps
+    if cfg.plan.sizes:  # smaller models: FLOPs in proportion to their parameters too
+        target_n = ladder.parameters(cfg, cfg.model)
+        runs = sum({p["size"]: p["params"] for p in points}.values()) / target_n
+    else:
+        runs = len(cfg.plan.share_values)
+    steps = round(runs * (stable + branches))
+    fraction = runs * (stable + branches) / cfg.train.max_steps
     target = estimate(cfg, cfg.plan.gpus, cfg.plan.price_per_gpu_hour)
     return {"proxy_steps": steps, "target_steps": cfg.train.max_steps, "fraction": fraction,
             "target_flops": target["flops_total"], "proxy_flops": target["flops_total"] * fraction,
@@ -169,6 +189,11 @@ def target_mixture(cfg, share: float):
 def format_plan(result: dict, cfg) -> str:
     plan, rec = cfg.plan, result["recommendation"]
     c = result["compute"]
+    if result.get("mode") == "sizes":
+        errors = np.abs(result["fit"]["loo_relative"])
+        return "\n".join([f"[plan] {len(result['points'])} points from {len(plan.sizes)} sizes; the proxies cost "
+                          f"{c['fraction']:.2f}x the target's compute; leave-one-out error mean {errors.mean():.2%}, "
+                          f"max {errors.max():.2%}", *ladder.format_ladder(result)])
     money = f", ${c['proxy_usd']:,.2f} against ${c['target_usd']:,.2f}" if c.get("proxy_usd") is not None else ""
     lines = [f"[plan] {len(result['points'])} points from {len(plan.share_values)} shares of {plan.varied}; the proxies "
              f"cost {c['fraction']:.2f}x the target's compute ({c['proxy_steps']:,} steps against "

@@ -8,6 +8,7 @@ from tokenmill.schema import StrictModel
 
 LAW_PARAMETERS = 6           # D-CPT with the model size fixed: E, B, η, β, C, γ
 MIN_POINTS = LAW_PARAMETERS + 3  # and a leave-one-out check worth the name
+LADDER_PARAMETERS = 5        # Chinchilla's L(N, D): E, A, α, B, β
 MIN_PROXY_STEPS = 10
 
 
@@ -32,6 +33,9 @@ class PlanConstraint(StrictModel):
 
 
 class PlanConfig(StrictModel):
+    sizes: list[str | dict[str, int]] = Field(default_factory=list, description="from scratch: a ladder of model "
+                                             "sizes (presets, or model keys such as {hidden_size: 64, "
+                                             "num_hidden_layers: 2}) whose proxies fit L(N, D) and predict the target")
     shares: dict[str, list[float]] = Field(default_factory=dict, description="the dataset whose share of the mixture "
                                            "varies, and the shares the proxies run (the other datasets share the "
                                            "rest in the mixture's proportions)")
@@ -47,6 +51,8 @@ class PlanConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.sizes:
+            return self._check_ladder()
         problems = []
         if len(self.shares) != 1:
             problems.append("shares: name exactly one dataset to vary, e.g. {domain: [0.5, 0.7, 0.85, 0.95, 1.0]}")
@@ -64,6 +70,22 @@ class PlanConfig(StrictModel):
                             f"parameters, and a fit with a leave-one-out check needs at least {MIN_POINTS}")
         if self.objective is None or self.constraint is None:
             problems.append("give an objective {set: NAME} and a constraint {set: NAME, max_rise_bits_per_byte: X}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _check_ladder(self):
+        problems = []
+        if self.shares or self.constraint:
+            problems.append("sizes (a from-scratch ladder) and shares/constraint (a mixture) are two plans: give one")
+        if len(self.sizes) < 3:
+            problems.append(f"sizes: at least 3 model sizes (got {len(self.sizes)})")
+        if any(not 0 < b <= 1 for b in self.budgets) or len(set(self.budgets)) < 2:
+            problems.append(f"budgets: at least 2 different fractions in (0, 1] (got {self.budgets})")
+        points = len(self.sizes) * len(set(self.budgets))
+        if points < LADDER_PARAMETERS + 3:
+            problems.append(f"{points} proxy points (sizes x budgets) are too few: L(N, D) has {LADDER_PARAMETERS} "
+                            f"parameters, and a fit with a leave-one-out check needs at least {LADDER_PARAMETERS + 3}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -267,6 +267,11 @@ def plan_sections(folder: Path) -> list[str]:
         return []
     result = json.loads(path.read_text())
     rec = result["recommendation"]
+    if result.get("mode") == "sizes":
+        from tokenmill.plan.ladder import format_ladder
+        rows = [(p["size"], p["params"], p["steps"], p[result["objective"]]) for p in result["points"]]
+        return ["<h2>Plan: a ladder of sizes</h2>", *(f"<p>{html.escape(line)}</p>" for line in format_ladder(result)),
+                _table(rows, ("size", "parameters", "steps", f"{result['objective']} bits/byte"))]
     sections = ["<h2>Plan</h2>", f"<p>{len(result['points'])} proxy points over shares of "
                 f"{html.escape(result['varied'])}; proxies cost {result['compute']['fraction']:.2f}x the target's "
                 "training steps. Curves: the fitted law at each proxy budget and at the target (solid).</p>",
