@@ -32,7 +32,7 @@ from tokenmill.plan.config import PlanConfig
 from tokenmill.plan.recommend import fit_set, recommend
 
 __all__ = ["PlanConfig", "run", "target_mixture", "format_plan"]
-FIT_VERSION = 4  # part of plan.json's key: a changed law or fit refits the same points
+FIT_VERSION = 5  # part of plan.json's key: a changed law or fit refits the same points
 
 
 def run(cfg, run_dir: Path, force: bool = False) -> dict:
@@ -52,7 +52,8 @@ def run(cfg, run_dir: Path, force: bool = False) -> dict:
                                     sort_keys=True).encode()).hexdigest()
     if out.is_file() and not force and json.loads(out.read_text()).get("key") == key:
         return json.loads(out.read_text())  # the fits of these very points are done
-    found = ladder.answer(cfg, points, cfg.plan.resamples) if cfg.plan.sizes else answer(cfg, points, base)
+    found = ladder.answer(cfg, points, cfg.plan.resamples, ladder.data_tokens(shards)) if cfg.plan.sizes else \
+        answer(cfg, points, base)
     result = {"key": key, **found, "compute": compute(cfg, budget_list, points)}
     atomic_write_json(out, result)
     return result

@@ -54,7 +54,14 @@ def run_ladder(cfg, shards, folder: Path, force: bool, train_cfg, budget_list) -
     return points
 
 
-def answer(cfg, points: list[dict], resamples: int) -> dict:
+def data_tokens(shards) -> int:
+    """The training tokens there are: the compute-optimal run may need more than once over them."""
+    from tokenmill.tokenize.shards import read_meta
+    folders = shards.values() if isinstance(shards, dict) else [shards]
+    return sum(read_meta(Path(f) / "train")["n_tokens"] for f in folders)
+
+
+def answer(cfg, points: list[dict], resamples: int, available_tokens: int) -> dict:
     """The law of the objective set, its checks, the target's predicted loss and the compute-optimal size."""
     name = cfg.plan.objective.set if cfg.plan.objective else next(k for k in points[0] if k not in
                                                                    ("size", "params", "tokens", "steps"))
@@ -87,7 +94,13 @@ def answer(cfg, points: list[dict], resamples: int) -> dict:
                                                             float(np.quantile(draws, 0.975))]}},
                                "objective_unreliable": poor, "target_params": target_n * 1e6},
             "compute_optimal": {"params": float(grid[best] * 1e6), "tokens_of_target": float(target_n / grid[best]),
-                                "bits_per_byte": float(along[best]), "grid_edge": best in (0, len(grid) - 1)}}
+                                "bits_per_byte": float(along[best]), "grid_edge": best in (0, len(grid) - 1),
+                                "epochs": float(target_n / grid[best] * target_tokens(cfg) / available_tokens)}}
+
+
+def target_tokens(cfg) -> int:
+    t = cfg.train
+    return t.max_steps * t.seq_len * t.micro_batch_size * t.accum_steps()
 
 
 def format_ladder(result: dict) -> list[str]:
@@ -97,6 +110,7 @@ def format_ladder(result: dict) -> list[str]:
     lines = [f"[plan] the target ({rec['target_params'] / 1e6:.2f}M parameters without the input embedding): {name} "
              f"{p['bits_per_byte']:.4f} [{p['ci'][0]:.4f}, {p['ci'][1]:.4f}] bits/byte predicted{doubt}",
              f"[plan] the same compute at its optimum: {best['params'] / 1e6:.2f}M parameters on "
-             f"{best['tokens_of_target']:.2f}x the target's tokens, {best['bits_per_byte']:.4f} bits/byte"
+             f"{best['tokens_of_target']:.2f}x the target's tokens ({best['epochs']:.1f} passes over the data: the "
+             f"law assumes fresh tokens), {best['bits_per_byte']:.4f} bits/byte"
              + (" (at the edge of the sizes searched: extrapolated)" if best["grid_edge"] else "")]
     return lines
