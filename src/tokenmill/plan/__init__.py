@@ -15,7 +15,8 @@ evaluation sets) with a `plan:` section:
 Proxies (proxies.py) are ordinary train runs in RUN/plan/share-R/: one WSD run per share to the largest budget
 and cooldown branches from its checkpoints for the others, each evaluated at step 0 and at its end. Per
 evaluation set a D-CPT law in (share, tokens) is fitted (laws.py) with bootstrap intervals and leave-one-out
-errors; recommend.py picks the share. The trainer knows nothing of plans.
+errors; recommend.py picks the share. From scratch, `plan.sizes` runs a ladder of model sizes instead and
+fits L(N, D) (ladder.py). The trainer knows nothing of plans.
 """
 
 from __future__ import annotations

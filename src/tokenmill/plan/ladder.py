@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenmill.plan import laws, proxies
+from tokenmill.plan import laws
 
 
 def size_label(spec) -> str:
