@@ -23,11 +23,8 @@ def set_texts(path: Path) -> Iterator[str]:
                                     "cannot be read as text; give the raw text of this evaluation set")
         from transformers import AutoTokenizer
 
-        from tokenmill.tokenize.shards import open_split
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        for shard in open_split(split):
-            for ids in shard.documents():
-                yield tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+        from tokenmill.decontaminate.check import decoded
+        yield from decoded(split, AutoTokenizer.from_pretrained(tokenizer_dir))
         return
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such evaluation set to decontaminate against")

@@ -41,13 +41,13 @@ def run(cfg, run_dir: Path, force: bool = False) -> dict:
     from tokenmill.pipeline import prepare_data
     run_dir = Path(run_dir)
     shards = prepare_data(cfg, run_dir, force)
+    budget_list = proxies.budgets(cfg.plan.budgets, cfg.train.max_steps, cfg.plan.decay_fraction)
     if cfg.plan.sizes:  # from scratch: a ladder of sizes
-        budget_list = proxies.budgets(cfg.plan.budgets, cfg.train.max_steps, cfg.plan.decay_fraction)
         n_sets = len(cfg.train.eval_sets or (shards if isinstance(shards, dict) else {"val": shards}))
         points, base = ladder.run_ladder(cfg, shards, run_dir / "plan", force,
                                          proxy_train_config(cfg, budget_list, n_sets), budget_list), {}
     else:
-        points, base, budget_list = run_proxies(cfg, shards, run_dir / "plan", force)
+        points, base = run_proxies(cfg, shards, budget_list, run_dir / "plan", force)
     out = run_dir / "plan" / "plan.json"
     key = hashlib.sha256(json.dumps([points, base, cfg.plan.model_dump(mode="json"), FIT_VERSION],
                                     sort_keys=True).encode()).hexdigest()
@@ -60,10 +60,10 @@ def run(cfg, run_dir: Path, force: bool = False) -> dict:
     return result
 
 
-def run_proxies(cfg, shards: dict[str, Path], folder: Path, force: bool) -> tuple[list[dict], dict, list]:
+def run_proxies(cfg, shards: dict[str, Path], budget_list: list, folder: Path, force: bool) -> tuple[list[dict], dict]:
     """Every proxy (skipped when done); the points [{share, tokens (of the target's), set: bits per byte}] and
     the start model's bits per byte per set."""
-    plan, budget_list = cfg.plan, proxies.budgets(cfg.plan.budgets, cfg.train.max_steps, cfg.plan.decay_fraction)
+    plan = cfg.plan
     train_cfg = proxy_train_config(cfg, budget_list, len(cfg.train.eval_sets or shards))
     points, base = [], {}
     subsample = repetition_subsample(cfg, shards)
@@ -73,7 +73,7 @@ def run_proxies(cfg, shards: dict[str, Path], folder: Path, force: bool) -> tupl
                                                 folder / proxies.share_label(share), f"{plan.varied} {share:.2f}", force):
             base = base or first
             points.append({"share": share, "tokens": budget.steps / cfg.train.max_steps, "steps": budget.steps, **last})
-    return points, base, budget_list
+    return points, base
 
 
 def run_branches(model_cfg, train_cfg, mixture, shards, budget_list: list, root: Path, label: str, force: bool):
@@ -138,8 +138,7 @@ def own_share(cfg, name: str) -> dict:
     dataset's share (the varied one's r, another's its part of 1 - r); any other set follows r."""
     if name == cfg.plan.varied or name not in cfg.datasets:
         return {"offset": 0.0, "slope": 1.0}
-    proportions = cfg.mixture.stages[0].weights if cfg.mixture.stages else {n: 1.0 for n in cfg.datasets}
-    part = proxies.mixture_weights(cfg.plan.varied, 0.0, proportions)[name]  # its share when r = 0
+    part = proxies.mixture_weights(cfg.plan.varied, 0.0, proportions(cfg))[name]  # its share when r = 0
     return {"offset": part, "slope": -part}
 
 
@@ -181,10 +180,14 @@ def compute(cfg, budget_list: list, points: list[dict]) -> dict:
             "proxy_usd": target["cost_usd"] * fraction if target["cost_usd"] is not None else None}
 
 
+def proportions(cfg) -> dict[str, float]:
+    """The datasets' weights the plan keeps among the ones it does not vary: the mixture's first stage's."""
+    return cfg.mixture.stages[0].weights if cfg.mixture.stages else {n: 1.0 for n in cfg.datasets}
+
+
 def target_mixture(cfg, share: float):
     """The config's mixture with the varied dataset at `share` (the proxies' mixture, at the target's length)."""
-    proportions = cfg.mixture.stages[0].weights if cfg.mixture.stages else {n: 1.0 for n in cfg.datasets}
-    weights = proxies.mixture_weights(cfg.plan.varied, share, proportions)
+    weights = proxies.mixture_weights(cfg.plan.varied, share, proportions(cfg))
     return type(cfg.mixture).model_validate({**cfg.mixture.model_dump(), "stages": [{"weights": weights}]})
 
 
