@@ -14,12 +14,21 @@ from conftest import make_text, tiny_pipeline
 from tokenmill.model import embeddings
 from tokenmill.tokenize.extend import CannotExtend, ExtendConfig, base_tokenizer, extend, read_extension, token_bytes
 from tokenmill.tokenize.fertility import changed_share, fertility
+from tokenmill.tokenize.scripts import implied_scripts, start_script
 from tokenmill.tokenize.tokenizer import train_bpe
 
 RU = ("система пакет управление установка сервер файл конфигурация пользователь сеть обновление версия "
       "программа команда каталог безопасность служба ядро модуль загрузка репозиторий зависимость архив "
       "при для это что как его она они можно нужно будет если когда также через после перед между").split()
 JA = "パッケージ の 管理 システム を 使う サーバー 設定 ファイル ユーザー ネットワーク 更新 です ます こと".split()
+# Scripts a byte-level base spells one byte per token (Korean syllables take three bytes, Thai letters three).
+KO = ("이 대화 상자에서 이미지의 크기를 조정할 수 있습니다 정확한 값을 입력하십시오 레이어 선택 도구 "
+      "색상 필터 경로 브러시 그림 창 메뉴 명령 옵션 설정 파일 저장 열기 편집 보기 도움말 사용자 정보").split()
+TH = ("โปรแกรม นี้ ช่วย ให้ คุณ ปรับ ขนาด ภาพ ได้ อย่าง ง่ายดาย เลือก ไฟล์ บันทึก เปิด แก้ไข มุมมอง "
+      "เครื่องมือ หน้าต่าง ข้อความ ตาราง แทรก รูปแบบ ตัวเลือก การตั้งค่า ช่วยเหลือ").split()
+# Characters that share a lead byte with them (Yi and Vai with Hangul's EA; Lao and Devanagari with Thai's
+# E0): text in them must keep the base's tokens.
+NEIGHBOURS = "ꀀꀁꀂ ꀃꀄ ꔀꔁꔂ ສະບາຍດີ ພາສາລາວ नमस्ते दुनिया"
 ENGLISH_HARD = "The café’s “naïve” résumé — 42 items… «quoted» and code: apt-get install -y nginx; x = f(3)"
 
 
@@ -90,6 +99,45 @@ def test_fertility_falls_on_the_new_script_and_not_on_ascii(base, extended, targ
     assert after["all"]["tokens"] == sum(len(tok(t, add_special_tokens=False).input_ids) for t in target_texts)
     assert fertility(base, [japanese_text(random.Random(0), 50)])["all"]["tokens_per_word"] is None  # no spaces
     assert before["all"]["tokens_per_word"] > after["all"]["tokens_per_word"] > 0
+
+
+def test_a_script_rule_that_could_change_english_or_names_no_script_is_refused():
+    with pytest.raises(ValueError, match="scripts: any would let new merges change the tokens of English"):
+        ExtendConfig(add=10, scripts="any")
+    with pytest.raises(ValueError, match=r"unknown script 'korean' \(did you mean HANGUL\?\)"):
+        ExtendConfig(add=10, scripts=["korean"])
+    assert ExtendConfig(add=10, scripts=["hangul", "THAI"]).scripts == ["HANGUL", "THAI"]
+
+
+def test_which_bytes_imply_a_script():
+    assert start_script("갈".encode()[:2]) == "HANGUL"  # EA B0: every completion is a syllable, U+AC00..U+AC3F
+    assert start_script("갈".encode()[:1]) is None      # EA alone: Yi and Vai too
+    assert start_script("ก".encode()[:2]) == "THAI"     # E0 B8: Thai (its unassigned points count for none)
+    assert start_script("ก".encode()[:1]) is None
+    assert implied_scripts("조".encode()) == {"HANGUL"}
+    assert implied_scripts("조".encode()[1:]) == set()   # starts inside a character: any lead may precede
+    assert implied_scripts(b" " + "조".encode()[:2]) == {"HANGUL"}
+    assert implied_scripts("é—«".encode()) == {"LATIN"} and implied_scripts(b"abc") == set()
+
+
+@pytest.mark.parametrize("words,script", [(KO, "HANGUL"), (TH, "THAI")], ids=["korean", "thai"])
+def test_a_script_the_base_splits_into_bytes_gets_whole_characters(base, words, script, tmp_path):
+    rng = random.Random(2)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 12))) + ". apt-get install gimp\n"
+             for _ in range(300)]
+    record = extend(base, "base", texts, ExtendConfig(add=120), tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert record["rules"]["scripts"] == [script]
+    new = [token_bytes(t["token"]) for t in record["new_tokens"]]
+    assert all(script in implied_scripts(raw) for raw in new)
+    assert any(start_script(raw) == script for raw in new)  # first merges of a character's bytes were taken
+    before, after = fertility(base, texts), fertility(tok, texts)
+    assert before["own_script"]["tokens_per_byte"] > 0.9  # one token per byte: the base never merged them
+    assert after["own_script"]["tokens_per_byte"] < 0.55 * before["own_script"]["tokens_per_byte"]
+    for t in record["new_tokens"]:
+        assert [x.id for x in tok.backend_tokenizer.model.tokenize(t["token"])] == [t["id"]], t
+    english = [make_text(random.Random(5), 30) for _ in range(10)] + [ENGLISH_HARD, NEIGHBOURS]
+    assert changed_share(base, tok, english) == 0.0
 
 
 def test_a_small_corpus_unknown_kinds_and_writes_nothing(base, tmp_path):

@@ -12,16 +12,18 @@ bytes per token (Purason et al. 2025, arXiv 2512.03989).
 
 A merge is accepted only when
   - its token is new (a base token reached by another pair would be a second path to an existing id);
-  - its text holds a whole letter of the target's scripts (`scripts: auto`, the default: the scripts of at
-    least 5% of the corpus's non-ASCII letters, e.g. CYRILLIC, or HIRAGANA, KATAKANA and CJK). A merge
-    changes only the words whose base segmentation holds its pair, and so only text that holds its letters:
-    text without letters of those scripts (English, code, commands, punctuation such as — « ») keeps exactly
-    the base's tokens. This holds by construction, for any such text, not only for the English sample we
-    test on. Two weaker rules were measured first on the English handbook after learning 8,000 Russian
-    tokens: "any non-ASCII byte" changed 0.043% of its tokens (merges of "—" and "«"), "any non-ASCII
-    letter" 0.034% (the French names Raphaël and Icônes, spelled in Latin in the Russian edition too).
-    A Latin-script target's own accents are Latin letters, so English words with accents may change
-    (measured by fertility.changed_share); `scripts: any` lifts the rule (ASCII tokens too);
+  - its bytes imply a character of the target's scripts (`scripts: auto`, the default: the scripts of at
+    least 5% of the corpus's non-ASCII letters, e.g. CYRILLIC, HANGUL, or HIRAGANA, KATAKANA and CJK): they
+    hold a whole letter of one, or end in the start of a character every completion of which is one (see
+    tokenize/scripts.py; this is how a Korean syllable that the base spells as three bytes becomes one token).
+    A merge changes only the words whose base segmentation holds its pair, and so only text that holds those
+    bytes: text without characters of those scripts (English, code, commands, punctuation such as — « »)
+    keeps exactly the base's tokens. This holds by construction, for any such text, not only for the English
+    sample we test on. Two weaker rules were measured first on the English handbook after learning 8,000
+    Russian tokens: "any non-ASCII byte" changed 0.043% of its tokens (merges of "—" and "«"), "any
+    non-ASCII letter" 0.034% (the French names Raphaël and Icônes, spelled in Latin in the Russian edition
+    too). A Latin-script target's own accents are Latin letters, so English words with accents may change
+    (measured by fertility.changed_share). A rule that could change ASCII text is refused;
   - its own text segments to it (so every new embedding row can be produced);
   - it occurs at least `min_frequency` times in the corpus.
 
@@ -31,18 +33,25 @@ base tokens it replaces (which initialise its embedding row, see model/embedding
 
 from __future__ import annotations
 
+import difflib
 import heapq
 import json
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tokenmill.schema import StrictModel
+from tokenmill.tokenize.scripts import corpus_scripts, implied_scripts, known_scripts
 
 EXTENSION = "extension.json"
+
+
+# Languages people name where a script is asked for, for the error message.
+LANGUAGE_SCRIPTS = {"KOREAN": ["HANGUL"], "JAPANESE": ["HIRAGANA", "KATAKANA", "CJK"], "CHINESE": ["CJK"],
+                    "RUSSIAN": ["CYRILLIC"], "UKRAINIAN": ["CYRILLIC"], "HINDI": ["DEVANAGARI"],
+                    "PERSIAN": ["ARABIC"], "FARSI": ["ARABIC"]}
 
 
 class ExtendConfig(StrictModel):
@@ -50,14 +59,35 @@ class ExtendConfig(StrictModel):
     datasets: list[str] | None = Field(None, description="pipeline: the named datasets whose text the new tokens "
                                                          "are learned from (default: all)")
     min_frequency: int = Field(2, ge=1, description="a new token must occur this often in the corpus")
-    scripts: list[str] | Literal["auto", "any"] = Field(
-        "auto", description="Unicode scripts (the first word of a character's name: CYRILLIC, CJK, HIRAGANA, "
-                            "GREEK, LATIN, ...) a new token must hold a letter of, so text without them keeps the "
-                            "base's tokens; auto: those of >= 5% of the corpus's non-ASCII letters; any: no rule")
+    scripts: list[str] | Literal["auto"] = Field(
+        "auto", description="Unicode scripts (the first word of a character's name: HANGUL, CYRILLIC, CJK, HIRAGANA, "
+                            "THAI, GREEK, LATIN, ...) whose characters a new token must hold or start, so text "
+                            "without them keeps the base's tokens; auto: those of >= 5% of the corpus's non-ASCII "
+                            "letters")
     allow_fewer: bool = Field(False, description="go on when the corpus yields fewer than `add` tokens")
     pad_to_multiple_of: int = Field(64, ge=1, description="embedding rows are padded to a multiple of this "
                                                           "(rows the tokenizer never produces)")
     max_chars: int = Field(200_000_000, gt=0, description="characters of corpus read to learn from")
+
+
+    @field_validator("scripts", mode="before")
+    @classmethod
+    def _known_scripts(cls, value):
+        if value == "any":
+            raise ValueError("scripts: any would let new merges change the tokens of English, code and commands "
+                             "(ASCII text), which the base model reads as it was trained; name the scripts to extend "
+                             "for (e.g. [HANGUL]) or leave `auto`")
+        if isinstance(value, list):
+            unknown = [name for name in value if str(name).upper() not in known_scripts()]
+            if unknown:
+                close = {n: LANGUAGE_SCRIPTS.get(str(n).upper()) or
+                         difflib.get_close_matches(str(n).upper(), known_scripts(), n=3) for n in unknown}
+                raise ValueError("unknown script " + "; ".join(
+                    f"{n!r}" + (f" (did you mean {', '.join(c)}?)" if c else "") for n, c in close.items())
+                    + ": a script is the first word of its characters' Unicode names (HANGUL, THAI, CYRILLIC, "
+                      "CJK, HIRAGANA, ...)")
+            return [str(name).upper() for name in value]
+        return value
 
 
 class CannotExtend(ValueError):
@@ -81,29 +111,6 @@ BYTES = byte_decoder()
 
 def token_bytes(token: str) -> bytes:
     return bytes(BYTES[ch] for ch in token)
-
-
-def script_of(ch: str) -> str | None:
-    """A non-ASCII letter's (or mark's: Devanagari vowel signs) script, as the first word of its name."""
-    if ch.isascii() or unicodedata.category(ch)[0] not in "LM":
-        return None
-    return unicodedata.name(ch, "UNKNOWN").split(" ")[0].split("-")[0]
-
-
-def token_scripts(token: str) -> set[str]:
-    """The scripts of the whole letters in a byte-level token (a cut-off character counts for none)."""
-    return {script_of(ch) for ch in token_bytes(token).decode("utf-8", errors="ignore")} - {None}
-
-
-def corpus_scripts(counts: Counter, share: float = 0.05) -> list[str]:
-    """The scripts of at least `share` of the corpus's non-ASCII letters."""
-    letters: Counter = Counter()
-    for word, n in counts.items():
-        for script in (script_of(ch) for ch in token_bytes(word).decode("utf-8", errors="ignore")):
-            if script:
-                letters[script] += n
-    total = sum(letters.values())
-    return sorted(s for s, n in letters.items() if n >= share * total)
 
 
 def check_extensible(spec: dict, where: str) -> None:
@@ -162,7 +169,7 @@ def parse_merges(model: dict) -> list[tuple[str, str]]:
 
 
 def learn_merges(words: dict[str, list[str]], counts: dict[str, int], merges: Merges, vocab: dict[str, int],
-                 cfg: ExtendConfig, scripts: set[str] | None) -> list[tuple[str, str, int]]:
+                 cfg: ExtendConfig, scripts: set[str]) -> list[tuple[str, str, int]]:
     """Continue BPE from the base segmentations `words`: up to cfg.add new (left, right, count) merges.
 
     Pair counts are kept incrementally (each merge touches only the words that hold its pair); the most
@@ -186,7 +193,7 @@ def learn_merges(words: dict[str, list[str]], counts: dict[str, int], merges: Me
         if -neg < cfg.min_frequency:
             break
         token = pair[0] + pair[1]
-        if token in vocab or (scripts is not None and not token_scripts(token) & scripts) \
+        if token in vocab or not implied_scripts(token_bytes(token)) & scripts \
                 or not _reachable(merges, pair, token):
             refused.add(pair)
             continue
@@ -219,15 +226,18 @@ def _apply(seqs, i, n, pair, token, pair_count, where, heap) -> None:
     if len(new) == len(old):
         return  # an index entry left from before an earlier merge changed this word
     seqs[i] = new
-    delta = Counter(zip(new, new[1:]))
-    delta.subtract(zip(old, old[1:]))
+    delta: dict = {}
+    for p in zip(old, old[1:]):
+        delta[p] = delta.get(p, 0) - 1
+    for p in zip(new, new[1:]):
+        delta[p] = delta.get(p, 0) + 1
     for p, d in delta.items():
         if d:
-            pair_count[p] += d * n
+            count = pair_count[p] = pair_count[p] + d * n
             if d > 0:
                 where.setdefault(p, set()).add(i)
-            if pair_count[p] > 0:
-                heapq.heappush(heap, (-pair_count[p], p))
+            if count > 0:
+                heapq.heappush(heap, (-count, p))
 
 
 def extend(base, base_name: str, texts: Iterable[str], cfg: ExtendConfig, out_dir: Path) -> dict:
@@ -239,12 +249,13 @@ def extend(base, base_name: str, texts: Iterable[str], cfg: ExtendConfig, out_di
     counts, chars = word_counts(base.backend_tokenizer, texts, cfg.max_chars)
     bpe = base.backend_tokenizer.model
     words = {w: [t.value for t in bpe.tokenize(w)] for w in counts}
-    scripts = None if cfg.scripts == "any" else set(corpus_scripts(counts) if cfg.scripts == "auto" else cfg.scripts)
+    scripts = set(cfg.scripts) if cfg.scripts != "auto" else \
+        set(corpus_scripts(Counter({token_bytes(w).decode("utf-8"): n for w, n in counts.items()})))
     learned = learn_merges(words, counts, Merges(parse_merges(model)), dict(model["vocab"]), cfg, scripts)
     if len(learned) < cfg.add and not cfg.allow_fewer:
         raise ValueError(f"the corpus ({chars:,} characters, {len(counts):,} distinct words) yields {len(learned):,} "
                          f"new tokens that occur at least {cfg.min_frequency} times"
-                         f"{' and hold ' + ', '.join(sorted(scripts)) + ' letters' if scripts else ''}, not the "
+                         f"{' and hold ' + ', '.join(sorted(scripts)) + ' letters (or their first bytes)' if scripts else ''}, not the "
                          f"{cfg.add:,} asked: ask for {len(learned):,} (extend.add / --add), give more text, or "
                          "allow fewer (extend.allow_fewer / --allow-fewer)")
     first_id = max([*model["vocab"].values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
@@ -255,7 +266,7 @@ def extend(base, base_name: str, texts: Iterable[str], cfg: ExtendConfig, out_di
               "vocab_size": len(base) + len(new_tokens), "asked": cfg.add, "added": len(new_tokens),
               "padded_vocab_size": -(-(first_id + len(new_tokens)) // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of,
               "rules": {"min_frequency": cfg.min_frequency,
-                        "scripts": sorted(scripts) if scripts is not None else "any"},
+                        "scripts": sorted(scripts)},
               "corpus": {"characters": chars, "distinct_words": len(counts)},
               "produced_base_ids": produced_ids(spec), "new_tokens": new_tokens}
     as_list = not model["merges"] or isinstance(model["merges"][0], list)
