@@ -185,7 +185,7 @@ def test_transfer_keeps_the_base_logits_and_initialises_by_fvt(base, extended, t
         before = model(ids).logits
         old_input = model.get_input_embeddings().weight.clone()
         old_head = model.get_output_embeddings().weight.clone()
-    embeddings.transfer(model, record, "fvt")
+    embeddings.transfer(model, record)
     rows = model.get_input_embeddings().weight
     assert rows.shape[0] == record["padded_vocab_size"]
     assert (model.get_output_embeddings().weight is rows) == tied and model.config.tie_word_embeddings == tied
@@ -198,9 +198,49 @@ def test_transfer_keeps_the_base_logits_and_initialises_by_fvt(base, extended, t
         torch.testing.assert_close(model.get_output_embeddings().weight[new["id"]], old_head[new["base_ids"]].mean(0))
 
     mean_model = tiny_base(base, tied)
-    embeddings.transfer(mean_model, record, "mean")
+    embeddings.transfer(mean_model, record, embeddings.EmbeddingsConfig(init="mean"))
     new_rows = mean_model.get_input_embeddings().weight[[t["id"] for t in record["new_tokens"]]]
     assert torch.equal(new_rows[0], new_rows[-1])  # one vector for every new row
+
+
+def test_calibrated_head_and_distilled_rows(base, extended, target_texts):
+    import numpy as np
+    tok, record, _ = extended
+
+    class Shard:  # the training text in extended ids, as a tokenize shard holds it
+        tokens = np.array([i for t in target_texts for i in tok(t, add_special_tokens=False).input_ids])
+    corpus = embeddings.corpus_sample([Shard], record, seq_len=64, windows=8)
+    assert all(len(b) <= 64 and int(e[-1]) == len(b) - 1 for _, b, e in corpus.pairs)
+    model = tiny_base(base, tied=True)
+    english = torch.tensor([base("The king and queen of the realm", add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        old_rows, before = model.get_input_embeddings().weight.clone(), model(english).logits[0]
+    done = embeddings.transfer(model, record, embeddings.EmbeddingsConfig(init="calibrated", distill_steps=30),
+                               corpus=corpus)
+    rows, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert done["untied"] and head is not rows and not model.config.tie_word_embeddings
+    assert done["head_parameters_added"] == head.numel() and abs(done["h_dot_v"][0] - 1) < 0.05
+    assert done["distill_loss"][1] < done["distill_loss"][0]  # the new input rows learned
+    base_ids = list(range(len(base)))
+    assert torch.equal(rows[base_ids], old_rows[base_ids])  # only new input rows moved
+    # a new token's output row is its first piece's, moved along v by the log of its share of the piece's group
+    # (the piece's own row moved by its share, when only the target's script uses it)
+    v = embeddings.fit_direction(tiny_base(base, tied=True), corpus.pairs)[0]
+    counts = corpus.counts.astype(float) + 0.5
+    for x in sorted(record["new_tokens"], key=lambda t: -corpus.counts[t["id"]])[:20]:
+        f = x["base_ids"][0]
+        group = [f] + [t["id"] for t in record["new_tokens"] if t["base_ids"][0] == f]
+        share = lambda i: float(np.log(counts[i] / counts[group].sum()))  # noqa: E731
+        expected = (share(x["id"]) - (share(f) if x["first_piece_in_script"] else 0.0)) * v
+        torch.testing.assert_close(head[x["id"]] - head[f], expected, rtol=1e-4, atol=1e-5)
+    # every base id scores English as the base did, but the pieces only the target's script uses
+    lowered = {t["base_ids"][0] for t in record["new_tokens"] if t["first_piece_in_script"]}
+    assert lowered and len(lowered) < len({t["base_ids"][0] for t in record["new_tokens"]})  # "Ġ" is not lowered
+    keep = [i for i in base_ids if i not in lowered]
+    with torch.no_grad():
+        torch.testing.assert_close(model(english).logits[0][:, keep], before[:, keep])
+    line = embeddings.describe_transfer(done)
+    assert "untied" in line and f"+{head.numel() / 1e6:.1f}M parameters" in line and "distilled" in line
 
 
 def extended_run(tmp_path, corpus, base_tok, target_texts, tied, **model_extra):
@@ -225,7 +265,7 @@ def extended_run(tmp_path, corpus, base_tok, target_texts, tied, **model_extra):
 def transferred_start(base_tok, base_dir, record, tied):
     """The model training starts from: the base with its rows transferred."""
     start = AutoModelForCausalLM.from_pretrained(base_dir)
-    embeddings.transfer(start, record, "fvt")
+    embeddings.transfer(start, record)
     return start
 
 
@@ -333,3 +373,30 @@ def test_pipeline_extends_on_the_named_dataset_and_reports_fertility_then_llama_
     from_gguf = capsys.readouterr().out
     assert main(["generate", str(run / "60_export"), *greedy]) == 0
     assert capsys.readouterr().out == from_gguf
+
+
+def test_a_run_with_calibrated_rows_says_the_head_was_untied_and_resumes_without_distilling_again(
+        base, target_texts, corpus, tmp_path, capsys):
+    from tokenmill import train
+    from tokenmill.config import validate
+    base_dir, shards, raw = extended_run(tmp_path, corpus, base, target_texts, True,
+                                         embeddings={"init": "calibrated", "distill_steps": 4})
+    raw["train"]["max_steps"] = 3
+    cfg = validate(raw)
+    counts = train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    out = capsys.readouterr().out
+    assert "[embeddings] 100 new rows: input rows by FVT, output rows by their first base piece" in out
+    assert "the tied head was untied" in out and counts["embeddings"]["untied"]
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "ck" / "final")
+    assert not final.config.tie_word_embeddings
+    assert final.get_output_embeddings().weight is not final.get_input_embeddings().weight
+    cfg.train.max_steps = 6  # resumed: the rows come from the checkpoint, nothing is distilled again
+    resumed = train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
+    assert resumed["steps"] == 6 and "distill_loss" not in resumed["embeddings"] and resumed["embeddings"]["untied"]
+
+    plain_dir, plain_shards, plain = tmp_path / "plain", tmp_path / "plain-shards", dict(raw)
+    from tokenmill.tokenize import TokenizeConfig
+    from tokenmill.tokenize import run as tokenize
+    tokenize(TokenizeConfig(tokenizer=str(base_dir), val_fraction=0.15), tmp_path / "docs-True", plain_shards)
+    with pytest.raises(ValueError, match="init: calibrated and distill_steps initialise the rows of an extended"):
+        train.run(cfg.model, cfg.train, plain_shards, plain_dir)

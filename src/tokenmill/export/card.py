@@ -87,9 +87,14 @@ def training_section(run: Path) -> list[str]:
     if not m:
         return []
     c = m["counts"]
-    return ["## Training", "", f"{c.get('steps', 0):,} optimizer steps, {c.get('tokens', 0):,} tokens, "
-            f"{c.get('params', 0) / 1e6:.1f}M parameters trained (with any LoRA adapters); final training loss "
-            f"{c.get('train_loss', 0):.4f}.", ""]
+    lines = ["## Training", "", f"{c.get('steps', 0):,} optimizer steps, {c.get('tokens', 0):,} tokens, "
+             f"{c.get('params', 0) / 1e6:.1f}M parameters trained (with any LoRA adapters); final training loss "
+             f"{c.get('train_loss', 0):.4f}.", ""]
+    if c.get("embeddings"):
+        from tokenmill.model.embeddings import describe_transfer
+        said = describe_transfer(c["embeddings"]).removeprefix("[embeddings] ")
+        lines += [said[0].upper() + said[1:] + ".", ""]
+    return lines
 
 
 def evaluation_section(run: Path) -> list[str]:

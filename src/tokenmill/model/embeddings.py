@@ -7,15 +7,24 @@ tied: one matrix) to the padded vocabulary and initialises each new row:
     this), for the input rows and, when untied, separately for the head's rows;
   - mean: the mean of all base rows, the same vector for every new row (what transformers'
     `resize_token_embeddings` gives, up to its 1e-9 noise);
-  - random: normal(0, initializer_range), as a fresh model's rows.
+  - random: normal(0, initializer_range), as a fresh model's rows;
+  - calibrated: input rows by FVT; each new token's output row is its first base piece's, plus log r·v, where r
+    is the token's share of the corpus tokens that start with that piece and v a direction with h·v ≈ 1 over
+    the base's final hidden states (ridge). The new token then takes the share r of the probability the base
+    gave its first piece, and the piece's own row is lowered by its own share, so the group keeps the base's
+    total. A new token's output row must differ from its input row, so a tied head is untied (+vocab × hidden
+    parameters); the printout and the model card say so. EEVE initialises output rows from the first piece
+    too, uncalibrated: it keeps the piece's full probability as well, and is worse than FVT (docs/language.md).
 Rows the tokenizer never produces (padding to a multiple of 64, special and reserved tokens) stay out of
 every mean; padding rows get the mean of the base rows, so they take no more probability than a typical row.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -23,8 +32,9 @@ from tokenmill.schema import StrictModel
 
 
 class EmbeddingsConfig(StrictModel):
-    init: Literal["fvt", "mean", "random"] = Field("fvt", description="rows of tokens new to the base model "
-                                                                      "(an extended tokenizer)")
+    init: Literal["fvt", "calibrated", "mean", "random"] = Field(
+        "fvt", description="rows of tokens new to the base model (an extended tokenizer); calibrated: output rows "
+                           "from the first base piece with the corpus's share (unties a tied head)")
     train: Literal["all", "new", "none"] = Field(
         "all", description="which rows of the input embedding and LM head train: all, only an extended "
                            "vocabulary's new ones, or none (with LoRA: the adapters alone)")
@@ -33,6 +43,8 @@ class EmbeddingsConfig(StrictModel):
     new_rows_first_steps: int = Field(0, ge=0, description="optimizer steps at the start of the run that train "
                                                            "only the new rows (EEVE's first stage), before the "
                                                            "normal run")
+    distill_steps: int = Field(0, ge=0, description="before the run, steps that train only the new input rows to "
+                                                    "reproduce the base's hidden states (unties a tied head)")
 
 
 def new_token_ids(extension: dict | None) -> list[int]:
@@ -50,8 +62,16 @@ def check_base(model, extension: dict, where: str) -> None:
 
 
 @torch.no_grad()
-def transfer(model, extension: dict, init: str = "fvt", seed: int = 0) -> None:
-    """Grow the model's vocabulary to the extension's padded size and initialise the new rows in place."""
+def transfer(model, extension: dict, cfg: EmbeddingsConfig | None = None, seed: int = 0,
+             corpus: Corpus | None = None) -> dict:
+    """Grow the model's vocabulary to the extension's padded size and initialise the new rows in place; returns
+    what was done for the printout and the model card. `calibrated` and `distill_steps` read `corpus` (the
+    training text); without it (a run resumed, a model rebuilt to load trained weights) they only untie the
+    head, since the rows come from the checkpoint."""
+    cfg = cfg or EmbeddingsConfig()
+    init, distill = cfg.init, cfg.distill_steps
+    targets = base_hidden_states(model, corpus.pairs) if corpus and distill else None
+    direction = fit_direction(model, corpus.pairs) if corpus and init == "calibrated" else None
     old_rows = model.get_input_embeddings().weight.shape[0]
     rows = max(old_rows, extension["padded_vocab_size"])
     produced = torch.tensor([i for i in extension["produced_base_ids"] if i < old_rows])
@@ -65,7 +85,7 @@ def transfer(model, extension: dict, init: str = "fvt", seed: int = 0) -> None:
     for weight in matrices:
         mean = weight[produced].float().mean(0)
         for token in extension["new_tokens"]:
-            if init == "fvt":
+            if init in ("fvt", "calibrated"):
                 weight[token["id"]] = weight[torch.tensor(token["base_ids"])].float().mean(0).to(weight.dtype)
             elif init == "mean":
                 weight[token["id"]] = mean.to(weight.dtype)
@@ -74,6 +94,173 @@ def transfer(model, extension: dict, init: str = "fvt", seed: int = 0) -> None:
                 weight[token["id"]] = (torch.randn(weight.shape[1], generator=generator) * std).to(weight.dtype)
         if padding:
             weight[torch.tensor(padding)] = mean.to(weight.dtype)
+    done = {"init": init, "new_rows": len(new_ids), "untied": False, "distill_steps": distill}
+    if tied and (init == "calibrated" or distill):
+        untie(model)
+        done.update(untied=True, head_parameters_added=model.get_output_embeddings().weight.numel())
+    if targets is not None:
+        with torch.enable_grad():
+            losses = distill_input_rows(model, extension, corpus.pairs, targets, distill)
+        done["distill_loss"] = [round(float(np.mean(losses[:10])), 4), round(float(np.mean(losses[-10:])), 4)]
+    if direction is not None:
+        done.update(calibrate_head(model.get_output_embeddings().weight, extension, corpus.counts, direction))
+    return done
+
+
+def describe_transfer(done: dict) -> str:
+    """One line for the printout: how the new rows were initialised, and an untied head said with its cost."""
+    line = f"[embeddings] {done['new_rows']:,} new rows: " + {
+        "fvt": "the mean of their base pieces' rows (FVT)", "mean": "the mean of all base rows",
+        "random": "random", "calibrated": "input rows by FVT, output rows by their first base piece calibrated "
+                                          "by its corpus share"}[done["init"]]
+    if done.get("h_dot_v"):
+        line += f" (h·v = {done['h_dot_v'][0]:.3f} ± {done['h_dot_v'][1]:.3f})"
+    if done.get("distill_loss"):
+        line += (f"; input rows distilled from the base's hidden states for {done['distill_steps']:,} steps "
+                 f"(squared error {done['distill_loss'][0]:.3f} → {done['distill_loss'][1]:.3f})")
+    if done.get("untied"):
+        line += (f"; the tied head was untied so that new tokens' output rows can differ from their input rows: "
+                 f"+{done['head_parameters_added'] / 1e6:.1f}M parameters (model.embeddings.init: fvt without "
+                 "distill_steps keeps it tied)")
+    return line
+
+
+@dataclass
+class Corpus:
+    """What the calibrated head and the distilled rows read from the training data: how often each (extended)
+    id occurs, and windows of it as (extended ids, the same text in base ids, index of each extended token's
+    last base piece)."""
+    counts: np.ndarray
+    pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def corpus_sample(shards, extension: dict, seq_len: int, windows: int = 64, max_tokens: int = 50_000_000) -> Corpus:
+    """Token counts over (up to max_tokens of) the training shards, and `windows` evenly spaced aligned windows
+    of at most seq_len base ids (each new id spelled as its base pieces)."""
+    counts = np.zeros(extension["padded_vocab_size"], dtype=np.int64)
+    seen = 0
+    for shard in shards:
+        tokens = np.asarray(shard.tokens[:max(0, max_tokens - seen)])
+        counts += np.bincount(tokens, minlength=len(counts))[:len(counts)]
+        seen += len(tokens)
+    spelled = {t["id"]: t["base_ids"] for t in extension["new_tokens"]}
+    stream = np.concatenate([np.asarray(s.tokens[:seq_len * windows]) for s in shards])
+    pairs = []
+    for start in sorted(set(np.linspace(0, max(0, len(stream) - seq_len), windows).astype(int).tolist())):
+        ext, base, ends = [], [], []
+        for t in stream[start:start + seq_len].tolist():
+            pieces = spelled.get(t, [t])
+            if len(base) + len(pieces) > seq_len:
+                break
+            ext.append(t)
+            base += pieces
+            ends.append(len(base) - 1)
+        if len(ext) > 1:
+            pairs.append((torch.tensor(ext), torch.tensor(base), torch.tensor(ends)))
+    if not pairs:
+        raise ValueError("model.embeddings: init: calibrated and distill_steps read windows of the training text, "
+                         "and it has none; add text or use init: fvt without distill_steps")
+    return Corpus(counts, pairs)
+
+
+def _body(model):
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+
+
+@torch.no_grad()
+def base_hidden_states(model, pairs) -> list[torch.Tensor]:
+    """The base model's final (normalised) hidden states over each pair's base ids, on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    states = [_body(model)(input_ids=base[None].to(device)).last_hidden_state[0].float().cpu() for _, base, _ in pairs]
+    model.train(was_training)
+    return states
+
+
+@torch.no_grad()
+def fit_direction(model, pairs, ridge: float = 1e-3) -> tuple[torch.Tensor, float, float]:
+    """v with h·v ≈ 1 over the base's final hidden states h (ridge regression): adding log r·v to an output
+    row then adds about log r to its logit, whatever the context. Returns v and h·v's mean and spread."""
+    hidden = torch.cat(base_hidden_states(model, pairs))
+    gram = hidden.T @ hidden
+    gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0])
+    v = torch.linalg.solve(gram, hidden.sum(0))
+    fit = hidden @ v
+    return v.to(model.get_input_embeddings().weight.device), float(fit.mean()), float(fit.std())
+
+
+def distill_input_rows(model, extension: dict, pairs, targets: list[torch.Tensor], steps: int,
+                       lr: float = 1e-3) -> list[float]:
+    """Train only the new input rows so that the model's final hidden state at each token of an extended
+    window equals the base's at that token's last base piece (squared error): the new tokens learn to look,
+    to the unchanged base, like the pieces they replace (AweDist's idea). Needs an untied head, or the new
+    output rows would move with them."""
+    embed = model.get_input_embeddings()
+    device = embed.weight.device
+    new_ids = torch.tensor(new_token_ids(extension), device=device)
+    rows = torch.nn.Parameter(embed.weight[new_ids].detach().float().clone())
+    slot = torch.full((embed.weight.shape[0],), -1, dtype=torch.long, device=device)
+    slot[new_ids] = torch.arange(len(new_ids), device=device)
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam([rows], lr=lr)
+    was_training = model.training
+    model.eval()
+    losses = []
+    try:
+        for step in range(steps):
+            ids, _, ends = (t.to(device) for t in pairs[step % len(pairs)])
+            embeds = embed(ids[None]).detach().float()
+            is_new = slot[ids] >= 0
+            embeds[0, is_new] = rows[slot[ids][is_new]]
+            hidden = _body(model)(inputs_embeds=embeds.to(embed.weight.dtype)).last_hidden_state[0].float()
+            loss = torch.nn.functional.mse_loss(hidden, targets[step % len(pairs)].to(device)[ends])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        for p, grad in frozen:
+            p.requires_grad_(grad)
+        model.train(was_training)
+    with torch.no_grad():
+        embed.weight[new_ids] = rows.detach().to(embed.weight.dtype)
+    return losses
+
+
+@torch.no_grad()
+def untie(model) -> None:
+    """Give the LM head a matrix of its own, equal to the input embedding (the logits do not change)."""
+    model.config.tie_word_embeddings = False
+    if getattr(model.config, "get_text_config", None):
+        model.config.get_text_config().tie_word_embeddings = False
+    model.get_output_embeddings().weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+
+
+@torch.no_grad()
+def calibrate_head(head: torch.Tensor, extension: dict, counts: np.ndarray, direction) -> dict:
+    """Each new token's output row := its first base piece's + log r·v, and the piece's own row += log r_piece·v,
+    with r the shares of the group {piece, the new tokens that start with it} in the corpus (add-½ smoothed).
+    A piece that text without the target's scripts uses too (a space, a bracket) keeps its row, so such text
+    keeps the base's logits for every base token."""
+    v, fit_mean, fit_std = direction
+    groups: dict[int, list[int]] = {}
+    lowered = set()
+    for token in extension["new_tokens"]:
+        groups.setdefault(token["base_ids"][0], []).append(token["id"])
+        if token.get("first_piece_in_script"):
+            lowered.add(token["base_ids"][0])
+    first_rows = {piece: head[piece].float().clone() for piece in groups}
+    for piece, members in groups.items():
+        ids = [piece, *members]
+        n = counts[ids].astype(np.float64) + 0.5
+        for token_id, log_share in zip(ids, np.log(n / n.sum()).tolist()):
+            if token_id != piece or piece in lowered:
+                head[token_id] = (first_rows[piece] + log_share * v).to(head.dtype)
+    return {"calibrated_groups": len(groups), "pieces_lowered": len(lowered),
+            "h_dot_v": [round(fit_mean, 4), round(fit_std, 4)]}
 
 
 def embedding_weights(model) -> list[torch.nn.Parameter]:

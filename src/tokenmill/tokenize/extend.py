@@ -259,9 +259,13 @@ def extend(base, base_name: str, texts: Iterable[str], cfg: ExtendConfig, out_di
                          f"{cfg.add:,} asked: ask for {len(learned):,} (extend.add / --add), give more text, or "
                          "allow fewer (extend.allow_fewer / --allow-fewer)")
     first_id = max([*model["vocab"].values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
-    new_tokens = [{"id": first_id + k, "token": left + right, "count": count,
-                   "base_ids": [t.id for t in bpe.tokenize(left + right)]}
-                  for k, (left, right, count) in enumerate(learned)]
+    new_tokens = []
+    for k, (left, right, count) in enumerate(learned):
+        pieces = bpe.tokenize(left + right)
+        new_tokens.append({"id": first_id + k, "token": left + right, "count": count,
+                           "base_ids": [t.id for t in pieces],
+                           # the first piece occurs only in text of the target's scripts (not " ", "Ġ", "(")
+                           "first_piece_in_script": bool(implied_scripts(token_bytes(pieces[0].value)) & scripts)})
     record = {"base": base_name, "base_vocab_size": len(base), "base_merges": len(model["merges"]),
               "vocab_size": len(base) + len(new_tokens), "asked": cfg.add, "added": len(new_tokens),
               "padded_vocab_size": -(-(first_id + len(new_tokens)) // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of,

@@ -44,13 +44,16 @@ log = logging.getLogger(__name__)
 
 
 def build(model_cfg: ModelConfig, cfg: TrainConfig, meta: dict, extension: dict | None = None,
-          device: torch.device | None = None) -> torch.nn.Module:
+          device: torch.device | None = None, corpus: embeddings.Corpus | None = None,
+          transferred: dict | None = None) -> torch.nn.Module:
     """The model as trained, before any parallel wrapper, on `device`: base (4-bit for QLoRA; grown for an
-    extended vocabulary), then LoRA, then activation checkpointing."""
+    extended vocabulary, what was done written into `transferred`), then LoRA, then activation checkpointing."""
     model = build_model(model_cfg, meta["vocab_size"], meta["eos_id"], device)
     if extension and model_cfg.init_from:
         embeddings.check_base(model, extension, model_cfg.init_from)
-        embeddings.transfer(model, extension, model_cfg.embeddings.init, cfg.seed)
+        done = embeddings.transfer(model, extension, model_cfg.embeddings, cfg.seed, corpus)
+        if transferred is not None:
+            transferred.update(done)
     if model.config.vocab_size < meta["vocab_size"]:
         raise ValueError(f"model vocab_size {model.config.vocab_size} is below the tokenizer's {meta['vocab_size']}: "
                          "continued pre-training needs the base model's own tokenizer (tokenize.tokenizer), or "
@@ -93,6 +96,10 @@ def check_embedding_rows(model_cfg: ModelConfig, extension: dict | None, shards_
     if extension and model_cfg.init_from and rows.train == "none":
         raise ValueError(f"{shards_dir}: the tokenizer adds {extension['added']:,} tokens to the base, whose "
                          "embedding rows would never train with model.embeddings.train: none; use new or all")
+    if not extension and (rows.init == "calibrated" or rows.distill_steps):
+        raise ValueError(f"{shards_dir}: model.embeddings.init: calibrated and distill_steps initialise the rows of "
+                         "an extended vocabulary's new tokens, and this tokenizer was not extended; drop them, or "
+                         "extend the tokenizer (tokenize.extend)")
     if not extension and (rows.train == "new" or rows.new_rows_first_steps):
         raise ValueError(f"{shards_dir}: model.embeddings.train: new and new_rows_first_steps need an extended "
                          "tokenizer (tokenize.extend), and this one adds no tokens")
@@ -274,7 +281,14 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
         check_base_tokenizer(model_cfg.init_from, tokenizer, shards_dir, extension)
     accum = cfg.accum_steps(world.size)
     sampler = make_sampler(cfg, datasets, shards_dir, mixture, accum, world, meta["eos_id"], out_dir)  # before the model: a bad plan stops here
-    model = build(model_cfg, cfg, meta, extension, device)
+    resume_from = resume_point(out_dir, resume_from)
+    rows_cfg = model_cfg.embeddings
+    corpus = embeddings.corpus_sample([s for path in (datasets or {"": shards_dir}).values()
+                                       for s in open_split(Path(path) / "train")], extension, cfg.seq_len) \
+        if extension and model_cfg.init_from and (rows_cfg.init == "calibrated" or rows_cfg.distill_steps) \
+        and not resume_from else None  # a resumed run's rows come from its checkpoint
+    transferred: dict = {}
+    model = build(model_cfg, cfg, meta, extension, device, corpus, transferred)
     longest = max(stage_seq_lens(mixture or MixtureConfig(), cfg.seq_len) if datasets else [cfg.seq_len])
     if longest > model.config.max_position_embeddings:
         raise ValueError(f"a mixture stage's seq_len {longest} exceeds the model's max_position_embeddings "
@@ -297,11 +311,12 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
                                                      eval_tokens)
 
     state = {"step": 0, "tokens": 0}
-    resume_from = resume_point(out_dir, resume_from)
     if resume_from:
         state = resume(resume_from, model, optimizer, sampler, cfg, accum, world)
     forward_model = torch.compile(model) if cfg.compile else model
 
+    if world.is_main and transferred and not resume_from:  # a resumed run's rows were made by its first start
+        print(embeddings.describe_transfer(transferred), flush=True)
     if world.is_main:
         print(f"[train] {n_params / 1e6:.2f}M parameters ({count_parameters(model, trainable=True) / 1e6:.2f}M trainable), "
               f"{describe_data(datasets, meta)}, {world.size} rank(s), {device}, {dtype}")
@@ -349,4 +364,4 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
         shutdown(world)
     return {"params": n_params, "steps": state["step"], "tokens": state["tokens"],
             "train_loss": state.get("train_loss"), "val_loss": state.get("val_loss"),
-            "val_losses": state.get("val_losses", {})}
+            "val_losses": state.get("val_losses", {}), **({"embeddings": transferred} if transferred else {})}
