@@ -387,6 +387,12 @@ def test_a_run_with_calibrated_rows_says_the_head_was_untied_and_resumes_without
     out = capsys.readouterr().out
     assert "[embeddings] 100 new rows: input rows by FVT, output rows by their first base piece" in out
     assert "the tied head was untied" in out and counts["embeddings"]["untied"]
+    from tokenmill.export.card import training_section
+    from tokenmill.stage import MANIFEST
+    (tmp_path / "run" / "40_checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "40_checkpoints" / MANIFEST).write_text(json.dumps({"counts": counts}))
+    card = "\n".join(training_section(tmp_path / "run"))
+    assert "the tied head was untied so that new tokens' output rows can differ from their input rows" in card
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "ck" / "final")
     assert not final.config.tie_word_embeddings
     assert final.get_output_embeddings().weight is not final.get_input_embeddings().weight
