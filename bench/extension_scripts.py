@@ -55,6 +55,17 @@ def messages(folder: Path) -> list[tuple[str, str]]:
     return sorted((name, text) for text, name in unique.items())
 
 
+def target_text(lang: str, text: str) -> str:
+    """The page's text in the target language: for Korean, the lines that are at least 30% Hangul (GIMP's
+    Korean help is mostly untranslated English)."""
+    if lang != "ko":
+        return text
+
+    def hangul(line: str) -> float:
+        return sum("\uac00" <= ch <= "\ud7a3" for ch in line) / max(1, len(line))
+    return "\n".join(line for line in text.splitlines() if hangul(line) >= 0.3)
+
+
 def held_out(name: str) -> bool:
     return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 100 < 15
 

@@ -243,23 +243,22 @@ def untie(model) -> None:
 def calibrate_head(head: torch.Tensor, extension: dict, counts: np.ndarray, direction) -> dict:
     """Each new token's output row := its first base piece's + log r·v, and the piece's own row += log r_piece·v,
     with r the shares of the group {piece, the new tokens that start with it} in the corpus (add-½ smoothed).
-    A piece that text without the target's scripts uses too (a space, a bracket) keeps its row, so such text
-    keeps the base's logits for every base token."""
+    Only for pieces that text without the target's scripts never holds (`Ġп`): a piece such as `Ġ` is
+    predicted in English too, where a share learned on the target's text would move probability to new
+    tokens, so its group keeps FVT rows and the piece its own row. Text without the target's scripts then
+    keeps the base's logits for every base token, and new tokens take no more from it than with FVT."""
     v, fit_mean, fit_std = direction
     groups: dict[int, list[int]] = {}
-    lowered = set()
     for token in extension["new_tokens"]:
-        groups.setdefault(token["base_ids"][0], []).append(token["id"])
         if token.get("first_piece_in_script"):
-            lowered.add(token["base_ids"][0])
+            groups.setdefault(token["base_ids"][0], []).append(token["id"])
     first_rows = {piece: head[piece].float().clone() for piece in groups}
     for piece, members in groups.items():
         ids = [piece, *members]
         n = counts[ids].astype(np.float64) + 0.5
         for token_id, log_share in zip(ids, np.log(n / n.sum()).tolist()):
-            if token_id != piece or piece in lowered:
-                head[token_id] = (first_rows[piece] + log_share * v).to(head.dtype)
-    return {"calibrated_groups": len(groups), "pieces_lowered": len(lowered),
+            head[token_id] = (first_rows[piece] + log_share * v).to(head.dtype)
+    return {"calibrated_groups": len(groups), "calibrated_rows": sum(map(len, groups.values())),
             "h_dot_v": [round(fit_mean, 4), round(fit_std, 4)]}
 
 
