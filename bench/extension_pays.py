@@ -108,25 +108,43 @@ def curve(metrics: list[dict], bytes_per_token: float, evals: dict, final: Path)
     return points
 
 
-def decode_speed(final: Path, prompt: str, args) -> dict:
-    """Greedy generation of --gen-tokens tokens in llama.cpp from a held-out prompt: bytes and tokens per second."""
+def decode_speed(final: Path, prompt: str, held: str, tokenizer, args) -> dict:
+    """Greedy generation of --gen-tokens tokens in llama.cpp from a target-language prompt: tokens per second
+    (what the model's size decides), times the bytes a token carries in held-out target text (what the
+    tokenizer decides) = bytes of target text per second. The generated text's own bytes per second are kept
+    too, with its share of non-ASCII bytes (a small model may drift into digits and English)."""
     from tokenmill.export.llamacpp import LlamaCpp
+    from tokenmill.tokenize.fertility import fertility
     out = final.parent / "gguf"
     if not any(out.glob("*.gguf")):
         tokenmill("export", str(final), "-o", str(out), "--format", "gguf", "--outtype", "f16")
     model = LlamaCpp(next(out.glob("*.gguf")), n_ctx=2048, threads=args.threads)
     request = {"prompt": prompt, "max_tokens": args.gen_tokens, "temperature": 0, "ignore_eos": True}
     model.complete({**request, "max_tokens": 8})  # warm up
-    rates = []
+    runs = []
     for _ in range(3):
         started = time.perf_counter()
         reply = model.complete(request)
         seconds = time.perf_counter() - started
         text = reply["choices"][0]["text"]
-        rates.append({"seconds": seconds, "bytes": len(text.encode()), "tokens": reply["usage"]["completion_tokens"]})
-    best = min(rates, key=lambda r: r["seconds"])
-    return {"bytes_per_s": best["bytes"] / best["seconds"], "tokens_per_s": best["tokens"] / best["seconds"],
-            "bytes_per_token_generated": best["bytes"] / best["tokens"], "sample": text[:300], "runs": rates}
+        runs.append({"seconds": seconds, "bytes": len(text.encode()), "tokens": reply["usage"]["completion_tokens"]})
+    best = min(runs, key=lambda r: r["seconds"])
+    raw = text.encode()
+    bytes_per_token = 1 / fertility(tokenizer, [held])["all"]["tokens_per_byte"]
+    tokens_per_s = best["tokens"] / best["seconds"]
+    return {"tokens_per_s": tokens_per_s, "held_out_bytes_per_token": bytes_per_token,
+            "target_bytes_per_s": tokens_per_s * bytes_per_token,
+            "generated_bytes_per_s": best["bytes"] / best["seconds"],
+            "generated_non_ascii_share": sum(b >= 0x80 for b in raw) / max(1, len(raw)),
+            "bytes_per_2048_window": 2048 * bytes_per_token, "sample": text[:300], "runs": runs}
+
+
+def prose_prompt(held: str, lang: str) -> str:
+    """The first held-out line of at least 150 characters that is mostly the target's own script."""
+    for line in held.splitlines():
+        if len(line) >= 150 and sum(not ch.isascii() for ch in line) >= 0.6 * len(line.replace(" ", "")):
+            return line[:300]
+    return held[:300]
 
 
 def main() -> int:
@@ -142,6 +160,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--gen-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decode-only", action="store_true", help="reuse the trained arms of the last run")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -169,15 +188,18 @@ def main() -> int:
     available = sum(len(d["text"].encode()) for d in train)
     print(f"[{args.lang}] {steps} steps each; (a) {args.base_kb} KB; (b) {sum(len(d['text'].encode()) for d in ext_docs) / 1024:.0f} KB "
           f"({ratio:.2f}x the tokens per byte; the corpus has {available / 1024:.0f} KB)", flush=True)
-    arms = [train_arm("a_base", base_docs, Path(args.model), Path(args.model), steps, evals, args, {}),
-            train_arm(f"b_{args.init}", ext_docs, extended, Path(args.model), steps, evals, args,
-                      {"init": args.init, "distill_steps": args.distill_steps})]
+    previous = ROOT / "bench" / "results" / f"extension_pays_{args.lang}.json"
+    if args.decode_only:
+        arms = json.loads(previous.read_text())["arms"]
+    else:
+        arms = [train_arm("a_base", base_docs, Path(args.model), Path(args.model), steps, evals, args, {}),
+                train_arm(f"b_{args.init}", ext_docs, extended, Path(args.model), steps, evals, args,
+                          {"init": args.init, "distill_steps": args.distill_steps})]
     held = "\n".join(json.loads(line)["text"] for line in evals[args.lang].read_text().splitlines())
-    prompt = held[:200]
+    prompt = prose_prompt(held, args.lang)
     for arm, tok in zip(arms, (base_tok, ext_tok)):
-        arm["decode"] = decode_speed(Path(arm["final"]), prompt, args)
-        arm["bytes_per_2048_window"] = 2048 / fertility(tok, [held])["all"]["tokens_per_byte"]
-        print(json.dumps({k: v for k, v in arm.items() if k != "curve"}, ensure_ascii=False)[:600], flush=True)
+        arm["decode"] = decode_speed(Path(arm["final"]), prompt, held, tok, args)
+        print(json.dumps({k: v for k, v in arm.items() if k != "curve"}, ensure_ascii=False)[:900], flush=True)
         for point in arm["curve"]:
             print(f"  {arm['arm']}: step {point['step']}, {point['bytes_seen'] / 1024:.0f} KB, "
                   f"{point['flops']:.3g} FLOPs, {point['train_seconds']:.0f} s: {args.lang} "

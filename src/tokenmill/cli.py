@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("base", metavar="BASE", help="the base's HF folder (its tokenizer), tokenizer.json or hf://org/name")
     p.add_argument("--corpus", nargs="+", required=True, type=Path, metavar="PATH",
                    help="text in the new language: document shards, or files and folders tokenmill ingest reads")
-    p.add_argument("--add", type=int, required=True, metavar="N", help="new tokens to learn")
+    p.add_argument("--add", type=int, default=1000, metavar="N",
+                   help="new tokens to learn (default 1000; docs/language.md: how many)")
     p.add_argument("--allow-fewer", action="store_true", help="go on when the corpus yields fewer than N")
     p.add_argument("-o", "--output", required=True, type=Path)
     p = stage("train", "Train a model on token shards (from scratch, or from a HF checkpoint); several named "
