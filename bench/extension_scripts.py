@@ -10,7 +10,7 @@ changed tokens must be 0.
     apt-get install gimp-help-ko gimp-help-fa debian-handbook
     apt-get download libreoffice-l10n-th libreoffice-l10n-ka   # Thai and Georgian UI strings, unpacked:
     for p in th ka; do dpkg-deb -x libreoffice-l10n-$p*.deb /tmp/lo; \
-        mkdir -p /work/corpora/libreoffice && mv /tmp/lo/usr/lib/libreoffice/program/resource/$p /work/corpora/libreoffice/; done
+        mkdir -p bench/.work/libreoffice && mv /tmp/lo/usr/lib/libreoffice/program/resource/$p bench/.work/libreoffice/; done
     .venv/bin/python bench/extension_scripts.py --model runs/smollm2 [--langs ko fa ru ja]
 
 Writes bench/results/extension_scripts.json and prints the table of docs/language.md.
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GIMP = Path("/usr/share/gimp/2.0/help")
 BOOK = Path("/usr/share/doc/debian-handbook/html")
-LIBREOFFICE = Path("/work/corpora/libreoffice")  # `apt-get download libreoffice-l10n-th`, `dpkg-deb -x` here
+LIBREOFFICE = ROOT / "bench" / ".work" / "libreoffice"  # unpacked language packs (see above)
 CORPORA = {"ko": (GIMP / "ko", 3000), "th": (LIBREOFFICE / "th", 3000), "ka": (LIBREOFFICE / "ka", 3000),
            "fa": (GIMP / "fa", 3000), "ru": (BOOK / "ru-RU", 8000), "ja": (BOOK / "ja-JP", 8000)}
 
