@@ -17,7 +17,8 @@ are at least 30% Hangul.
     .venv/bin/python bench/extension_pays.py --model runs/smollm2 --lang ru --base-kb 200
     .venv/bin/python bench/extension_pays.py --model runs/smollm2 --lang ko --base-kb 100
 
-Writes bench/results/extension_pays_<lang>.json and prints the tables of docs/language.md.
+Writes bench/results/extension_pays_<lang>.json and .png (the curves) and prints the tables of
+docs/language.md.
 """
 
 from __future__ import annotations
@@ -147,6 +148,26 @@ def prose_prompt(held: str, lang: str) -> str:
     return held[:300]
 
 
+def plot(result: dict, lang: str, path: Path) -> None:
+    """Held-out bits per byte of both arms against bytes seen, FLOPs and training seconds (target solid,
+    English dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    for axis, (key, label) in zip(axes, [("bytes_seen", "bytes of text seen"), ("flops", "training FLOPs"),
+                                         ("train_seconds", "training seconds (2 CPU cores)")]):
+        for arm, color in zip(result["arms"], ("tab:blue", "tab:orange")):
+            xs = [p[key] for p in arm["curve"]]
+            axis.plot(xs, [p[lang] for p in arm["curve"]], "o-", color=color, label=f"{arm['arm']} ({lang})")
+            axis.plot(xs, [p["en"] for p in arm["curve"]], "s--", color=color, alpha=0.6, label=f"{arm['arm']} (en)")
+        axis.set_xlabel(label)
+    axes[0].set_ylabel("held-out bits per byte")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="SmolLM2 HF folder (tokenmill convert-gguf)")
@@ -205,8 +226,9 @@ def main() -> int:
                   f"{point['flops']:.3g} FLOPs, {point['train_seconds']:.0f} s: {args.lang} "
                   f"{point[args.lang]:.4f}, en {point['en']:.4f}", flush=True)
     out = ROOT / "bench" / "results" / f"extension_pays_{args.lang}.json"
-    out.write_text(json.dumps({"args": vars(args), "steps": steps, "tokens_per_byte_ratio": ratio, "arms": arms},
-                              indent=1, ensure_ascii=False))
+    result = {"args": vars(args), "steps": steps, "tokens_per_byte_ratio": ratio, "arms": arms}
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    plot(result, args.lang, out.with_suffix(".png"))
     return 0
 
 
