@@ -225,7 +225,7 @@ def test_calibrated_head_and_distilled_rows(base, extended, target_texts):
     assert torch.equal(rows[base_ids], old_rows[base_ids])  # only new input rows moved
     # a new token's output row is its first piece's, moved along v by the log of its share of the piece's group
     # (the piece's own row moved by its share, when only the target's script uses it)
-    v = embeddings.fit_direction(tiny_base(base, tied=True), corpus.pairs)[0]
+    v = embeddings.fit_direction(embeddings.base_hidden_states(tiny_base(base, tied=True), corpus.pairs), "cpu")[0]
     counts = corpus.counts.astype(float) + 0.5
     fvt_head = tiny_base(base, tied=True)
     embeddings.transfer(fvt_head, record)
@@ -404,7 +404,7 @@ def test_a_run_with_calibrated_rows_says_the_head_was_untied_and_resumes_without
     resumed = train.run(cfg.model, cfg.train, shards, tmp_path / "ck")
     assert resumed["steps"] == 6 and "distill_loss" not in resumed["embeddings"] and resumed["embeddings"]["untied"]
 
-    plain_dir, plain_shards, plain = tmp_path / "plain", tmp_path / "plain-shards", dict(raw)
+    plain_dir, plain_shards = tmp_path / "plain", tmp_path / "plain-shards"
     from tokenmill.tokenize import TokenizeConfig
     from tokenmill.tokenize import run as tokenize
     tokenize(TokenizeConfig(tokenizer=str(base_dir), val_fraction=0.15), tmp_path / "docs-True", plain_shards)

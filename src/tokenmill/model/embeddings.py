@@ -46,6 +46,12 @@ class EmbeddingsConfig(StrictModel):
     distill_steps: int = Field(0, ge=0, description="before the run, steps that train only the new input rows to "
                                                     "reproduce the base's hidden states (unties a tied head)")
 
+    @property
+    def reads_corpus(self) -> bool:
+        """Calibrated output rows and distilled input rows are made from the training text (and untie a tied
+        head); the other inits need only the extension record."""
+        return self.init == "calibrated" or self.distill_steps > 0
+
 
 def new_token_ids(extension: dict | None) -> list[int]:
     return [t["id"] for t in extension["new_tokens"]] if extension else []
@@ -70,8 +76,10 @@ def transfer(model, extension: dict, cfg: EmbeddingsConfig | None = None, seed: 
     head, since the rows come from the checkpoint."""
     cfg = cfg or EmbeddingsConfig()
     init, distill = cfg.init, cfg.distill_steps
-    targets = base_hidden_states(model, corpus.pairs) if corpus and distill else None
-    direction = fit_direction(model, corpus.pairs) if corpus and init == "calibrated" else None
+    states = base_hidden_states(model, corpus.pairs) if corpus and cfg.reads_corpus else None  # the base's, once
+    targets = states if states and distill else None
+    direction = fit_direction(states, model.get_input_embeddings().weight.device) \
+        if states and init == "calibrated" else None
     old_rows = model.get_input_embeddings().weight.shape[0]
     rows = max(old_rows, extension["padded_vocab_size"])
     produced = torch.tensor([i for i in extension["produced_base_ids"] if i < old_rows])
@@ -95,7 +103,7 @@ def transfer(model, extension: dict, cfg: EmbeddingsConfig | None = None, seed: 
         if padding:
             weight[torch.tensor(padding)] = mean.to(weight.dtype)
     done = {"init": init, "new_rows": len(new_ids), "untied": False, "distill_steps": distill}
-    if tied and (init == "calibrated" or distill):
+    if tied and cfg.reads_corpus:
         untie(model)
         done.update(untied=True, head_parameters_added=model.get_output_embeddings().weight.numel())
     if targets is not None:
@@ -179,15 +187,16 @@ def base_hidden_states(model, pairs) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def fit_direction(model, pairs, ridge: float = 1e-3) -> tuple[torch.Tensor, float, float]:
+def fit_direction(states: list[torch.Tensor], device, ridge: float = 1e-3) -> tuple[torch.Tensor, float, float]:
     """v with h·v ≈ 1 over the base's final hidden states h (ridge regression): adding log r·v to an output
-    row then adds about log r to its logit, whatever the context. Returns v and h·v's mean and spread."""
-    hidden = torch.cat(base_hidden_states(model, pairs))
+    row then adds about log r to its logit, whatever the context. Returns v (on `device`) and h·v's mean and
+    spread."""
+    hidden = torch.cat(states)
     gram = hidden.T @ hidden
     gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0])
     v = torch.linalg.solve(gram, hidden.sum(0))
     fit = hidden @ v
-    return v.to(model.get_input_embeddings().weight.device), float(fit.mean()), float(fit.std())
+    return v.to(device), float(fit.mean()), float(fit.std())
 
 
 def distill_input_rows(model, extension: dict, pairs, targets: list[torch.Tensor], steps: int,

@@ -53,14 +53,15 @@ def implied_scripts(raw: bytes) -> set[str]:
         if not all(b in CONTINUATION for b in seq[1:]):  # a broken sequence: its lead implies nothing
             i += 1
             continue
-        if len(seq) == length:
-            script = script_of(seq.decode("utf-8", errors="ignore") or "a")
-            if script:
-                scripts.add(script)
-        else:
+        if len(seq) < length:
             script = start_script(bytes(seq))
-            if script:
-                scripts.add(script)
+        else:
+            try:
+                script = script_of(seq.decode("utf-8"))
+            except UnicodeDecodeError:  # an overlong form or a surrogate: no character
+                script = None
+        if script:
+            scripts.add(script)
         i += len(seq)
     return scripts
 

@@ -96,7 +96,7 @@ def check_embedding_rows(model_cfg: ModelConfig, extension: dict | None, shards_
     if extension and model_cfg.init_from and rows.train == "none":
         raise ValueError(f"{shards_dir}: the tokenizer adds {extension['added']:,} tokens to the base, whose "
                          "embedding rows would never train with model.embeddings.train: none; use new or all")
-    if not extension and (rows.init == "calibrated" or rows.distill_steps):
+    if not extension and rows.reads_corpus:
         raise ValueError(f"{shards_dir}: model.embeddings.init: calibrated and distill_steps initialise the rows of "
                          "an extended vocabulary's new tokens, and this tokenizer was not extended; drop them, or "
                          "extend the tokenizer (tokenize.extend)")
@@ -282,10 +282,9 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
     accum = cfg.accum_steps(world.size)
     sampler = make_sampler(cfg, datasets, shards_dir, mixture, accum, world, meta["eos_id"], out_dir)  # before the model: a bad plan stops here
     resume_from = resume_point(out_dir, resume_from)
-    rows_cfg = model_cfg.embeddings
     corpus = embeddings.corpus_sample([s for path in (datasets or {"": shards_dir}).values()
                                        for s in open_split(Path(path) / "train")], extension, cfg.seq_len) \
-        if extension and model_cfg.init_from and (rows_cfg.init == "calibrated" or rows_cfg.distill_steps) \
+        if extension and model_cfg.init_from and model_cfg.embeddings.reads_corpus \
         and not resume_from else None  # a resumed run's rows come from its checkpoint
     transferred: dict = {}
     model = build(model_cfg, cfg, meta, extension, device, corpus, transferred)
