@@ -37,6 +37,8 @@ EXAMPLES = {
     "make-cloze": "tokenmill make-cloze runs/x/30_shards -o cloze.jsonl --n 500",
     "make-passkey": "tokenmill make-passkey -o passkey.jsonl --tokenizer runs/x --lengths 256 512 1024 --depths 0 0.5 1",
     "generate": "tokenmill generate runs/x/60_export --prompt 'ROMEO:' --max-new-tokens 80",
+    "merge": "tokenmill merge runs/x domain=docs/ general=books/ -o merged --method interpolate --start BASE "
+             "--objective domain --constraint general:0.02",
     "export": "tokenmill export runs/x -o my-model --format gguf --outtype q8_0",
     "report": "tokenmill report runs/x",
     "serve": "tokenmill serve runs/x --port 8080 --api-key KEY   (OpenAI API at http://127.0.0.1:8080/v1)",
@@ -138,6 +140,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the key sits: 0 the start of the filler, 1 its end")
     p.add_argument("--per-cell", type=int, default=10, help="questions per (length, depth) (default 10)")
     p.add_argument("--seed", type=int, default=0)
+    p = stage("merge", "Merge the trained model with its start (interpolate), a chat vector (task_arithmetic) or its "
+                       "last checkpoints (average), the weight chosen on named evaluation sets.")
+    p.add_argument("model", metavar="TRAINED", help="a run folder, its checkpoints folder or a HF model folder")
+    p.add_argument("sets", nargs="*", metavar="NAME=PATH", help="evaluation sets the weight is chosen on (as eval)")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--method", choices=["interpolate", "task_arithmetic", "average"])
+    p.add_argument("--start", metavar="MODEL", help="interpolate: the model training started from")
+    p.add_argument("--base", metavar="MODEL", help="task_arithmetic: the base that was trained")
+    p.add_argument("--instruct", metavar="MODEL", help="task_arithmetic: the instruct model made from that base")
+    p.add_argument("--weights", nargs="+", metavar="W", help="α, λ or K candidates, or auto (default)")
+    p.add_argument("--objective", metavar="SET", help="the set whose gain to keep")
+    p.add_argument("--constraint", metavar="SET:MAX_RISE", help="the set that may rise at most MAX_RISE bits per "
+                                                                "byte over the start (or instruct) model")
     p = stage("generate", "Sample text from a model folder, or from a GGUF file through llama.cpp.")
     p.add_argument("model", type=Path, metavar="MODEL_DIR_OR_GGUF")
     p.add_argument("--prompt", default="")
@@ -242,6 +257,8 @@ def _flag_overrides(args) -> list[str]:
             sets.append(f"export.formats={json.dumps([args.format])}")
         if args.outtype:
             sets.append(f"export.gguf_outtypes={json.dumps([args.outtype])}")
+    if args.command == "merge":
+        sets += _merge_overrides(args)
     if args.command == "eval":
         if args.tasks:
             sets.append(f"eval.tasks={json.dumps(args.tasks)}")
@@ -249,6 +266,26 @@ def _flag_overrides(args) -> list[str]:
             sets.append(f"eval.lm_eval={json.dumps([t.strip() for t in args.lm_eval.split(',') if t.strip()])}")
         if args.lm_eval_include:
             sets.append(f"eval.lm_eval_include={json.dumps(args.lm_eval_include)}")
+    return sets
+
+
+def _merge_overrides(args) -> list[str]:
+    """The merge flags, and its NAME=PATH sets as the evaluation sets (which the config checks the goals against)."""
+    named = {name: str(path) for name, path in evaluation.parse_sets(args.sets).items()}
+    sets = [f"train.eval_sets={json.dumps(named)}"] if named else []
+    sets += [f"merge.{key}={json.dumps(getattr(args, key))}" for key in ("method", "start", "base", "instruct")
+            if getattr(args, key) is not None]
+    if args.weights:
+        weights = "auto" if args.weights == ["auto"] else [float(x) if args.method != "average" else int(x)
+                                                           for x in args.weights]
+        sets.append(f"merge.weights={json.dumps(weights)}")
+    if args.objective:
+        sets.append(f"merge.objective={json.dumps({'set': args.objective})}")
+    if args.constraint:
+        name, _, rise = args.constraint.rpartition(":")
+        if not name:
+            raise ValueError(f"--constraint {args.constraint}: expected SET:MAX_RISE, e.g. general:0.02")
+        sets.append(f"merge.constraint={json.dumps({'set': name, 'max_rise_bits_per_byte': float(rise)})}")
     return sets
 
 
@@ -349,6 +386,17 @@ def _dispatch(args) -> None:
                       resumable=True, resume_despite=train.RESUMABLE_CHANGES, keep_existing=args.resume_from is not None)
     elif c == "eval":
         _eval(cfg, args)
+    elif c == "merge":
+        from tokenmill import merge
+        from tokenmill.model.source import resolve_source
+        if cfg.merge is None:
+            raise ValueError("merge: give --method (interpolate, task_arithmetic or average), or a merge section")
+        sets = {name: Path(path) for name, path in (cfg.train.eval_sets or {}).items()}
+        with library_logs(args.output.parent / f".{args.output.name}.log"):
+            run_stage(c, cfg.merge, [resolve_source(args.model), *sets.values()], args.output,
+                      lambda out: merge.run(cfg.merge, args.model, out, sets, cfg.train.seq_len,
+                                            start=cfg.model.init_from), args.force)
+        print(f"merged model: {args.output}")
     elif c == "generate":
         from tokenmill.generate import generate
         print(generate(args.model, cfg.generate))

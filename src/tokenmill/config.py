@@ -17,6 +17,7 @@ from tokenmill.export import ExportConfig
 from tokenmill.filters import FilterConfig
 from tokenmill.generate import GenerateConfig
 from tokenmill.ingest import IngestConfig
+from tokenmill.merge import MergeConfig
 from tokenmill.model import PRESETS, ModelConfig
 from tokenmill.plan.config import PlanConfig
 from tokenmill.recipes import RecipeConfig, expand
@@ -54,6 +55,8 @@ class PipelineConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
     recipe: RecipeConfig = Field(default_factory=RecipeConfig)
+    merge: MergeConfig | None = Field(None, description="after training: merge with the start model, a chat vector "
+                                                        "or the last checkpoints, the weight chosen on the eval sets")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -214,8 +217,23 @@ def _cross_checks(s: dict) -> list[str]:
             problems.append("model.quantize: a 4-bit base does not shard with train.parallel: fsdp here; use ddp")
     if train and train.eval_tokens is not None and train.eval_tokens < train.seq_len:
         problems.append(f"train.eval_tokens: {train.eval_tokens} is less than one sequence (train.seq_len {train.seq_len})")
+    if s.get("merge") and train:
+        problems += _merge_checks(s["merge"], datasets or {}, train, model)
     if s.get("plan") and train:
         problems += _plan_checks(s["plan"], datasets or {}, train, model)
+    return problems
+
+
+def _merge_checks(merge, datasets: dict, train: TrainConfig, model) -> list[str]:
+    sets = list(train.eval_sets or datasets or ["val"])
+    problems = [f"merge.{role}.set: {goal.set!r} is not an evaluation set (the sets: {', '.join(sets)})"
+                for role, goal in (("objective", merge.objective), ("constraint", merge.constraint))
+                if goal is not None and goal.set not in sets]
+    if merge.method == "interpolate" and not (merge.start or (model and model.init_from)):
+        problems.append("merge.start: interpolate needs the model training started from (model.init_from is not set)")
+    if merge.method == "average" and merge.weights != "auto" and max(merge.weights) > train.keep_last:
+        problems.append(f"merge.weights: averaging {max(merge.weights)} checkpoints needs train.keep_last at least "
+                        f"that (it is {train.keep_last})")
     return problems
 
 

@@ -3,6 +3,7 @@
     runs/NAME/
       config.resolved.yaml   the config after defaults, recipe and --set overrides
       00_raw/ 10_filtered/ 20_dedup/ 30_shards/ 40_checkpoints/ 50_eval/ 60_export/
+      41_merge/              with a merge section: the merged model, which eval and export then take
       metrics.jsonl          training metrics, one row per log step
       report.html
 With named datasets (the `datasets:` section) each has the data stages' folders of its own, one tokenizer
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenmill import dedup, evaluation, export, filters, ingest, recipes, report, tokenize, train
+from tokenmill import dedup, evaluation, export, filters, ingest, merge, recipes, report, tokenize, train
 from tokenmill.atomic import atomic_write_json, atomic_write_text
 from tokenmill.config import PipelineConfig, dump_config
 from tokenmill.dedup import DedupConfig
@@ -33,7 +34,7 @@ from tokenmill.tokenize.fertility import of_run
 from tokenmill.tokenize.shards import read_meta
 
 DATA_DIRS = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup", "tokenize": "30_shards"}
-MODEL_DIRS = {"train": "40_checkpoints", "eval": "50_eval", "export": "60_export"}
+MODEL_DIRS = {"train": "40_checkpoints", "merge": "41_merge", "eval": "50_eval", "export": "60_export"}
 
 
 def clean(ingest_cfg: IngestConfig, filter_cfg: FilterConfig, dedup_cfg: DedupConfig, root: Path, force: bool,
@@ -116,7 +117,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False, until:
 
 
 def _model_stages(cfg: PipelineConfig, run_dir: Path, shards: Path | dict[str, Path], force: bool) -> dict:
-    """train → eval → export → sample → report."""
+    """train → (merge) → eval → export → sample → report."""
     d = {name: run_dir / folder for name, folder in MODEL_DIRS.items()}
     named = bool(cfg.datasets)
     run_stage("train", _train_sections(cfg), list(shards.values()) if named else [shards], d["train"],
@@ -124,15 +125,21 @@ def _model_stages(cfg: PipelineConfig, run_dir: Path, shards: Path | dict[str, P
               force, resumable=True, resume_despite=train.RESUMABLE_CHANGES)
     default_sets = {name: str(path) for name, path in (shards if named else {"val": shards}).items()}
     eval_sets = {name: Path(path) for name, path in (cfg.train.eval_sets or default_sets).items()}
+    model_dir = d["train"]
+    if cfg.merge:
+        run_stage("merge", {"merge": cfg.merge, "train": cfg.train}, [d["train"]], d["merge"],
+                  lambda out: merge.run(cfg.merge, d["train"], out, eval_sets, cfg.train.seq_len,
+                                        start=cfg.model.init_from), force)
+        model_dir = d["merge"]
     # train is in the key for its eval_sets and seq_len (its other changes change the train stage's key anyway)
-    results = run_stage("eval", {"eval": cfg.eval, "train": cfg.train}, [d["train"]], d["eval"],
-                        lambda out: _eval_counts(evaluation.run(cfg.eval, d["train"], eval_sets, out,
+    results = run_stage("eval", {"eval": cfg.eval, "train": cfg.train}, [model_dir], d["eval"],
+                        lambda out: _eval_counts(evaluation.run(cfg.eval, model_dir, eval_sets, out,
                                                                 cfg.train.seq_len, before=cfg.model.init_from,
                                                                 base_changes=_base_changes(cfg))),
                         force)
     # eval is an input: the model card carries its results
-    run_stage("export", cfg.export, [d["train"], d["eval"]], d["export"],
-              lambda out: export.run(cfg.export, d["train"], out), force)
+    run_stage("export", cfg.export, [model_dir, d["eval"]], d["export"],
+              lambda out: export.run(cfg.export, model_dir, out), force)
     sample = generate(_sampled_model(cfg, d["export"]), cfg.generate)
     atomic_write_text(run_dir / "sample.txt", sample)
     report_path = report.run(run_dir)

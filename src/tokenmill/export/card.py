@@ -42,8 +42,8 @@ def model_card(name: str, source: Path, license: str | None, gguf_files: list[st
     if n_params:
         body += [f"{n_params / 1e6:.1f}M parameters.", ""]
     if run:
-        body += data_section(run) + tokenizer_section(run) + training_section(run) + evaluation_section(run) + \
-            plan_section(run)
+        body += data_section(run) + tokenizer_section(run) + training_section(run) + merge_section(run) + \
+            evaluation_section(run) + plan_section(run)
     body += usage_section(name, gguf_files)
     if config:
         body += ["## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
@@ -95,6 +95,19 @@ def training_section(run: Path) -> list[str]:
         said = describe_transfer(c["embeddings"]).removeprefix("[embeddings] ")
         lines += [said[0].upper() + said[1:] + ".", ""]
     return lines
+
+
+def merge_section(run: Path) -> list[str]:
+    path = run / "41_merge" / "merge.json"
+    if not path.is_file():
+        return []
+    from tokenmill.merge.choose import table_rows
+    record = json.loads(path.read_text())
+    header, rows = table_rows(record)
+    lines = ["## Merge", "", f"After training, merged by `{record['method']}` at {record['chosen']:g}, chosen among "
+             "these candidates on the evaluation sets:", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]
 
 
 def evaluation_section(run: Path) -> list[str]:

@@ -293,6 +293,17 @@ def plan_sections(folder: Path) -> list[str]:
     return sections
 
 
+def merge_sections(path: Path) -> list[str]:
+    """tokenmill merge: every candidate weight on the evaluation sets, and the curve of gain against forgetting."""
+    if not path.is_file():
+        return []
+    from tokenmill.merge.choose import table_rows
+    record = json.loads(path.read_text())
+    header, rows = table_rows(record)
+    return [f"<h2>Merge: {html.escape(record['method'])}</h2>", _table(rows, header),
+            _img(plots.merge_curve(record), "merge candidates")]
+
+
 def estimate_sections(estimate_path: Path, rows: list[dict]) -> list[str]:
     """What `tokenmill estimate` predicted before the run, beside what the run measured."""
     if not estimate_path.is_file():
@@ -339,6 +350,7 @@ def render(run_dir: Path) -> str:
     sample = run_dir / "sample.txt"
     if sample.is_file():
         sections.append(f"<h2>Sample</h2><pre>{html.escape(sample.read_text())}</pre>")
+    sections += merge_sections(run_dir / "41_merge" / "merge.json")
     sections += plan_sections(run_dir / "plan")
     sections += mixture_sections(run_dir / "40_checkpoints" / "plan.json")
     if dataset_roots:

@@ -237,3 +237,25 @@ def plan_frontier(result: dict) -> str | None:
            title="Domain gain against forgetting, at the target budget")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def merge_curve(record: dict) -> str | None:
+    """Each merge candidate: the objective set's bits per byte against the constraint set's rise, the chosen
+    one starred."""
+    points = [c for c in record["candidates"] if c["rise"] is not None]
+    if not points or not record.get("objective"):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    candidates = sorted((c for c in points if c["role"] == "candidate"), key=lambda c: c["weight"])
+    ax.plot([c["rise"] for c in candidates], [c["bits_per_byte"][record["objective"]] for c in candidates], "o-")
+    for c in points:
+        label = f"{c['weight']:g}" if c["role"] == "candidate" else c["role"]
+        ax.annotate(label, (c["rise"], c["bits_per_byte"][record["objective"]]), fontsize=7)
+        if c["role"] == "candidate" and c["weight"] == record["chosen"]:
+            ax.plot([c["rise"]], [c["bits_per_byte"][record["objective"]]], "r*", markersize=12, label="chosen")
+    if record.get("max_rise") is not None:
+        ax.axvline(record["max_rise"], color="grey", ls=":", label="allowed rise")
+    ax.set(xlabel=f"rise of {record['constraint']} over the reference (bits per byte)",
+           ylabel=f"{record['objective']} bits per byte", title=f"merge: {record['method']}")
+    ax.legend(fontsize=8)
+    return _png(fig)
