@@ -24,6 +24,7 @@ from tokenmill.recipes import RecipeConfig, expand
 from tokenmill.schema import StrictModel
 from tokenmill.export.gguf_writer import K_QUANTS
 from tokenmill.serve import ServeConfig
+from tokenmill.sft import SFTConfig
 from tokenmill.storage import StorageConfig
 from tokenmill.tokenize import TokenizeConfig
 from tokenmill.train.config import TrainConfig
@@ -57,6 +58,7 @@ class PipelineConfig(StrictModel):
     recipe: RecipeConfig = Field(default_factory=RecipeConfig)
     merge: MergeConfig | None = Field(None, description="after training: merge with the start model, a chat vector "
                                                         "or the last checkpoints, the weight chosen on the eval sets")
+    sft: SFTConfig | None = Field(None, description="after training (and merge): supervised fine-tuning on chats")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

@@ -4,6 +4,7 @@
       config.resolved.yaml   the config after defaults, recipe and --set overrides
       00_raw/ 10_filtered/ 20_dedup/ 30_shards/ 40_checkpoints/ 50_eval/ 60_export/
       41_merge/              with a merge section: the merged model, which eval and export then take
+      42_sft/                with an sft section: the fine-tuned model (final/), its chats in sft/00_raw/
       metrics.jsonl          training metrics, one row per log step
       report.html
 With named datasets (the `datasets:` section) each has the data stages' folders of its own, one tokenizer
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenmill import dedup, evaluation, export, filters, ingest, merge, recipes, report, tokenize, train
+from tokenmill import dedup, evaluation, export, filters, ingest, merge, recipes, report, sft, tokenize, train
 from tokenmill.atomic import atomic_write_json, atomic_write_text
 from tokenmill.config import PipelineConfig, dump_config
 from tokenmill.dedup import DedupConfig
@@ -34,7 +35,7 @@ from tokenmill.tokenize.fertility import of_run
 from tokenmill.tokenize.shards import read_meta
 
 DATA_DIRS = {"ingest": "00_raw", "filter": "10_filtered", "dedup": "20_dedup", "tokenize": "30_shards"}
-MODEL_DIRS = {"train": "40_checkpoints", "merge": "41_merge", "eval": "50_eval", "export": "60_export"}
+MODEL_DIRS = {"train": "40_checkpoints", "merge": "41_merge", "sft": "42_sft", "eval": "50_eval", "export": "60_export"}
 
 
 def clean(ingest_cfg: IngestConfig, filter_cfg: FilterConfig, dedup_cfg: DedupConfig, root: Path, force: bool,
@@ -117,7 +118,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False, until:
 
 
 def _model_stages(cfg: PipelineConfig, run_dir: Path, shards: Path | dict[str, Path], force: bool) -> dict:
-    """train → (merge) → eval → export → sample → report."""
+    """train → (merge) → (sft) → eval → export → sample → report."""
     d = {name: run_dir / folder for name, folder in MODEL_DIRS.items()}
     named = bool(cfg.datasets)
     run_stage("train", _train_sections(cfg), list(shards.values()) if named else [shards], d["train"],
@@ -131,6 +132,14 @@ def _model_stages(cfg: PipelineConfig, run_dir: Path, shards: Path | dict[str, P
                   lambda out: merge.run(cfg.merge, d["train"], out, eval_sets, cfg.train.seq_len,
                                         start=cfg.model.init_from), force)
         model_dir = d["merge"]
+    if cfg.sft:
+        chats = run_dir / "sft" / DATA_DIRS["ingest"]
+        run_stage("sft ingest", cfg.sft.data, ingest.input_keys(cfg.sft.data), chats,
+                  lambda out: ingest.run(cfg.sft.data, out), force)
+        start = model_dir
+        run_stage("sft", cfg.sft, [start, chats], d["sft"],
+                  lambda out: sft.run(cfg.sft, start, chats, out), force, resumable=True)
+        model_dir = d["sft"]
     # train is in the key for its eval_sets and seq_len (its other changes change the train stage's key anyway)
     results = run_stage("eval", {"eval": cfg.eval, "train": cfg.train}, [model_dir], d["eval"],
                         lambda out: _eval_counts(evaluation.run(cfg.eval, model_dir, eval_sets, out,

@@ -45,7 +45,7 @@ def export_name(source: Path) -> str:
     parts = [p.name for p in (path, *path.parents)]
     if parts[0].startswith("step-") and len(parts) > 2:
         return f"{parts[2]}-{parts[0]}"
-    if parts[0] in ("final", "40_checkpoints", "41_merge", "60_export") and len(parts) > 1:
+    if parts[0] in ("final", "40_checkpoints", "41_merge", "42_sft", "60_export") and len(parts) > 1:
         return parts[1] if parts[0] != "final" else parts[2]
     return parts[0]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenmill.atomic import atomic_write_text
+from tokenmill.chat import render
 
 # num_ctx: the trained context, at most this (Ollama allocates the whole KV cache up front).
 MAX_DEFAULT_CTX = 4096
@@ -56,8 +57,7 @@ def chat_format(tokenizer) -> tuple[str, ChatFormat] | None:
     """The chat format the tokenizer's Jinja template renders, or None (no template, or one not known)."""
     if not getattr(tokenizer, "chat_template", None):
         return None
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                             add_generation_prompt=True)
+    rendered = render(tokenizer, [{"role": "user", "content": "hi"}], generation_prompt=True)
     return next(((name, f) for name, f in FORMATS.items() if f.marker in rendered), None)
 
 
@@ -65,8 +65,7 @@ def default_system(tokenizer, fmt: ChatFormat) -> str | None:
     """The system prompt the Jinja template adds when the chat has none (SmolLM2's names itself)."""
     if not fmt.system_open:
         return None
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                             add_generation_prompt=True)
+    rendered = render(tokenizer, [{"role": "user", "content": "hi"}], generation_prompt=True)
     start = rendered.find(fmt.system_open)
     if start < 0:
         return None

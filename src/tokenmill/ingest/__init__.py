@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 class IngestConfig(StrictModel):
     paths: list[str] = Field(default_factory=list, description="files, folders, globs or pkg://PACKAGE/sub/glob")
     text_field: str = Field("text", description="JSON key holding a record's text")
+    records: Literal["text", "chat"] = Field("text", description="chat: each JSON record is a conversation, "
+                                             "{messages: [{role, content}, ...]} or {prompt, completion}")
     id_field: str | None = Field(None, description="JSON key / column holding a record's id (default: file and line)")
     metadata_fields: list[str] | None = Field(None, description="JSON keys / columns kept as metadata (default: all)")
     docs_per_shard: int = Field(50_000, gt=0, description="documents per output shard, at most")

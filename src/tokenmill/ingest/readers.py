@@ -115,6 +115,9 @@ def _read_text(path: Path, stats: ReadStats, strict: bool) -> str | None:
 
 def _record(record, where: str, default_id: str, source: str, cfg, stats: ReadStats) -> Iterator[Document]:
     """A JSON/CSV/Parquet record → Document: the text field, an id, the other fields as metadata."""
+    if cfg.records == "chat":
+        yield from _chat_record(record, where, default_id, source, cfg, stats)
+        return
     if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
         _bad(where, f"no string field {cfg.text_field!r} (set ingest.text_field)", stats, cfg.strict)
         return
@@ -123,6 +126,29 @@ def _record(record, where: str, default_id: str, source: str, cfg, stats: ReadSt
     if cfg.metadata_fields is not None:
         record = {k: record[k] for k in cfg.metadata_fields if k in record}
     yield from _emit(Document(id=rid, text=text, source=source, metadata=record), stats)
+
+
+def _chat_record(record, where: str, default_id: str, source: str, cfg, stats: ReadStats) -> Iterator[Document]:
+    """A conversation ({messages: [{role, content}, ...]}) or a prompt/completion pair → a Document whose
+    metadata holds the messages and whose text is their contents (what filters and dedup read); the id
+    names where it came from, so a later problem with it can name the file and line."""
+    from tokenmill.chat import check_messages
+    if isinstance(record, dict) and "messages" not in record and isinstance(record.get("prompt"), str) \
+            and isinstance(record.get("completion"), str):
+        record = {**record, "messages": [{"role": "user", "content": record.pop("prompt")},
+                                         {"role": "assistant", "content": record.pop("completion")}]}
+    if not isinstance(record, dict) or "messages" not in record:
+        _bad(where, "neither messages [{role, content}, ...] nor prompt and completion", stats, cfg.strict)
+        return
+    problem = check_messages(record["messages"])
+    if problem:
+        _bad(where, problem, stats, cfg.strict)
+        return
+    messages = [{"role": m["role"], "content": m["content"]} for m in record.pop("messages")]
+    rid = str(record.pop(cfg.id_field)) if cfg.id_field and record.get(cfg.id_field) is not None else default_id
+    text = "\n\n".join(m["content"] for m in messages)
+    yield from _emit(Document(id=rid, text=text, source=source, metadata={"messages": messages, "where": where}),
+                     stats)
 
 
 def read_jsonl(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Document]:
@@ -172,7 +198,7 @@ def read_csv(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Documen
     if text is None:
         return
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.name.endswith(".tsv") else ",")
-    if reader.fieldnames is None or cfg.text_field not in reader.fieldnames:
+    if reader.fieldnames is None or (cfg.records == "text" and cfg.text_field not in reader.fieldnames):
         _bad(str(path), f"no column {cfg.text_field!r} (columns: {reader.fieldnames}); set ingest.text_field",
              stats, cfg.strict)
         return
@@ -187,7 +213,7 @@ def read_parquet(path: Path, doc_id: str, cfg, stats: ReadStats) -> Iterator[Doc
     except Exception as e:  # pyarrow raises ArrowInvalid and OSError subclasses for broken files
         _bad(str(path), f"not a readable Parquet file ({e})", stats, cfg.strict)
         return
-    if cfg.text_field not in table.schema_arrow.names:
+    if cfg.records == "text" and cfg.text_field not in table.schema_arrow.names:
         _bad(str(path), f"no column {cfg.text_field!r} (columns: {table.schema_arrow.names}); set ingest.text_field",
              stats, cfg.strict)
         return

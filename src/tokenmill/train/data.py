@@ -53,6 +53,9 @@ class WindowSampler:
             self._order = self._permutation()
         picks = self._order[self.cursor + self.rank:self.cursor + global_batch:self.world_size]
         self.cursor += global_batch
+        return self._take(picks)
+
+    def _take(self, picks) -> dict[str, torch.Tensor]:
         windows = torch.from_numpy(np.stack([self.windows[int(i)] for i in picks]).astype(np.int64))
         batch = {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
         if self.mask_documents_at is not None:
