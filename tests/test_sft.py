@@ -150,3 +150,22 @@ def test_tokenmill_sft_from_the_command_line(smollm2, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "template: own" in printed and "held-out answers:" in printed
     assert (tmp_path / "sft" / "final" / "config.json").is_file() and (tmp_path / "sft" / "adapter").is_dir()
+
+
+def test_a_chat_set_scores_the_answers_in_the_template(smollm2, smol_tokenizer, tmp_path):
+    from tokenmill.evaluation import EvalConfig, evaluate
+    from tokenmill.evaluation.chats import is_chat_set
+    chats = write_chats(tmp_path / "held.jsonl", 12)
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"text": "not a chat"}) + "\n")
+    assert is_chat_set(chats) and not is_chat_set(tmp_path / "plain.jsonl")
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    results, units = evaluate(model, smol_tokenizer, EvalConfig(), {"answers": chats}, 256, tmp_path / "cache")
+    r = results["sets"]["answers"]
+    assert r["interval_units"] == "conversations" and r["n_units"] == 12
+    # by hand: the first conversation's answer tokens alone
+    conv = encode(smol_tokenizer, json.loads(chats.read_text().splitlines()[0])["messages"])
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(conv.ids[None, :-1])).logits[0]
+    ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(conv.ids[1:]), reduction="none")
+    assert units["sets"]["answers"].num[0] == pytest.approx(ce[torch.from_numpy(conv.assistant[1:])].sum().item(), rel=1e-4)
+    assert r["loss_ci"][0] <= r["loss"] <= r["loss_ci"][1]

@@ -399,7 +399,7 @@ def _dispatch(args) -> None:
         from tokenmill.model.source import resolve_source
         if cfg.merge is None:
             raise ValueError("merge: give --method (interpolate, task_arithmetic or average), or a merge section")
-        sets = {name: Path(path) for name, path in (cfg.train.eval_sets or {}).items()}
+        sets = {name: Path(path) for name, path in {**(cfg.train.eval_sets or {}), **cfg.merge.sets}.items()}
         with library_logs(args.output.parent / f".{args.output.name}.log"):
             run_stage(c, cfg.merge, [resolve_source(args.model), *sets.values()], args.output,
                       lambda out: merge.run(cfg.merge, args.model, out, sets, cfg.train.seq_len,

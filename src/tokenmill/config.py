@@ -227,7 +227,7 @@ def _cross_checks(s: dict) -> list[str]:
 
 
 def _merge_checks(merge, datasets: dict, train: TrainConfig, model) -> list[str]:
-    sets = list(train.eval_sets or datasets or ["val"])
+    sets = [*(train.eval_sets or datasets or ["val"]), *merge.sets]
     problems = [f"merge.{role}.set: {goal.set!r} is not an evaluation set (the sets: {', '.join(sets)})"
                 for role, goal in (("objective", merge.objective), ("constraint", merge.constraint))
                 if goal is not None and goal.set not in sets]

@@ -125,7 +125,8 @@ def _model_stages(cfg: PipelineConfig, run_dir: Path, shards: Path | dict[str, P
               lambda out: train.run(cfg.model, cfg.train, shards, out, run_dir / "metrics.jsonl", mixture=cfg.mixture),
               force, resumable=True, resume_despite=train.RESUMABLE_CHANGES)
     default_sets = {name: str(path) for name, path in (shards if named else {"val": shards}).items()}
-    eval_sets = {name: Path(path) for name, path in (cfg.train.eval_sets or default_sets).items()}
+    eval_sets = {name: Path(path) for name, path in {**(cfg.train.eval_sets or default_sets),
+                                                      **(cfg.merge.sets if cfg.merge else {})}.items()}
     model_dir = d["train"]
     if cfg.merge:
         run_stage("merge", {"merge": cfg.merge, "train": cfg.train}, [d["train"]], d["merge"],

@@ -4,7 +4,7 @@ and lm-evaluation-harness tasks; one results.json (`50_eval/` in a run).
     tokenmill eval runs/x general=books/ domain=runs/x/30_shards --tasks cloze.jsonl -o runs/x/eval
 
 MODEL is a run folder, a checkpoint, a HF folder or hf://org/name (model/source.py). Sets are shards or raw
-text (sets.py), tasks are JSONL questions (choice.py; make them from your own text with cloze.py).
+text (sets.py), or chats scored on their answers (chats.py), tasks are JSONL questions (choice.py; make them from your own text with cloze.py).
 results.json: {"model", "seq_len", "sets": {NAME: {loss, perplexity, bits_per_byte, tokens, loss_by_position,
 loss_ci, perplexity_ci, bits_per_byte_ci, interval_units, n_units}}, "tasks": {NAME: {acc, acc_stderr, acc_ci,
 acc_norm, acc_norm_stderr, acc_norm_ci, n}}, "lm_eval": {TASK: {metric: value}}}, and with a base model
@@ -23,6 +23,7 @@ from pydantic import Field
 
 from tokenmill.atomic import atomic_write_json
 from tokenmill.device import pick_device
+from tokenmill.evaluation.chats import evaluate_chats, is_chat_set
 from tokenmill.evaluation.choice import load_task, score_task, task_files
 from tokenmill.evaluation import intervals
 from tokenmill.evaluation.progress import eval_bar
@@ -54,6 +55,11 @@ def evaluate(model, tokenizer, cfg: EvalConfig, sets: dict[str, Path], seq_len: 
     units: dict = {"sets": {}, "tasks": {}}
     with hidden_state_outputs(model) as head:  # logits a chunk at a time: a 49k vocabulary needs GiBs at once
         for i, (name, path) in enumerate(sets.items()):
+            if is_chat_set(path):  # held-out conversations: their answers, in the chat template
+                with eval_bar(f"{label} {name} ({i + 1}/{len(sets)})", None) as progress:
+                    results["sets"][name], units["sets"][name] = evaluate_chats(model, tokenizer, path, seq_len,
+                                                                                device, head, progress)
+                continue
             split = token_split(path, tokenizer, cache_dir)
             budget = len(split_windows(split, seq_len, cfg.max_tokens)) * seq_len
             with eval_bar(f"{label} {name} ({i + 1}/{len(sets)})", budget) as progress:

@@ -42,6 +42,8 @@ class MergeConfig(StrictModel):
     weights: list[float] | list[int] | Literal["auto"] = Field(
         "auto", description="α (interpolate), λ (task_arithmetic) or K, the last K checkpoints (average); auto: "
                             "a grid refined where the constraint starts to bind (average: every K up to those kept)")
+    sets: dict[str, str] = Field(default_factory=dict, description="more sets to choose on, NAME: PATH, beside the "
+                                 "run's evaluation sets: e.g. held-out chats (JSONL), scored on their answers")
     objective: PlanObjective | None = Field(None, description="the set whose gain to keep (the domain)")
     constraint: PlanConstraint | None = Field(None, description="the set that must not rise over the reference "
                                                                "more than the limit (general text, chats)")
