@@ -140,11 +140,13 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
               f"(longer than seq_len); {n_params:,} parameters ({count_parameters(model, trainable=True):,} trainable)", flush=True)
 
     def evaluate(m) -> dict[str, float]:
+        if not len(held_rows):  # sft.held_out: 0, nothing to evaluate on
+            return {}
         loss = assistant_loss(m, held_rows, t.micro_batch_size, device, loss_fn)
         state.setdefault("chat_before", loss)  # kept in the checkpoints: a resumed run still knows its start
         return {"chat": loss}
 
-    bytes_per_token = held_rows.assistant_bytes / held_rows.assistant_tokens
+    bytes_per_token = held_rows.assistant_bytes / max(held_rows.assistant_tokens, 1)
     loop = LoopSettings(max_steps=t.max_steps, grad_accum_steps=accum, grad_clip=t.grad_clip, log_every=t.log_every,
                         eval_every=t.eval_every, save_every=t.save_every,
                         tokens_per_step=t.seq_len * t.micro_batch_size * accum * world.size, eval_at_start=True,
@@ -164,13 +166,15 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     finally:
         sinks.close()
         shutdown(world)
-    bits = lambda loss: loss / math.log(2) / bytes_per_token  # noqa: E731
-    results = {"template": counts["template"], "counts": counts,
-               "before": {"loss": state["chat_before"], "bits_per_byte": bits(state["chat_before"])},
-               "after": {"loss": state["val_losses"]["chat"], "bits_per_byte": bits(state["val_losses"]["chat"])}}
+    results = {"template": counts["template"], "counts": counts}
+    if len(held_rows):
+        bits = lambda loss: loss / math.log(2) / bytes_per_token  # noqa: E731
+        results["before"] = {"loss": state["chat_before"], "bits_per_byte": bits(state["chat_before"])}
+        results["after"] = {"loss": state["val_losses"]["chat"], "bits_per_byte": bits(state["val_losses"]["chat"])}
     if world.is_main:
         atomic_write_json(out_dir / "results.json", results)
-        print(f"[sft] held-out answers: {results['before']['bits_per_byte']:.4f} → "
-              f"{results['after']['bits_per_byte']:.4f} bits per byte", flush=True)
+        if len(held_rows):
+            print(f"[sft] held-out answers: {results['before']['bits_per_byte']:.4f} → "
+                  f"{results['after']['bits_per_byte']:.4f} bits per byte", flush=True)
     return {**{k: v for k, v in counts.items() if k != "template"}, "steps": state["step"],
-            "chat_loss_before": state["chat_before"], "chat_loss_after": state["val_losses"]["chat"]}
+            **{f"chat_loss_{when}": results[when]["loss"] for when in ("before", "after") if when in results}}

@@ -60,6 +60,8 @@ def log_evaluation(evaluate, model, sinks, state: dict, bytes_per_token: dict[st
     set's bytes per token, val/NAME/bits_per_byte (what compares across tokenizers). The first set's loss is
     the run's `val_loss`."""
     losses = evaluate(model)
+    if not losses:  # nothing held out to evaluate on
+        return
     metrics = {"tokens": state["tokens"]}
     for name, loss in losses.items():
         metrics[f"val/{name}/loss"], metrics[f"val/{name}/perplexity"] = loss, math.exp(min(loss, 50))
