@@ -169,3 +169,32 @@ def test_a_chat_set_scores_the_answers_in_the_template(smollm2, smol_tokenizer, 
     ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(conv.ids[1:]), reduction="none")
     assert units["sets"]["answers"].num[0] == pytest.approx(ce[torch.from_numpy(conv.assistant[1:])].sum().item(), rel=1e-4)
     assert r["loss_ci"][0] <= r["loss"] <= r["loss_ci"][1]
+
+
+@pytest.mark.slow
+def test_the_fine_tuned_model_served_answers_a_chat_as_transformers_does(smollm2, tmp_path):
+    pytest.importorskip("xllamacpp")
+    openai = pytest.importorskip("openai")
+    import signal
+
+    from tests.test_serve import free_port, start_server
+    from tokenmill.cli import main
+    assert main(["sft", str(smollm2), str(write_chats(tmp_path / "chats.jsonl", 24)), "-o", str(tmp_path / "sft"),
+                 "--set", "sft.train.max_steps=3", "--set", "sft.train.warmup_steps=1", "--set", "sft.held_out=0.0",
+                 "--set", "sft.train.seq_len=128", "--set", "sft.train.lr_max=1e-3"]) == 0
+    final = tmp_path / "sft" / "final"
+    port = free_port()
+    proc = start_server(final, port)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        messages = [{"role": "user", "content": "Which sound does the owl make?"}]
+        served = client.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    tok = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final)
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=16, do_sample=False)
+    text = served.choices[0].message.content
+    assert text and text == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

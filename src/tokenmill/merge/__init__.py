@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from tokenmill.atomic import atomic_write_json
 from tokenmill.checkpoints import checkpoint_dirs
 from tokenmill.merge import weights as w
-from tokenmill.merge.choose import Candidate, choose, describe
+from tokenmill.merge.choose import Candidate, choose, describe, evaluate_candidates
 from tokenmill.plan.config import PlanConstraint, PlanObjective
 from tokenmill.schema import StrictModel
 
@@ -106,7 +106,6 @@ def run(cfg: MergeConfig, trained: Path, out_dir: Path, sets: dict[str, Path], s
     """Merge the trained model (a run, its checkpoints folder or a HF folder) into out_dir: a HF folder and
     merge.json."""
     from tokenmill.model.source import load_source, resolve_source
-    from tokenmill.merge.choose import evaluate_candidates
     checkpoints_dir = Path(trained) / "40_checkpoints" if (Path(trained) / "40_checkpoints").is_dir() else Path(trained)
     found = sources(cfg, checkpoints_dir, start)
     model, tokenizer, trained_dir = load_source(trained)

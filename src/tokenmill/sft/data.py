@@ -29,6 +29,7 @@ class Rows:
     position_ids: np.ndarray
     assistant_bytes: int = 0       # UTF-8 bytes of the assistant tokens predicted (for bits per byte)
     conversations: int = 0
+    tokens: int = 0                # positions that hold a conversation (the rest is padding)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -103,7 +104,7 @@ def pack(encoded: list, seq_len: int, pad_id: int, seed: int, tokenizer) -> Rows
             assistant_bytes += len(tokenizer.decode(conv.ids[1:][conv.assistant[1:]]).encode())
             at += n
         positions[r, at:] = np.arange(seq_len - at)  # the padding: a segment of its own, with no loss
-    return Rows(inputs, labels, positions, assistant_bytes, len(encoded))
+    return Rows(inputs, labels, positions, assistant_bytes, len(encoded), sum(len(c) - 1 for c in encoded))
 
 
 class RowSampler(WindowSampler):
