@@ -10,9 +10,9 @@ answers in the chat template (answers):
 Each route is what a user runs (`tokenmill run`, `tokenmill merge`, `tokenmill sft`), timed.
 
     apt-get install python3.11-doc debian-handbook
-    .venv/bin/python bench/after_cpt.py [--steps 48]
+    .venv/bin/python bench/after_cpt.py [--steps 48] [--lr 2e-4] [--name harsh --lr 1e-3]
 
-Writes bench/results/after_cpt.json and prints the table.
+Writes bench/results/after_cpt.json (after_cpt_NAME.json) and prints the table.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ LIBRARY = Path("/usr/share/doc/python3.11/html/library")
 FAQ = Path("/usr/share/doc/python3.11/html/faq")
 HANDBOOK = Path("/usr/share/doc/debian-handbook/html/en-US")
 SECTION = re.compile(r'<section id="([^"]+)">\s*<h[23]>(.*?)<a class="headerlink".*?</h[23]>(.*?)(?=<section id=|</section>)',
-                     re.S)
+                     re.DOTALL)
 ANSWER_CHARS = 700  # the first paragraphs of an answer: a chat of a few hundred tokens
 
 
@@ -52,7 +52,7 @@ def held_out(key: str, share: float = 0.2) -> bool:
 def plain(fragment: str) -> str:
     """The text of an HTML fragment: paragraphs joined by blank lines, code blocks with their lines."""
     blocks = []
-    for part in re.split(r"(<pre>.*?</pre>)", fragment, flags=re.S):
+    for part in re.split(r"(<pre>.*?</pre>)", fragment, flags=re.DOTALL):
         text = html.unescape(re.sub(r"<[^>]+>", "", part))
         if part.startswith("<pre>"):
             blocks.append(text.strip("\n"))
@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=6144)
     parser.add_argument("--sft-steps", type=int, default=24)
     parser.add_argument("--questions", type=int, default=3)
+    parser.add_argument("--name", default="", help="a variant (e.g. another --lr): its runs in WORK/NAME, its "
+                                                   "results in after_cpt_NAME.json")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     base = WORK / "smollm2"
@@ -135,7 +137,8 @@ def main() -> None:
     answers = {"answers": str(chats["held_out"])}
     goal = {"objective": {"set": "domain"}, "constraint": {"set": "answers", "max_rise_bits_per_byte": 1e-4}}
 
-    run = WORK / "run"
+    runs = WORK / args.name if args.name else WORK
+    run = runs / "run"
     config = {
         "ingest": {"paths": [str(train_pages)], "html_extractor": "resiliparse"},
         "filter": {"steps": [{"name": "length", "min_chars": 500}]},
@@ -150,24 +153,27 @@ def main() -> None:
         "eval": {"max_tokens": args.eval_tokens, "seq_len": 512},
         "generate": {"prompt": "The os module", "max_new_tokens": 20},
     }
-    (WORK / "cpt.yaml").write_text(yaml.safe_dump(config))
-    seconds = {"cpt + interpolation (tokenmill run)": tokenmill("run", str(WORK / "cpt.yaml"), "-o", str(run))}
+    (runs / "cpt.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (runs / "cpt.yaml").write_text(yaml.safe_dump(config))
+    tokenmill("run", str(runs / "cpt.yaml"), "-o", str(run))  # train, merge (interpolation), eval, export
+    seconds = {}
     interpolation = json.loads((run / "41_merge" / "merge.json").read_text())
     merge_s = json.loads((run / "41_merge" / "manifest.json").read_text())["duration_s"]
     train_s = json.loads((run / "40_checkpoints" / "manifest.json").read_text())["duration_s"]
 
-    average = WORK / "average"
+    average = runs / "average"
     seconds["average"] = tokenmill("merge", str(run), "domain=" + str(domain), "general=" + str(general),
                                    "answers=" + str(chats["held_out"]), "-o", str(average), "--method", "average",
                                    "--start", str(base), "--objective", "domain", "--constraint", "answers:0.0001",
-                                   "--set", f"merge.eval_tokens={args.eval_tokens}", "--force")
+                                   "--set", f"merge.eval_tokens={args.eval_tokens}", "--set", "train.seq_len=512",
+                                   "--force")
     averaged = json.loads((average / "merge.json").read_text())
 
-    sft = WORK / "sft"
+    sft = runs / "sft"
     seconds["sft"] = tokenmill("sft", str(run / "40_checkpoints"), str(chats["train"]), "-o", str(sft),
                                "--set", f"sft.train.max_steps={args.sft_steps}", "--set", "sft.train.seq_len=512",
-                               "--set", "sft.held_out=0.0", "--set", "sft.train.eval_every=0", "--force")
-    sft_eval = WORK / "sft_eval"
+                               "--set", "sft.held_out=0.0", "--set", "sft.train.eval_every=0")
+    sft_eval = runs / "sft_eval"
     tokenmill("eval", str(sft / "final"), "domain=" + str(domain), "general=" + str(general),
               "answers=" + str(chats["held_out"]), "-o", str(sft_eval), "--set", f"eval.max_tokens={args.eval_tokens}",
               "--set", "eval.seq_len=512")
@@ -195,9 +201,8 @@ def main() -> None:
     out = {"args": vars(args), "chats": n_chats, "routes": routes, "interpolation": interpolation,
            "average": averaged, "questions": questions, "greedy": greedy,
            "seconds": {"cpt": train_s, "interpolation (merge stage)": merge_s, "average": seconds["average"],
-                       "sft (with its ingest)": seconds["sft"], "whole tokenmill run": seconds[
-                           "cpt + interpolation (tokenmill run)"]}}
-    (ROOT / "bench" / "results" / "after_cpt.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+                       "sft": json.loads((sft / "manifest.json").read_text())["duration_s"]}}
+    (ROOT / "bench" / "results" / f"after_cpt{'_' + args.name if args.name else ''}.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(f"\n{'route':<40} {'domain':>8} {'general':>8} {'answers':>8} {'gain kept':>10}")
     for name, f in routes.items():
         print(f"{name:<40} {f['domain']:>8.4f} {f['general']:>8.4f} {f['answers']:>8.4f} "

@@ -59,10 +59,11 @@ def run_trl(steps: int) -> dict:
 
 
 def run_tokenmill(steps: int) -> dict:
+    from transformers import AutoTokenizer
+
+    from tokenmill.documents import read_documents
     from tokenmill.ingest import run as ingest
     from tokenmill.sft import SFTConfig, prepare, run
-    from tokenmill.documents import read_documents
-    from transformers import AutoTokenizer
     chats = WORK / "bench_chats"
     data = {"paths": [str(WORK / "faq_train.jsonl")]}
     cfg = SFTConfig(data=data, held_out=0.0, train={"seq_len": SEQ_LEN, "micro_batch_size": BATCH, "max_steps": steps,

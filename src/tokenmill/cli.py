@@ -147,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sets", nargs="*", metavar="NAME=PATH", help="evaluation sets the weight is chosen on (as eval)")
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--method", choices=["interpolate", "task_arithmetic", "average"])
-    p.add_argument("--start", metavar="MODEL", help="interpolate: the model training started from")
+    p.add_argument("--start", metavar="MODEL", help="the model training started from: interpolate's other end, "
+                                                  "and the reference for the limit")
     p.add_argument("--base", metavar="MODEL", help="task_arithmetic: the base that was trained")
     p.add_argument("--instruct", metavar="MODEL", help="task_arithmetic: the instruct model made from that base")
     p.add_argument("--weights", nargs="+", metavar="W", help="α, λ or K candidates, or auto (default)")

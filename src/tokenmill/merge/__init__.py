@@ -35,8 +35,8 @@ AUTO_GRIDS = {"interpolate": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "task_arithmetic": 
 class MergeConfig(StrictModel):
     method: Literal["interpolate", "task_arithmetic", "average"] = Field(
         description="interpolate with the start model, add a chat vector (task_arithmetic), or average checkpoints")
-    start: str | None = Field(None, description="interpolate: the model training started from (default: "
-                                                "model.init_from)")
+    start: str | None = Field(None, description="the model training started from (default: model.init_from): "
+                                                "interpolate's other end, and the reference for the limit")
     base: str | None = Field(None, description="task_arithmetic: the base model of the pair (the one trained on)")
     instruct: str | None = Field(None, description="task_arithmetic: the instruct model made from that base")
     weights: list[float] | list[int] | Literal["auto"] = Field(
@@ -145,6 +145,7 @@ def _reference(cfg: MergeConfig, found: dict[str, w.Weights], start: str | None)
         return found["start"].path
     if cfg.method == "task_arithmetic":
         return found["instruct"].path
+    start = cfg.start or start
     return resolve_model_path(start) if start else None
 
 

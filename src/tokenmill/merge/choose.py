@@ -8,6 +8,7 @@ constraint starts to bind, since that boundary is where the best feasible weight
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 REFINE_STEPS = 2  # bisections between the last feasible and the first infeasible weight of the grid
@@ -83,7 +84,7 @@ def _score(measured: list[Candidate], fixed: list[Candidate], objective, constra
 def _boundary(measured: list[Candidate]) -> tuple[float, float] | None:
     """Two neighbouring weights, one feasible and one not, not yet closer than a bisection step apart."""
     ordered = sorted(measured, key=lambda c: c.weight)
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in pairwise(ordered):
         if a.feasible != b.feasible and b.weight - a.weight > 1e-3:
             return a.weight, b.weight
     return None

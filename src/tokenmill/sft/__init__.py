@@ -106,7 +106,13 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     from tokenmill.model.source import find_tokenizer, resolve_source
     from tokenmill.train import build, make_sinks, resume, save_final
     from tokenmill.train.checkpoint import resume_point, save_checkpoint
-    from tokenmill.train.distributed import init_world, local_device, shutdown, unwrap, wrap
+    from tokenmill.train.distributed import (
+        init_world,
+        local_device,
+        shutdown,
+        unwrap,
+        wrap,
+    )
     from tokenmill.train.loop import LoopSettings, train
     from tokenmill.train.optim import build_optimizer
     from tokenmill.train.schedule import SCHEDULES
@@ -168,7 +174,7 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
         shutdown(world)
     results = {"template": counts["template"], "counts": counts}
     if len(held_rows):
-        bits = lambda loss: loss / math.log(2) / bytes_per_token  # noqa: E731
+        bits = lambda loss: loss / math.log(2) / bytes_per_token
         results["before"] = {"loss": state["chat_before"], "bits_per_byte": bits(state["chat_before"])}
         results["after"] = {"loss": state["val_losses"]["chat"], "bits_per_byte": bits(state["val_losses"]["chat"])}
     if world.is_main:
