@@ -1,7 +1,8 @@
 """Supervised fine-tuning speed and memory: tokenmill sft against TRL's SFTTrainer, side by side.
 
 The same model (SmolLM2-135M-Instruct), the same chats (the Python FAQ train split of bench/after_cpt.py),
-the same row length (512), batch (4 rows), steps, learning rate, fp32 on this CPU, packing on both sides and
+the same row length (512), batch (4 rows), steps, learning rate, fp32 on this CPU, activation checkpointing on
+both sides or off on both (TRL's SFTConfig turns it on by default), packing on both sides and
 the loss on the answers only (TRL: prompt/completion records with completion_only_loss, packed best-fit
 decreasing, padding-free; tokenmill: its chats packed first-fit with per-conversation positions). Each side
 runs in its own process: training time alone (model loading and saving left out), the real (non-padding)
@@ -36,7 +37,7 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def run_trl(steps: int) -> dict:
+def run_trl(steps: int, checkpointing: bool) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,7 +50,7 @@ def run_trl(steps: int) -> dict:
                      completion_only_loss=True, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
                      lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, use_cpu=True, report_to=[],
                      logging_steps=steps, save_strategy="no", include_num_input_tokens_seen="non_padding",
-                     dataloader_num_workers=0, seed=0)
+                     dataloader_num_workers=0, seed=0, gradient_checkpointing=checkpointing)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     started = time.perf_counter()
     trainer.train()
@@ -58,7 +59,7 @@ def run_trl(steps: int) -> dict:
             "rows": len(trainer.train_dataset), "peak_rss_gib": peak_gib()}
 
 
-def run_tokenmill(steps: int) -> dict:
+def run_tokenmill(steps: int, checkpointing: bool) -> dict:
     from transformers import AutoTokenizer
 
     from tokenmill.documents import read_documents
@@ -68,7 +69,8 @@ def run_tokenmill(steps: int) -> dict:
     data = {"paths": [str(WORK / "faq_train.jsonl")]}
     cfg = SFTConfig(data=data, held_out=0.0, train={"seq_len": SEQ_LEN, "micro_batch_size": BATCH, "max_steps": steps,
                                                    "lr_max": LR, "warmup_steps": 0, "eval_every": 0, "save_every": 0,
-                                                   "log_every": 1, "loggers": ["jsonl"]})
+                                                   "log_every": 1, "loggers": ["jsonl"],
+                                                   "activation_checkpointing": checkpointing})
     if not (chats / "manifest.json").is_file():
         ingest(cfg.data, chats)
         (chats / "manifest.json").write_text("{}")
@@ -87,24 +89,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--side", choices=["trl", "tokenmill"])
+    parser.add_argument("--checkpointing", choices=["on", "off"], action="append",
+                        help="activation checkpointing on both sides (TRL's SFTConfig default: on); default both")
     args = parser.parse_args()
     if args.side:
-        print(json.dumps((run_trl if args.side == "trl" else run_tokenmill)(args.steps)))
+        run_side = run_trl if args.side == "trl" else run_tokenmill
+        print(json.dumps(run_side(args.steps, args.checkpointing == ["on"])))
         return
     result = {}
-    for side in ("trl", "tokenmill"):
-        out = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps)], check=True,
-                             capture_output=True, text=True).stdout
-        result[side] = json.loads(out.strip().splitlines()[-1])
-        result[side]["tokens_per_s"] = result[side]["tokens"] / result[side]["seconds"]
-    result["speed_ratio"] = result["tokenmill"]["tokens_per_s"] / result["trl"]["tokens_per_s"]
-    result["memory_ratio"] = result["tokenmill"]["peak_rss_gib"] / result["trl"]["peak_rss_gib"]
+    for mode in args.checkpointing or ["on", "off"]:
+        pair = result[f"activation checkpointing {mode}"] = {}
+        for side in ("trl", "tokenmill"):
+            out = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps),
+                                  "--checkpointing", mode], check=True, capture_output=True, text=True).stdout
+            pair[side] = json.loads(out.strip().splitlines()[-1])
+            pair[side]["tokens_per_s"] = pair[side]["tokens"] / pair[side]["seconds"]
+        pair["speed_ratio"] = pair["tokenmill"]["tokens_per_s"] / pair["trl"]["tokens_per_s"]
+        pair["memory_ratio"] = pair["tokenmill"]["peak_rss_gib"] / pair["trl"]["peak_rss_gib"]
+        for side in ("trl", "tokenmill"):
+            r = pair[side]
+            print(f"checkpointing {mode:<4} {side:<10} {r['tokens_per_s']:8.1f} real tokens/s  {r['peak_rss_gib']:.2f} "
+                  f"GiB peak  ({r['tokens']:,} tokens in {r['seconds']:.1f} s, {r['rows']} rows)")
+        print(f"checkpointing {mode}: tokenmill / TRL {pair['speed_ratio']:.2f}x tokens/s, "
+              f"{pair['memory_ratio']:.2f}x peak memory")
     (ROOT / "bench" / "results" / "sft_vs_trl.json").write_text(json.dumps(result, indent=2) + "\n")
-    for side in ("trl", "tokenmill"):
-        r = result[side]
-        print(f"{side:<10} {r['tokens_per_s']:8.1f} real tokens/s  {r['peak_rss_gib']:.2f} GiB peak  "
-              f"({r['tokens']:,} tokens in {r['seconds']:.1f} s, {r['rows']} rows)")
-    print(f"tokenmill / TRL: {result['speed_ratio']:.2f}x tokens/s, {result['memory_ratio']:.2f}x peak memory")
 
 
 if __name__ == "__main__":

@@ -191,3 +191,12 @@ def test_tokenmill_merge_from_the_command_line(family, corpus, tmp_path, capsys)
     assert main(["merge", str(family["trained"]), "-o", str(tmp_path / "n"), "--method", "task_arithmetic",
                  "--base", str(family["base"])]) == 2
     assert "needs both merge.base and merge.instruct" in capsys.readouterr().err
+
+
+def test_a_run_cannot_average_more_checkpoints_than_it_keeps(tiny_config, tmp_path):
+    from tokenmill.config import validate
+    from tokenmill.pipeline import run_pipeline
+    tiny_config["merge"] = {"method": "average", "weights": [3]}
+    with pytest.raises(ValueError, match="needs train.keep_last at least that"):
+        run_pipeline(validate(tiny_config), tmp_path / "run")
+    assert not (tmp_path / "run" / "00_raw").exists()  # said before the data stages

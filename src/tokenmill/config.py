@@ -233,9 +233,6 @@ def _merge_checks(merge, datasets: dict, train: TrainConfig, model) -> list[str]
                 if goal is not None and goal.set not in sets]
     if merge.method == "interpolate" and not (merge.start or (model and model.init_from)):
         problems.append("merge.start: interpolate needs the model training started from (model.init_from is not set)")
-    if merge.method == "average" and merge.weights != "auto" and max(merge.weights) > train.keep_last:
-        problems.append(f"merge.weights: averaging {max(merge.weights)} checkpoints needs train.keep_last at least "
-                        f"that (it is {train.keep_last})")
     return problems
 
 

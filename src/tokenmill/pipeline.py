@@ -107,6 +107,8 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, force: bool = False, until:
     atomic_write_text(run_dir / "config.resolved.yaml", dump_config(cfg))
     if cfg.recipe.name != "none":
         print(recipes.describe(cfg.recipe, cfg.train, cfg.mixture))
+    if cfg.merge:
+        merge.check_run(cfg.merge, cfg.train)
     if not force:  # a training run this config cannot continue is refused before the data stages run
         prepare_resumable("train", _train_sections(cfg), None, run_dir / MODEL_DIRS["train"], train.RESUMABLE_CHANGES)
     shards = prepare_data(cfg, run_dir, force, until)

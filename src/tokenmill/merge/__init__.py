@@ -69,6 +69,14 @@ class MergeConfig(StrictModel):
         return self
 
 
+def check_run(cfg: MergeConfig, train) -> None:
+    """What a run's merge stage needs of its training, said before the run starts (the merge command reads a
+    finished run, whose checkpoints are what they are)."""
+    if cfg.method == "average" and cfg.weights != "auto" and max(cfg.weights) > train.keep_last:
+        raise ValueError(f"merge.weights: averaging {max(cfg.weights)} checkpoints needs train.keep_last at least "
+                         f"that (it is {train.keep_last})")
+
+
 def sources(cfg: MergeConfig, trained: Path, start: str | None) -> dict[str, w.Weights]:
     """The models a merge reads, by role, checked against each other before any tensor is read."""
     from tokenmill.model.resolve import resolve_model_path

@@ -101,7 +101,7 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
 
     from tokenmill.device import autocast_for, compute_dtype, pick_device
     from tokenmill.documents import read_documents
-    from tokenmill.losses import next_token_loss
+    from tokenmill.losses import chunked_head, next_token_loss
     from tokenmill.model import ModelConfig, count_parameters
     from tokenmill.model.source import find_tokenizer, resolve_source
     from tokenmill.train import build, make_sinks, resume, save_final
@@ -131,6 +131,7 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     model_cfg = ModelConfig(init_from=str(source), lora=cfg.lora)
     model = build(model_cfg, t, {"vocab_size": len(tokenizer), "eos_id": tokenizer.eos_token_id}, device=device)
     n_params = count_parameters(model)
+    head = chunked_head(model) if t.loss_chunk_tokens else None  # logits a chunk at a time, as in pre-training
     model = wrap(model, t.parallel, world, device, dtype, t.fsdp_cpu_offload)
     optimizer = build_optimizer(unwrap(model), t.lr_max, t.betas, t.weight_decay, device)
     accum = t.accum_steps(world.size)
@@ -138,7 +139,8 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     checkpoint = resume_point(out_dir)
     if checkpoint:
         state = resume(checkpoint, model, optimizer, sampler, t, accum, world)
-    loss_fn = functools.partial(next_token_loss, autocast=autocast_for(device, dtype))
+    loss_fn = functools.partial(next_token_loss, autocast=autocast_for(device, dtype), head=head,
+                                chunk_tokens=t.loss_chunk_tokens)
     if world.is_main:
         print(f"[sft] {counts['train_conversations']:,} conversations in {len(train_rows):,} rows of {t.seq_len} "
               f"({counts['assistant_tokens']:,} assistant tokens), {counts['held_out_conversations']:,} held out; "
