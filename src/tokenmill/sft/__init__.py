@@ -106,13 +106,7 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     from tokenmill.model.source import find_tokenizer, resolve_source
     from tokenmill.train import build, make_sinks, resume, save_final
     from tokenmill.train.checkpoint import resume_point, save_checkpoint
-    from tokenmill.train.distributed import (
-        init_world,
-        local_device,
-        shutdown,
-        unwrap,
-        wrap,
-    )
+    from tokenmill.train.distributed import init_world, local_device, shutdown, unwrap, wrap
     from tokenmill.train.loop import LoopSettings, train
     from tokenmill.train.optim import build_optimizer
     from tokenmill.train.schedule import SCHEDULES
@@ -145,7 +139,8 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
         print(f"[sft] {counts['train_conversations']:,} conversations in {len(train_rows):,} rows of {t.seq_len} "
               f"({counts['assistant_tokens']:,} assistant tokens), {counts['held_out_conversations']:,} held out; "
               f"template: {counts['template']}; truncated {counts['truncated']}, dropped {counts['dropped_too_long']} "
-              f"(longer than seq_len); {n_params:,} parameters ({count_parameters(model, trainable=True):,} trainable)", flush=True)
+              f"(longer than seq_len); {n_params:,} parameters ({count_parameters(model, trainable=True):,} "
+              "trainable)", flush=True)
 
     def evaluate(m) -> dict[str, float]:
         if not len(held_rows):  # sft.held_out: 0, nothing to evaluate on
