@@ -162,7 +162,7 @@ def test_a_run_with_a_merge_section_evaluates_exports_and_reports_the_merged_mod
     record = json.loads((tmp_path / "run" / "41_merge" / "merge.json").read_text())
     assert [c["weight"] for c in record["candidates"] if c["role"] == "candidate"] == [1, 2, 3]
     evaluated = json.loads((tmp_path / "run" / "50_eval" / "results.json").read_text())
-    assert evaluated["model"].endswith("41_merge")
+    assert evaluated["model"].endswith("41_merge") and evaluated["merge"]["chosen"] == record["chosen"]
     chosen = next(c for c in record["candidates"] if c["role"] == "candidate" and c["weight"] == record["chosen"])
     assert out["sets"]["val"]["bits_per_byte"] == pytest.approx(chosen["bits_per_byte"]["val"], rel=0.05)
     assert "## Merge" in (tmp_path / "run" / "60_export" / "README.md").read_text()

@@ -145,9 +145,9 @@ def _model_stages(cfg: PipelineConfig, run_dir: Path, shards: Path | dict[str, P
         model_dir = d["sft"]
     # train is in the key for its eval_sets and seq_len (its other changes change the train stage's key anyway)
     results = run_stage("eval", {"eval": cfg.eval, "train": cfg.train}, [model_dir], d["eval"],
-                        lambda out: _eval_counts(evaluation.run(cfg.eval, model_dir, eval_sets, out,
-                                                                cfg.train.seq_len, before=cfg.model.init_from,
-                                                                base_changes=_base_changes(cfg))),
+                        lambda out: _eval_counts(_with_merge(evaluation.run(
+                            cfg.eval, model_dir, eval_sets, out, cfg.train.seq_len, before=cfg.model.init_from,
+                            base_changes=_base_changes(cfg)), d["merge"] if cfg.merge else None, out)),
                         force)
     # eval is an input: the model card carries its results
     run_stage("export", cfg.export, [model_dir, d["eval"]], d["export"],
@@ -200,6 +200,15 @@ def _base_changes(cfg: PipelineConfig):
         return None
     from tokenmill.model import base_config
     return base_config(cfg.model)
+
+
+def _with_merge(results: dict, merge_dir: Path | None, out: Path) -> dict:
+    """results.json with the merge's table of candidates beside the figures, when the run merged."""
+    record = merge_dir / "merge.json" if merge_dir else None
+    if record and record.is_file():
+        results["merge"] = json.loads(record.read_text())
+        atomic_write_json(out / "results.json", results)
+    return results
 
 
 def _eval_counts(results: dict) -> dict:
