@@ -409,9 +409,8 @@ def _dispatch(args) -> None:
     elif c == "sft":
         from tokenmill import sft
         from tokenmill.model.source import resolve_source
-        chats = args.output.with_name(args.output.name + ".chats")  # beside: the output folder is the run's own
-        run_stage("sft ingest", cfg.sft.data, ingest.input_keys(cfg.sft.data), chats,
-                  lambda out: ingest.run(cfg.sft.data, out), args.force)
+        # beside the output, whose folder is the fine-tuning run's own
+        chats = sft.ingest_chats(cfg.sft, args.output.with_name(args.output.name + ".chats"), args.force)
         with library_logs(args.output / "logs" / "sft.log"):
             run_stage(c, cfg.sft, [resolve_source(args.model), chats], args.output,
                       lambda out: sft.run(cfg.sft, args.model, chats, out), args.force, resumable=True)

@@ -136,9 +136,7 @@ def _model_stages(cfg: PipelineConfig, run_dir: Path, shards: Path | dict[str, P
                                         start=cfg.model.init_from), force)
         model_dir = d["merge"]
     if cfg.sft:
-        chats = run_dir / "sft" / DATA_DIRS["ingest"]
-        run_stage("sft ingest", cfg.sft.data, ingest.input_keys(cfg.sft.data), chats,
-                  lambda out: ingest.run(cfg.sft.data, out), force)
+        chats = sft.ingest_chats(cfg.sft, run_dir / "sft" / DATA_DIRS["ingest"], force)
         start = model_dir
         run_stage("sft", cfg.sft, [start, chats], d["sft"],
                   lambda out: sft.run(cfg.sft, start, chats, out), force, resumable=True)

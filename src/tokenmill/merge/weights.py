@@ -29,17 +29,18 @@ class Weights:
         self.path = Path(path)
         self.config = json.loads((self.path / "config.json").read_text())
         self._loaded: dict[str, torch.Tensor] | None = None
-        self._files: dict[str, Path] = {}
+        self._files: dict[str, object] = {}  # tensor name → its file, opened once (memory-mapped)
         self._aliases: dict[str, str] = {}
         if is_checkpoint(self.path) and not _full_weights(self.path):
             self._loaded = _merged_state(self.path)
             return
+        from safetensors import safe_open
         for file in sorted(self.path.glob("*.safetensors")):
-            from safetensors import safe_open
-            with safe_open(str(file), "pt") as f:
-                self._files.update({name: file for name in f.keys()})
-                # safetensors' save_model stores tied tensors once and names the others in the metadata
-                self._aliases.update({k: v for k, v in (f.metadata() or {}).items() if v in f.keys()})
+            f = safe_open(str(file), "pt")
+            names = set(f.keys())
+            self._files.update(dict.fromkeys(names, f))
+            # safetensors' save_model stores tied tensors once and names the others in the metadata
+            self._aliases.update({k: v for k, v in (f.metadata() or {}).items() if v in names})
         if not self._files:
             raise FileNotFoundError(f"{self.path}: no safetensors weights (a HF model folder or a checkpoint)")
 
@@ -66,9 +67,7 @@ class Weights:
         stored = self._stored_name(name)
         if self._loaded is not None:
             return tuple(self._loaded[stored].shape)
-        from safetensors import safe_open
-        with safe_open(str(self._files[stored]), "pt") as f:
-            return tuple(f.get_slice(stored).get_shape())
+        return tuple(self._files[stored].get_slice(stored).get_shape())
 
     def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         stored = self._stored_name(name)
@@ -76,9 +75,7 @@ class Weights:
             raise KeyError(f"{self.path}: no tensor {name}")
         if self._loaded is not None:
             return self._loaded[stored].to(dtype)
-        from safetensors import safe_open
-        with safe_open(str(self._files[stored]), "pt") as f:
-            return f.get_tensor(stored).to(dtype)
+        return self._files[stored].get_tensor(stored).to(dtype)
 
 
 def _full_weights(checkpoint: Path) -> bool:

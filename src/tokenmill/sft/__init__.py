@@ -61,6 +61,15 @@ class SFTConfig(StrictModel):
         return raw
 
 
+def ingest_chats(cfg: SFTConfig, out_dir: Path, force: bool = False) -> Path:
+    """The conversations of sft.data through ingest, as a stage of their own (skipped when up to date)."""
+    from tokenmill import ingest
+    from tokenmill.stage import run_stage
+    run_stage("sft ingest", cfg.data, ingest.input_keys(cfg.data), out_dir, lambda out: ingest.run(cfg.data, out),
+              force)
+    return Path(out_dir)
+
+
 @torch.no_grad()
 def assistant_loss(model, rows: Rows, batch_size: int, device, loss_fn) -> float:
     """Mean loss (nats) over the assistant tokens of the rows."""

@@ -117,8 +117,7 @@ class RowSampler(WindowSampler):
         if self.n_windows < micro_batch_size * world_size:
             raise ValueError(f"{self.n_windows} packed rows of conversations: too few for a batch of "
                              f"{micro_batch_size * world_size}; lower train.micro_batch_size or add conversations")
-        self.epoch, self.cursor = 0, 0
-        self._order = self._permutation()
+        self._start()
 
     def _take(self, picks) -> dict[str, torch.Tensor]:
         return self.rows.batch(picks)

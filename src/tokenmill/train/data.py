@@ -40,6 +40,10 @@ class WindowSampler:
         if self.n_windows < micro_batch_size * world_size:
             raise ValueError(f"{self.n_windows} windows of {seq_len + 1} tokens in the train split: too little data "
                              f"for a batch of {micro_batch_size * world_size}; lower train.seq_len or add text")
+        self._start()
+
+    def _start(self) -> None:
+        """Epoch 0, its first batch next."""
         self.epoch, self.cursor = 0, 0
         self._order = self._permutation()
 
