@@ -11,6 +11,10 @@ Each route is what a user runs (`tokenmill run`, `tokenmill merge`, `tokenmill s
 
     apt-get install python3.11-doc debian-handbook
     .venv/bin/python bench/after_cpt.py [--steps 48] [--lr 2e-4] [--name harsh --lr 1e-3]
+    .venv/bin/python bench/after_cpt.py --name ema --lr 1e-3 --ema 0.9   # the trainer's moving average too
+
+With --ema, the CPT run keeps train.ema and only the average route runs after it (every K of the last
+checkpoints and the moving average, one table), beside the start and the CPT.
 
 Writes bench/results/after_cpt.json (after_cpt_NAME.json) and prints the table.
 """
@@ -28,6 +32,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from tokenmill.merge.choose import label
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work" / "after_cpt"
@@ -117,6 +123,8 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=6144)
     parser.add_argument("--sft-steps", type=int, default=24)
     parser.add_argument("--questions", type=int, default=3)
+    parser.add_argument("--ema", type=float, default=None, help="train.ema of the CPT run; then only the average "
+                                                                  "route (K and ema)")
     parser.add_argument("--name", default="", help="a variant (e.g. another --lr): its runs in WORK/NAME, its "
                                                    "results in after_cpt_NAME.json")
     args = parser.parse_args()
@@ -148,17 +156,17 @@ def main() -> None:
         "train": {"seq_len": 512, "micro_batch_size": 4, "max_steps": args.steps, "lr_max": args.lr,
                   "lr_min": args.lr / 10, "warmup_steps": 4, "schedule": "cosine", "eval_every": 0,
                   "save_every": args.steps // 4, "keep_last": 4, "eval_tokens": args.eval_tokens, "eval_sets": sets,
-                  "eval_at_start": False},
+                  "eval_at_start": False, **({"ema": args.ema} if args.ema else {})},
         "merge": {"method": "interpolate", "sets": answers, "eval_tokens": args.eval_tokens, **goal},
         "eval": {"max_tokens": args.eval_tokens, "seq_len": 512},
         "generate": {"prompt": "The os module", "max_new_tokens": 20},
     }
+    if args.ema:
+        del config["merge"]
     (runs / "cpt.yaml").parent.mkdir(parents=True, exist_ok=True)
     (runs / "cpt.yaml").write_text(yaml.safe_dump(config))
     tokenmill("run", str(runs / "cpt.yaml"), "-o", str(run))  # train, merge (interpolation), eval, export
     seconds = {}
-    interpolation = json.loads((run / "41_merge" / "merge.json").read_text())
-    merge_s = json.loads((run / "41_merge" / "manifest.json").read_text())["duration_s"]
     train_s = json.loads((run / "40_checkpoints" / "manifest.json").read_text())["duration_s"]
 
     average = runs / "average"
@@ -168,6 +176,20 @@ def main() -> None:
                                    "--set", f"merge.eval_tokens={args.eval_tokens}", "--set", "train.seq_len=512",
                                    "--force")
     averaged = json.loads((average / "merge.json").read_text())
+
+    def row(record: dict, role: str, weight=None) -> dict:
+        c = next(c for c in record["candidates"] if c["role"] == role and (weight is None or c["weight"] == weight))
+        return {k: round(v, 4) for k, v in c["bits_per_byte"].items()}
+
+    if args.ema:
+        routes = {"instruct start": row(averaged, "reference"), "after CPT": row(averaged, "trained"),
+                  **{f"CPT + average ({label('average', c['weight'])})": row(averaged, "candidate", c["weight"])
+                     for c in averaged["candidates"] if c["role"] == "candidate"}}
+        finish(args, routes, {"average": averaged, "chosen": averaged["chosen"]},
+               {"cpt": train_s, "average": seconds["average"]})
+        return
+    interpolation = json.loads((run / "41_merge" / "merge.json").read_text())
+    merge_s = json.loads((run / "41_merge" / "manifest.json").read_text())["duration_s"]
 
     sft = runs / "sft"
     seconds["sft"] = tokenmill("sft", str(run / "40_checkpoints"), str(chats["train"]), "-o", str(sft),
@@ -179,20 +201,12 @@ def main() -> None:
               "--set", "eval.seq_len=512")
     sft_figures = figures(json.loads((sft_eval / "results.json").read_text()))
 
-    def row(record: dict, role: str, weight=None) -> dict:
-        c = next(c for c in record["candidates"] if c["role"] == role and (weight is None or c["weight"] == weight))
-        return {k: round(v, 4) for k, v in c["bits_per_byte"].items()}
-
     routes = {"instruct start": row(interpolation, "reference"), "after CPT": row(interpolation, "trained"),
               f"CPT + interpolation (auto α = {interpolation['chosen']:g})": row(interpolation, "candidate",
                                                                                 interpolation["chosen"]),
               "CPT + SFT": sft_figures,
               f"CPT + average (K = {averaged['chosen']})": row(averaged, "candidate", averaged["chosen"])}
-    start, cpt = routes["instruct start"], routes["after CPT"]
-    gain = start["domain"] - cpt["domain"]
-    for figures_ in routes.values():
-        figures_["domain gain kept"] = round((start["domain"] - figures_["domain"]) / gain, 3) if gain else None
-        figures_["answers no worse than the start"] = figures_["answers"] <= start["answers"]
+    score(routes)
     questions = [json.loads(line)["messages"][0]["content"] for line in
                  chats["held_out"].read_text().splitlines()[:args.questions]]
     models = {"instruct start": base, "after CPT": run / "40_checkpoints", "CPT + interpolation": run / "41_merge",
@@ -202,7 +216,27 @@ def main() -> None:
            "average": averaged, "questions": questions, "greedy": greedy,
            "seconds": {"cpt": train_s, "interpolation (merge stage)": merge_s, "average": seconds["average"],
                        "sft": json.loads((sft / "manifest.json").read_text())["duration_s"]}}
-    (ROOT / "bench" / "results" / f"after_cpt{'_' + args.name if args.name else ''}.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    write(args, out)
+
+
+def score(routes: dict) -> None:
+    """Each route's share of the CPT's domain gain, and whether its answers are no worse than the start's."""
+    start, cpt = routes["instruct start"], routes["after CPT"]
+    gain = start["domain"] - cpt["domain"]
+    for figures_ in routes.values():
+        figures_["domain gain kept"] = round((start["domain"] - figures_["domain"]) / gain, 3) if gain else None
+        figures_["answers no worse than the start"] = figures_["answers"] <= start["answers"]
+
+
+def finish(args, routes: dict, records: dict, seconds: dict) -> None:
+    score(routes)
+    write(args, {"args": vars(args), "routes": routes, **records, "seconds": seconds})
+
+
+def write(args, out: dict) -> None:
+    routes = out["routes"]
+    (ROOT / "bench" / "results" / f"after_cpt{'_' + args.name if args.name else ''}.json").write_text(
+        json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(f"\n{'route':<40} {'domain':>8} {'general':>8} {'answers':>8} {'gain kept':>10}")
     for name, f in routes.items():
         print(f"{name:<40} {f['domain']:>8.4f} {f['general']:>8.4f} {f['answers']:>8.4f} "

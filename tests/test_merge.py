@@ -155,17 +155,18 @@ def test_auto_keeps_the_most_domain_gain_within_the_limit(family, corpus, tmp_pa
 def test_a_run_with_a_merge_section_evaluates_exports_and_reports_the_merged_model(tiny_config, tmp_path):
     from tokenmill.config import validate
     from tokenmill.pipeline import run_pipeline
-    tiny_config["train"]["keep_last"] = 3
+    tiny_config["train"].update(keep_last=3, ema=0.9)
     tiny_config["merge"] = {"method": "average", "objective": {"set": "val"},
                             "constraint": {"set": "val", "max_rise_bits_per_byte": 0.5}}
     out = run_pipeline(validate(tiny_config), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "41_merge" / "merge.json").read_text())
-    assert [c["weight"] for c in record["candidates"] if c["role"] == "candidate"] == [1, 2, 3]
+    assert [c["weight"] for c in record["candidates"] if c["role"] == "candidate"] == [1, 2, 3, "ema"]
     evaluated = json.loads((tmp_path / "run" / "50_eval" / "results.json").read_text())
     assert evaluated["model"].endswith("41_merge") and evaluated["merge"]["chosen"] == record["chosen"]
     chosen = next(c for c in record["candidates"] if c["role"] == "candidate" and c["weight"] == record["chosen"])
     assert out["sets"]["val"]["bits_per_byte"] == pytest.approx(chosen["bits_per_byte"]["val"], rel=0.05)
-    assert "## Merge" in (tmp_path / "run" / "60_export" / "README.md").read_text()
+    card = (tmp_path / "run" / "60_export" / "README.md").read_text()
+    assert "## Merge" in card and "| EMA |" in card
     assert "Merge: average" in Path(out["report"]).read_text()
 
 

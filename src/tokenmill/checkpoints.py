@@ -6,6 +6,7 @@
                             (QLoRA) only the weights that train, marked in its metadata, and
                             quantized_base.json names the base they go on
         optimizer.pt        optimizer state (tensors and numbers; loaded with weights_only=True); not with dcp/
+        ema.safetensors     with train.ema: the moving average of the weights that train (train/ema.py)
         config.json         the model's HF config (+ adapter_config.json for LoRA), so a checkpoint exports alone
         rng-R.pt            torch RNG states of rank R
         state.json          step, tokens seen, loader position (written last: the completion marker)
@@ -32,6 +33,7 @@ FINAL = "final"
 
 TRAINABLE_ONLY = "tokenmill.trainable_only"  # safetensors metadata: the file holds only what trains
 QUANTIZED_BASE = "quantized_base.json"
+EMA_FILE = "ema.safetensors"
 
 
 def save_weights(model, path: Path, trainable_only: bool = False) -> None:
@@ -90,7 +92,9 @@ def problem(path: Path) -> str | None:
         return f"state.json is unreadable ({e})"
     if (path / "dcp").is_dir():
         return None if (path / "dcp" / ".metadata").is_file() else "dcp/.metadata is missing"
-    return _safetensors_problem(path / "model.safetensors") or _zip_problem(path / "optimizer.pt")
+    ema = path / EMA_FILE
+    return _safetensors_problem(path / "model.safetensors") or _zip_problem(path / "optimizer.pt") or \
+        (_safetensors_problem(ema) if ema.exists() else None)
 
 
 def _safetensors_problem(file: Path) -> str | None:

@@ -142,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--per-cell", type=int, default=10, help="questions per (length, depth) (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p = stage("merge", "Merge the trained model with its start (interpolate), a chat vector (task_arithmetic) or its "
-                       "last checkpoints (average), the weight chosen on named evaluation sets.")
+                       "last checkpoints or moving average (average), the weight chosen on named evaluation sets.")
     p.add_argument("model", metavar="TRAINED", help="a run folder, its checkpoints folder or a HF model folder")
     p.add_argument("sets", nargs="*", metavar="NAME=PATH", help="evaluation sets the weight is chosen on (as eval)")
     p.add_argument("-o", "--output", required=True, type=Path)
@@ -151,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
                                                   "and the reference for the limit")
     p.add_argument("--base", metavar="MODEL", help="task_arithmetic: the base that was trained")
     p.add_argument("--instruct", metavar="MODEL", help="task_arithmetic: the instruct model made from that base")
-    p.add_argument("--weights", nargs="+", metavar="W", help="α, λ or K candidates, or auto (default)")
+    p.add_argument("--weights", nargs="+", metavar="W", help="α, λ or K candidates (K, or ema: the moving average "
+                                                         "of train.ema), or auto (default)")
     p.add_argument("--objective", metavar="SET", help="the set whose gain to keep")
     p.add_argument("--constraint", metavar="SET:MAX_RISE", help="the set that may rise at most MAX_RISE bits per "
                                                                 "byte over the start (or instruct) model")
@@ -278,6 +279,17 @@ def _flag_overrides(args) -> list[str]:
     return sets
 
 
+def _merge_weight(text: str, method: str | None) -> float | int | str:
+    """One --weights value: α or λ a number, K a count, ema the trainer's moving average."""
+    if text == "ema":
+        return text
+    try:
+        return int(text) if method == "average" else float(text)
+    except ValueError:
+        raise ValueError(f"--weights {text}: expected " + ("a checkpoint count K or ema" if method == "average"
+                                                          else "a number")) from None
+
+
 def _merge_overrides(args) -> list[str]:
     """The merge flags, and its NAME=PATH sets as the evaluation sets (which the config checks the goals against)."""
     named = {name: str(path) for name, path in evaluation.parse_sets(args.sets).items()}
@@ -285,8 +297,7 @@ def _merge_overrides(args) -> list[str]:
     sets += [f"merge.{key}={json.dumps(getattr(args, key))}" for key in ("method", "start", "base", "instruct")
             if getattr(args, key) is not None]
     if args.weights:
-        weights = "auto" if args.weights == ["auto"] else [float(x) if args.method != "average" else int(x)
-                                                           for x in args.weights]
+        weights = "auto" if args.weights == ["auto"] else [_merge_weight(x, args.method) for x in args.weights]
         sets.append(f"merge.weights={json.dumps(weights)}")
     if args.objective:
         sets.append(f"merge.objective={json.dumps({'set': args.objective})}")

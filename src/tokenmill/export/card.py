@@ -101,10 +101,11 @@ def merge_section(run: Path) -> list[str]:
     path = run / "41_merge" / "merge.json"
     if not path.is_file():
         return []
-    from tokenmill.merge.choose import table_rows
+    from tokenmill.merge.choose import label, table_rows
     record = json.loads(path.read_text())
     header, rows = table_rows(record)
-    lines = ["## Merge", "", f"After training, merged by `{record['method']}` at {record['chosen']:g}, chosen among "
+    chosen = label(record["method"], record["chosen"])
+    lines = ["## Merge", "", f"After training, merged by `{record['method']}` at {chosen}, chosen among "
              "these candidates on the evaluation sets:", "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]

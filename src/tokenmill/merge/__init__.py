@@ -8,7 +8,7 @@ Methods (each weight a candidate from a list, or `auto`):
 - task_arithmetic (the chat vector, arXiv 2310.04799): θ_trained + λ·(θ_instruct − θ_base), for a base that
   was continued and its instruct sibling; the same bytes as mergekit's task_arithmetic.
 - average: the mean of the run's last K checkpoints (Megatron-LM#5114: merged stable-phase checkpoints in
-  place of a decay).
+  place of a decay), or `ema`, the moving average the trainer kept (train.ema) in its newest checkpoint.
 Each candidate is evaluated on the named sets (bits per byte) and the one that keeps the most of the objective
 set's gain while the constraint set rises at most the limit over the reference model (the start model; the
 instruct model for a chat vector) is written: an ordinary HF folder that eval, export, GGUF and serve take.
@@ -23,9 +23,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tokenmill.atomic import atomic_write_json
-from tokenmill.checkpoints import checkpoint_dirs
+from tokenmill.checkpoints import EMA_FILE, checkpoint_dirs
 from tokenmill.merge import weights as w
-from tokenmill.merge.choose import Candidate, choose, describe, evaluate_candidates
+from tokenmill.merge.choose import EMA, Candidate, choose, describe, evaluate_candidates
 from tokenmill.plan.config import PlanConstraint, PlanObjective
 from tokenmill.schema import StrictModel
 
@@ -39,9 +39,10 @@ class MergeConfig(StrictModel):
                                                 "interpolate's other end, and the reference for the limit")
     base: str | None = Field(None, description="task_arithmetic: the base model of the pair (the one trained on)")
     instruct: str | None = Field(None, description="task_arithmetic: the instruct model made from that base")
-    weights: list[float] | list[int] | Literal["auto"] = Field(
-        "auto", description="α (interpolate), λ (task_arithmetic) or K, the last K checkpoints (average); auto: "
-                            "a grid refined where the constraint starts to bind (average: every K up to those kept)")
+    weights: list[float] | list[int | Literal["ema"]] | Literal["auto"] = Field(
+        "auto", description="α (interpolate), λ (task_arithmetic) or K, the last K checkpoints (average), or ema, "
+                            "the trainer's moving average (average, with train.ema); auto: a grid refined where the "
+                            "constraint starts to bind (average: every K up to those kept, and ema when kept)")
     sets: dict[str, str] = Field(default_factory=dict, description="more sets to choose on, NAME: PATH, beside the "
                                  "run's evaluation sets: e.g. held-out chats (JSONL), scored on their answers")
     objective: PlanObjective | None = Field(None, description="the set whose gain to keep (the domain)")
@@ -60,8 +61,11 @@ class MergeConfig(StrictModel):
             problems.append("choosing among several weights needs merge.objective {set: NAME} and merge.constraint "
                             "{set: NAME, max_rise_bits_per_byte: X}; or give one weight")
         if self.weights != "auto":
-            if self.method == "average" and any(not isinstance(k, int) or k < 1 for k in self.weights):
-                problems.append(f"weights: average takes checkpoint counts K >= 1 (got {self.weights})")
+            if self.method == "average" and any(k != EMA and (not isinstance(k, int) or k < 1) for k in self.weights):
+                problems.append(f"weights: average takes checkpoint counts K >= 1, or ema (got {self.weights})")
+            if self.method != "average" and EMA in self.weights:
+                problems.append(f"weights: ema (the trainer's moving average) is a weight of method average, not "
+                                f"{self.method}")
             if not self.weights:
                 problems.append("weights: give at least one, or auto")
         if problems:
@@ -72,9 +76,18 @@ class MergeConfig(StrictModel):
 def check_run(cfg: MergeConfig, train) -> None:
     """What a run's merge stage needs of its training, said before the run starts (the merge command reads a
     finished run, whose checkpoints are what they are)."""
-    if cfg.method == "average" and cfg.weights != "auto" and max(cfg.weights) > train.keep_last:
-        raise ValueError(f"merge.weights: averaging {max(cfg.weights)} checkpoints needs train.keep_last at least "
-                         f"that (it is {train.keep_last})")
+    if cfg.method != "average" or cfg.weights == "auto":
+        return
+    if max(_counts(cfg.weights), default=0) > train.keep_last:
+        raise ValueError(f"merge.weights: averaging {max(_counts(cfg.weights))} checkpoints needs train.keep_last "
+                         f"at least that (it is {train.keep_last})")
+    if EMA in cfg.weights and not train.ema:
+        raise ValueError("merge.weights: ema is the moving average the trainer keeps with train.ema, which this "
+                         "run does not set; set train.ema (e.g. 0.999) or drop ema")
+
+
+def _counts(weights) -> list[int]:
+    return [k for k in weights if k != EMA]
 
 
 def sources(cfg: MergeConfig, trained: Path, start: str | None) -> dict[str, w.Weights]:
@@ -90,13 +103,26 @@ def sources(cfg: MergeConfig, trained: Path, start: str | None) -> dict[str, w.W
     if not kept:
         raise ValueError(f"{trained}: no checkpoints to average; average needs a run's checkpoints folder "
                          "(40_checkpoints), with train.keep_last at least the K to average")
-    return {p.name: w.Weights(p) for p in kept}
+    found = {p.name: w.Weights(p) for p in kept}
+    newest = kept[-1]
+    if (newest / EMA_FILE).is_file():
+        found[EMA] = w.Weights(newest, moving_average=True)
+    elif cfg.weights != "auto" and EMA in cfg.weights:
+        raise ValueError(f"{newest}: no moving average ({EMA_FILE}) to take as the weight ema: the run was trained "
+                         "without train.ema")
+    return found
 
 
-def candidates(cfg: MergeConfig, n_checkpoints: int) -> list[float]:
+def checkpoints(found: dict[str, w.Weights]) -> list[w.Weights]:
+    return [weights for role, weights in found.items() if role != EMA]
+
+
+def candidates(cfg: MergeConfig, found: dict[str, w.Weights]) -> list[float | str]:
     if cfg.weights != "auto":
         return list(cfg.weights)
-    return list(range(1, n_checkpoints + 1)) if cfg.method == "average" else AUTO_GRIDS[cfg.method]
+    if cfg.method == "average":
+        return list(range(1, len(checkpoints(found)) + 1)) + ([EMA] if EMA in found else [])
+    return AUTO_GRIDS[cfg.method]
 
 
 def apply(cfg: MergeConfig, model, trained: w.Weights, found: dict[str, w.Weights], weight: float) -> None:
@@ -105,8 +131,10 @@ def apply(cfg: MergeConfig, model, trained: w.Weights, found: dict[str, w.Weight
         w.interpolate(model, trained, found["start"], weight)
     elif cfg.method == "task_arithmetic":
         w.task_arithmetic(model, trained, found["base"], found["instruct"], weight)
+    elif weight == EMA:
+        w.average(model, [found[EMA]])
     else:
-        w.average(model, list(found.values())[-int(weight):])
+        w.average(model, checkpoints(found)[-int(weight):])
 
 
 def run(cfg: MergeConfig, trained: Path, out_dir: Path, sets: dict[str, Path], seq_len: int,
@@ -119,10 +147,10 @@ def run(cfg: MergeConfig, trained: Path, out_dir: Path, sets: dict[str, Path], s
     model, tokenizer, trained_dir = load_source(trained)
     trained_weights = w.Weights(trained_dir)
     w.check_compatible(model, found)
-    grid = candidates(cfg, len(found))
-    if cfg.method == "average" and max(grid) > len(found):
-        raise ValueError(f"merge.weights: {max(grid)} checkpoints asked for, {checkpoints_dir} keeps {len(found)} "
-                         "(raise train.keep_last)")
+    grid = candidates(cfg, found)
+    if cfg.method == "average" and max(_counts(grid), default=0) > len(checkpoints(found)):
+        raise ValueError(f"merge.weights: {max(_counts(grid))} checkpoints asked for, {checkpoints_dir} keeps "
+                         f"{len(checkpoints(found))} (raise train.keep_last)")
     if sets:
         table = evaluate_candidates(cfg, model, tokenizer, lambda x: apply(cfg, model, trained_weights, found, x), grid,
                                     sets, seq_len, Path(out_dir) / "sets", _reference(cfg, found, start), trained_dir)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
 
+EMA = "ema"  # average's weight for the trainer's moving average, beside the checkpoint counts K
 REFINE_STEPS = 2  # bisections between the last feasible and the first infeasible weight of the grid
 # The weight at which each method returns the trained model unchanged: its figures are the trained model's.
 IDENTITY = {"interpolate": 1.0, "task_arithmetic": 0.0, "average": 1}
@@ -18,7 +19,7 @@ IDENTITY = {"interpolate": 1.0, "task_arithmetic": 0.0, "average": 1}
 
 @dataclass
 class Candidate:
-    weight: float
+    weight: float | str                # α, λ, K, or EMA
     bits_per_byte: dict[str, float]
     rise: float | None = None          # constraint set, over the reference
     gain_kept: float | None = None     # share of the trained model's objective gain over the reference
@@ -47,7 +48,8 @@ def evaluate_candidates(cfg, model, tokenizer, set_weight, grid: list[float], se
         if weight == IDENTITY[cfg.method]:
             return Candidate(weight, dict(trained.bits_per_byte))
         set_weight(weight)
-        return Candidate(weight, _bits_per_byte(cfg, model, tokenizer, sets, seq_len, cache, f"{cfg.method} {weight:g}"))
+        return Candidate(weight, _bits_per_byte(cfg, model, tokenizer, sets, seq_len, cache,
+                                                f"{cfg.method} {label(cfg.method, weight)}"))
 
     measured = [measure(x) for x in grid]
     _score(measured, table, cfg.objective, cfg.constraint)
@@ -58,7 +60,11 @@ def evaluate_candidates(cfg, model, tokenizer, set_weight, grid: list[float], se
                 break
             measured.append(measure(round(sum(between) / 2, 6)))
             _score(measured, table, cfg.objective, cfg.constraint)
-    return table + sorted(measured, key=lambda c: c.weight)
+    return table + sorted(measured, key=lambda c: _order(c.weight))
+
+
+def _order(weight: float | str) -> tuple[bool, float]:
+    return (weight == EMA, 0.0 if weight == EMA else weight)
 
 
 def _bits_per_byte(cfg, model, tokenizer, sets, seq_len, cache, label) -> dict[str, float]:
@@ -83,7 +89,7 @@ def _score(measured: list[Candidate], fixed: list[Candidate], objective, constra
 
 def _boundary(measured: list[Candidate]) -> tuple[float, float] | None:
     """Two neighbouring weights, one feasible and one not, not yet closer than a bisection step apart."""
-    ordered = sorted(measured, key=lambda c: c.weight)
+    ordered = sorted(measured, key=lambda c: _order(c.weight))
     for a, b in pairwise(ordered):
         if a.feasible != b.feasible and b.weight - a.weight > 1e-3:
             return a.weight, b.weight
@@ -117,16 +123,21 @@ def describe(record: dict) -> str:
 SYMBOLS = {"interpolate": "α", "task_arithmetic": "λ", "average": "K"}
 
 
+def label(method: str, weight: float | str) -> str:
+    """A candidate as the printout, the card and the report name it: α = 0.4, K = 3, EMA."""
+    return "EMA" if weight == EMA else f"{SYMBOLS[method]} = {weight:g}"
+
+
 def table_rows(record: dict) -> tuple[tuple[str, ...], list[tuple]]:
     """merge.json as a table (header, rows) for the model card and the report: one row per candidate."""
     sets = list(record["candidates"][0]["bits_per_byte"])
     header = ("candidate", *(f"{s} bits/byte" for s in sets), "constraint rise", "gain kept", "")
     rows = []
     for c in record["candidates"]:
-        label = c["role"] if c["role"] != "candidate" else f"{SYMBOLS[record['method']]} = {c['weight']:g}"
+        name = c["role"] if c["role"] != "candidate" else label(record["method"], c["weight"])
         mark = "chosen" if c["role"] == "candidate" and c["weight"] == record["chosen"] else \
             ("" if c["feasible"] else "over the limit")
-        rows.append((label, *(f"{c['bits_per_byte'][s]:.4f}" for s in sets),
+        rows.append((name, *(f"{c['bits_per_byte'][s]:.4f}" for s in sets),
                      "" if c["rise"] is None else f"{c['rise']:+.4f}",
                      "" if c["gain_kept"] is None else f"{c['gain_kept']:.0%}", mark))
     return header, rows

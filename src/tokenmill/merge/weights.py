@@ -17,45 +17,54 @@ from pathlib import Path
 
 import torch
 
-from tokenmill.checkpoints import is_checkpoint
+from tokenmill.checkpoints import EMA_FILE, is_checkpoint
 
 EMBEDDING_NAMES = ("embed_tokens.weight", "lm_head.weight", "wte.weight", "embed_out.weight")
 
 
 class Weights:
-    """Named tensors of one model on disk, read lazily; `name` as the model's own state dict names them."""
+    """Named tensors of one model on disk, read lazily; `name` as the model's own state dict names them.
+    `moving_average`: a checkpoint's train.ema average in place of its weights (those that trained)."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, moving_average: bool = False):
         self.path = Path(path)
         self.config = json.loads((self.path / "config.json").read_text())
         self._loaded: dict[str, torch.Tensor] | None = None
-        self._files: dict[str, object] = {}  # tensor name → its file, opened once (memory-mapped)
-        self._aliases: dict[str, str] = {}
+        self._where: dict[str, tuple[object, str]] = {}  # name → (its file, opened once and memory-mapped; key)
         if is_checkpoint(self.path) and not _full_weights(self.path):
-            self._loaded = _merged_state(self.path)
+            self._loaded = _merged_state(self.path, moving_average)
             return
         from safetensors import safe_open
+        aliases = {}
         for file in sorted(self.path.glob("*.safetensors")):
+            if file.name == EMA_FILE:
+                continue
             f = safe_open(str(file), "pt")
             names = set(f.keys())
-            self._files.update(dict.fromkeys(names, f))
+            self._where.update({name: (f, name) for name in names})
             # safetensors' save_model stores tied tensors once and names the others in the metadata
-            self._aliases.update({k: v for k, v in (f.metadata() or {}).items() if v in names})
-        if not self._files:
+            aliases.update({k: v for k, v in (f.metadata() or {}).items() if v in names})
+        if not self._where:
             raise FileNotFoundError(f"{self.path}: no safetensors weights (a HF model folder or a checkpoint)")
+        if moving_average:  # the average holds what trained, under the model's first name for a tied tensor
+            f = safe_open(str(self.path / EMA_FILE), "pt")
+            self._where.update({name: (f, name) for name in f.keys()})
+            averaged = set(f.keys())
+            aliases = {stored if alias in averaged else alias: alias if alias in averaged else stored
+                       for alias, stored in aliases.items()}
+        for alias, stored in aliases.items():
+            self._where[alias] = self._where[stored]
 
     @property
     def tied(self) -> bool:
         return bool(self.config.get("tie_word_embeddings", False))
 
     def names(self) -> set[str]:
-        return set(self._loaded or self._files)
+        return set(self._loaded or self._where)
 
     def _stored_name(self, name: str) -> str | None:
         if name in self.names():
             return name
-        if name in self._aliases:
-            return self._aliases[name]
         if name.endswith("lm_head.weight") and self.tied:  # a tied head is the input embedding
             return next((n for n in self.names() if n.endswith("embed_tokens.weight")), None)
         return None
@@ -67,7 +76,8 @@ class Weights:
         stored = self._stored_name(name)
         if self._loaded is not None:
             return tuple(self._loaded[stored].shape)
-        return tuple(self._files[stored].get_slice(stored).get_shape())
+        f, key = self._where[stored]
+        return tuple(f.get_slice(key).get_shape())
 
     def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         stored = self._stored_name(name)
@@ -75,7 +85,8 @@ class Weights:
             raise KeyError(f"{self.path}: no tensor {name}")
         if self._loaded is not None:
             return self._loaded[stored].to(dtype)
-        return self._files[stored].get_tensor(stored).to(dtype)
+        f, key = self._where[stored]
+        return f.get_tensor(key).to(dtype)
 
 
 def _full_weights(checkpoint: Path) -> bool:
@@ -86,9 +97,9 @@ def _full_weights(checkpoint: Path) -> bool:
         and not (checkpoint / QUANTIZED_BASE).is_file()
 
 
-def _merged_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+def _merged_state(checkpoint: Path, moving_average: bool) -> dict[str, torch.Tensor]:
     from tokenmill.model.source import load_source
-    model, _, _ = load_source(checkpoint)
+    model, _, _ = load_source(checkpoint, moving_average)
     return {name: t.detach() for name, t in model.state_dict().items()}
 
 

@@ -14,7 +14,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from tokenmill.model.lora import merge
 from tokenmill.model.resolve import resolve_model_path
-from tokenmill.checkpoints import FINAL, QUANTIZED_BASE, is_checkpoint, latest_whole, load_weights, require_whole
+from tokenmill.checkpoints import (EMA_FILE, FINAL, QUANTIZED_BASE, is_checkpoint, latest_whole, load_weights,
+                                   require_whole)
 
 
 def resolve_source(path: Path | str) -> Path:
@@ -39,10 +40,15 @@ def find_tokenizer(path: Path) -> Path:
     raise FileNotFoundError(f"{path}: no tokenizer found beside it; use a run folder or a checkpoint inside one")
 
 
-def load_source(spec: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
-    """(model in fp32 on CPU, its tokenizer, the folder it came from); a LoRA checkpoint comes merged."""
+def load_source(spec: Path | str, moving_average: bool = False
+                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path]:
+    """(model in fp32 on CPU, its tokenizer, the folder it came from); a LoRA checkpoint comes merged.
+    `moving_average`: a checkpoint's train.ema average in place of the weights that trained."""
     source = resolve_source(spec)
     tokenizer = AutoTokenizer.from_pretrained(find_tokenizer(source))
+    if moving_average and not (source / EMA_FILE).is_file():
+        raise FileNotFoundError(f"{source}: no moving average ({EMA_FILE}); only checkpoints of a run with "
+                                "train.ema hold one")
     if not is_checkpoint(source):
         return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="sdpa"), tokenizer, source
     require_whole(source)
@@ -58,4 +64,7 @@ def load_source(spec: Path | str) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         from peft import PeftConfig, get_peft_model
         model = get_peft_model(model, PeftConfig.from_pretrained(source))
     load_weights(model, source / "model.safetensors")
+    if moving_average:
+        from tokenmill.train.ema import load_average
+        load_average(model, source / EMA_FILE)
     return merge(model), tokenizer, source

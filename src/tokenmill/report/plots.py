@@ -246,10 +246,13 @@ def merge_curve(record: dict) -> str | None:
     if not points or not record.get("objective"):
         return None
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    candidates = sorted((c for c in points if c["role"] == "candidate"), key=lambda c: c["weight"])
+    from tokenmill.merge.choose import EMA, label as weight_label
+    # The line joins the candidates along their weight; the trainer's moving average is a point of its own.
+    candidates = sorted((c for c in points if c["role"] == "candidate" and c["weight"] != EMA),
+                        key=lambda c: c["weight"])
     ax.plot([c["rise"] for c in candidates], [c["bits_per_byte"][record["objective"]] for c in candidates], "o-")
     for c in points:
-        label = f"{c['weight']:g}" if c["role"] == "candidate" else c["role"]
+        label = weight_label(record["method"], c["weight"]) if c["role"] == "candidate" else c["role"]
         ax.annotate(label, (c["rise"], c["bits_per_byte"][record["objective"]]), fontsize=7)
         if c["role"] == "candidate" and c["weight"] == record["chosen"]:
             ax.plot([c["rise"]], [c["bits_per_byte"][record["objective"]]], "r*", markersize=12, label="chosen")

@@ -116,6 +116,7 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     from tokenmill.train import build, make_sinks, resume, save_final
     from tokenmill.train.checkpoint import resume_point, save_checkpoint
     from tokenmill.train.distributed import init_world, local_device, shutdown, unwrap, wrap
+    from tokenmill.train.ema import ExponentialAverage
     from tokenmill.train.loop import LoopSettings, train
     from tokenmill.train.optim import build_optimizer
     from tokenmill.train.schedule import SCHEDULES
@@ -138,10 +139,11 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     model = wrap(model, t.parallel, world, device, dtype, t.fsdp_cpu_offload)
     optimizer = build_optimizer(unwrap(model), t.lr_max, t.betas, t.weight_decay, device)
     accum = t.accum_steps(world.size)
+    ema = ExponentialAverage(unwrap(model), t.ema) if t.ema else None
     state = {"step": 0, "tokens": 0}
     checkpoint = resume_point(out_dir)
     if checkpoint:
-        state = resume(checkpoint, model, optimizer, sampler, t, accum, world)
+        state = resume(checkpoint, model, optimizer, sampler, t, accum, world, ema)
     loss_fn = functools.partial(next_token_loss, autocast=autocast_for(device, dtype), head=head,
                                 chunk_tokens=t.loss_chunk_tokens)
     if world.is_main:
@@ -168,11 +170,11 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
 
     def save(loop_state: dict) -> None:
         save_checkpoint(out_dir, model, optimizer, {**loop_state, "loader": sampler.state_dict()}, t.keep_last, world,
-                        sharded=t.parallel == "fsdp")
+                        sharded=t.parallel == "fsdp", ema=ema)
 
     try:
         state = train(model, optimizer, lambda step: SCHEDULES[t.schedule](step, t), sampler.next_batch, evaluate,
-                      sinks, save, loop, state, device, loss_fn, world=world)
+                      sinks, save, loop, state, device, loss_fn, world=world, after_step=ema.update if ema else None)
         save_final(model, lambda: build(model_cfg, t, {"vocab_size": len(tokenizer), "eos_id": tokenizer.eos_token_id}),
                    tokenizer, out_dir, world, False)
     finally:

@@ -31,6 +31,7 @@ from tokenmill.train import perf
 from tokenmill.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from tokenmill.train.config import RESUMABLE_CHANGES, TrainConfig
 from tokenmill.train.data import Windows, WindowSampler
+from tokenmill.train.ema import ExponentialAverage
 from tokenmill.train.mixture import MixtureConfig, MixtureSampler, solve_plan, stage_seq_lens
 from tokenmill.train.distributed import World, init_world, is_fsdp, local_device, shutdown, unwrap, wrap
 from tokenmill.train.loop import LoopSettings, LossGuard, train
@@ -164,9 +165,10 @@ def describe_eval_cost(cfg: TrainConfig, val_sets: dict, evaluations: int, token
             f"{evaluations} evaluations = {tokens:,} tokens, {share:.0%} of the run's compute ({sizing})")
 
 
-def resume(checkpoint: Path, model, optimizer, sampler, cfg: TrainConfig, accum: int, world: World) -> dict:
+def resume(checkpoint: Path, model, optimizer, sampler, cfg: TrainConfig, accum: int, world: World,
+           ema: ExponentialAverage | None = None) -> dict:
     """Load a checkpoint into the run, refusing one it cannot continue exactly."""
-    state = load_checkpoint(checkpoint, model, optimizer, world)
+    state = load_checkpoint(checkpoint, model, optimizer, world, ema)
     tokens_per_step = cfg.seq_len * cfg.micro_batch_size * accum * world.size
     if state["step"] and state["tokens"] != state["step"] * tokens_per_step:
         raise ValueError(f"{checkpoint}: its run took {state['tokens'] // state['step']:,} tokens per optimizer "
@@ -309,9 +311,10 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
     val_sets, val_bytes_per_token = eval_set_windows(cfg, default_sets, tokenizer, out_dir / "eval_sets", world,
                                                      eval_tokens)
 
+    ema = ExponentialAverage(unwrap(model), cfg.ema) if cfg.ema else None
     state = {"step": 0, "tokens": 0}
     if resume_from:
-        state = resume(resume_from, model, optimizer, sampler, cfg, accum, world)
+        state = resume(resume_from, model, optimizer, sampler, cfg, accum, world, ema)
     forward_model = torch.compile(model) if cfg.compile else model
 
     if world.is_main and transferred and not resume_from:  # a resumed run's rows were made by its first start
@@ -326,7 +329,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
 
     def save(loop_state: dict) -> None:
         save_checkpoint(out_dir, model, optimizer, {**loop_state, "loader": sampler.state_dict()}, cfg.keep_last, world,
-                        sharded=cfg.parallel == "fsdp")
+                        sharded=cfg.parallel == "fsdp", ema=ema)
 
     if world.is_main:
         check_eval_overlap(cfg, default_sets, [Path(p) / "train" for p in (datasets or {"": shards_dir}).values()],
@@ -354,7 +357,8 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
                           loop, state, device, loss_fn, flops, perf.device_peak_flops(device, dtype),
                           on_log=lambda: {"mem/peak_gib": perf.peak_memory_gib(device),
                                           **(sampler.metrics() if datasets else {})}, world=world,
-                          guard=LossGuard(cfg.spike_factor), before_step=rows if rows.active else None, stop=stop)
+                          guard=LossGuard(cfg.spike_factor), before_step=rows if rows.active else None,
+                          after_step=ema.update if ema else None, stop=stop)
         full_precision = model_cfg.model_copy(update={"quantize": None})  # QLoRA merges into the unquantized base
         save_final(model, lambda: build(full_precision, cfg, meta, extension), tokenizer, out_dir, world,
                    bool(model_cfg.lora and model_cfg.embeddings.train != "none"))

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from tokenmill.checkpoints import (QUANTIZED_BASE, checkpoint_dirs, latest_whole, load_weights, require_whole,
-                                   save_weights, step_dir)
+from tokenmill.checkpoints import (EMA_FILE, QUANTIZED_BASE, checkpoint_dirs, latest_whole, load_weights,
+                                   require_whole, save_weights, step_dir)
 from tokenmill.model.quantize import is_quantized
 from tokenmill.train.distributed import World, is_fsdp, unwrap
 
@@ -34,7 +34,7 @@ def resume_point(out_dir: Path, resume_from: Path | None = None) -> Path | None:
 
 
 def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int, world: World = World(),
-                    sharded: bool = False) -> Path:
+                    sharded: bool = False, ema=None) -> Path:
     """`sharded` (train.parallel: fsdp) saves with torch.distributed.checkpoint even on one rank, so that the
     run can resume on any number of ranks through its resharding."""
     final = step_dir(root, state["step"])
@@ -48,6 +48,8 @@ def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int, w
     elif world.is_main:  # a 4-bit base is made again from the base model: only what trains is saved
         save_weights(unwrap(model), tmp / "model.safetensors", trainable_only=is_quantized(unwrap(model)))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if ema is not None and world.is_main:  # train/ema.py; DDP's ranks hold the same average
+        ema.save(tmp / EMA_FILE)
     torch.save({"cpu": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / f"rng-{world.rank}.pt")
     world.barrier()
@@ -62,14 +64,21 @@ def save_checkpoint(root: Path, model, optimizer, state: dict, keep_last: int, w
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, world: World = World()) -> dict:
-    """Restore model, optimizer and RNG in place; returns the loop state."""
+def load_checkpoint(path: Path, model, optimizer, world: World = World(), ema=None) -> dict:
+    """Restore model, optimizer, RNG and the weights' moving average in place; returns the loop state."""
     path = Path(path)
     if (path / "dcp").is_dir():
         _load_sharded(path, model, optimizer)
     else:
         load_weights(unwrap(model), path / "model.safetensors")
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if ema is not None:
+        if (path / EMA_FILE).is_file():
+            ema.load(path / EMA_FILE)
+        else:  # a checkpoint of a run without train.ema (resumed from with --resume-from)
+            ema.restart()
+            if world.is_main:
+                print(f"[train] {path} holds no moving average: train.ema starts from its weights", flush=True)
     rng_file = path / f"rng-{world.rank}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than saved: those start from the seed
         rng = torch.load(rng_file, weights_only=True)

@@ -77,6 +77,9 @@ class TrainConfig(StrictModel):
     loggers: list[Logger] = Field(default_factory=lambda: ["console", "jsonl"], description="metric sinks (rank 0)")
     wandb_project: str = Field("tokenmill", description="W&B project; offline unless WANDB_API_KEY is set")
     spike_factor: float | None = Field(None, gt=1, description="stop when a logged loss exceeds this x its running mean")
+    ema: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights that "
+                              "train, with this decay per optimizer step (0.999 covers about the last 1,000 steps), "
+                              "in every checkpoint; merge.method average takes it as the weight `ema`")
 
     @model_validator(mode="after")
     def _check(self):
@@ -91,6 +94,9 @@ class TrainConfig(StrictModel):
         if self.batch_tokens is not None and self.batch_tokens % (self.seq_len * self.micro_batch_size):
             problems.append(f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len x micro_batch_size "
                             f"({self.seq_len * self.micro_batch_size})")
+        if self.ema is not None and self.parallel == "fsdp":
+            problems.append("train.ema is kept of whole weights, and FSDP shards them: use train.parallel ddp or "
+                            "none with train.ema, or drop it")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -78,9 +78,11 @@ def _grad_norm(norm) -> float:
 def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate, sinks, save,
           loop: LoopSettings, state: dict, device: torch.device, loss_fn=next_token_loss,
           flops_per_token: float = 0.0, peak_flops: float = float("inf"), on_log=None,
-          world: World = World(), guard: LossGuard = LossGuard(), before_step=None, stop=None) -> dict:
+          world: World = World(), guard: LossGuard = LossGuard(), before_step=None, after_step=None,
+          stop=None) -> dict:
     """Train from `state` (step, tokens) to loop.max_steps; returns the final state with last losses.
     `before_step(step)` may change the gradients before they are clipped (which embedding rows train);
+    `after_step()` sees the updated weights (the moving average of train/ema.py);
     `stop` (preemption.StopSignals) ends the run at a step boundary with a checkpoint."""
     if loop.eval_at_start and state["step"] == 0:
         log_evaluation(evaluate, model, sinks, state, loop.bytes_per_token)
@@ -101,6 +103,8 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if after_step:
+            after_step()
         state["step"] += 1
         state["tokens"] += loop.tokens_per_step
         window_steps += 1
