@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel on this kind of machine; GPU users: see README ("GPU").
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-slow venv clean slurm
+.PHONY: demo test test-slow venv clean slurm gpu-bundle
 
 $(BIN)/tokenmill: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -53,6 +53,11 @@ test: venv $(VENV)/.lm-eval-installed $(VENV)/.oracle-installed slurm
 # The slow suite: checks that take minutes (a whole pipeline on Slurm, more SmolLM2 runs, more launchers).
 test-slow: venv $(VENV)/.lm-eval-installed $(VENV)/.oracle-installed slurm
 	$(BIN)/python -m pytest -q -m slow
+
+# The wheels a GPU machine without a network lacks (pydantic, bitsandbytes), unpacked into bench/gpu/site and
+# checked to fit, with the working tree, in the 64 MiB a device run carries. docs/gpu.md.
+gpu-bundle: venv
+	$(BIN)/python bench/gpu/bundle.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -95,7 +95,8 @@ def test_export_writes_an_ollama_modelfile_and_what_vllm_and_tgi_load(smollm2, t
     assert converted_from(str(smollm2)).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")  # what a card of a CPT names
 
 
-@pytest.mark.parametrize("lora", [True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.slow  # MFU as logged stays in the default suite on a small model (tests/test_perf.py)
+@pytest.mark.parametrize("lora", [True, False])
 def test_logged_mfu_of_lora_and_full_cpt_stays_below_one(smollm2, corpus, tmp_path, lora):
     """A LoRA run once logged an MFU of ~2.5 here: 6 FLOPs counted for every frozen weight, and a tokens/s
     window whose clock restarted at each evaluation while it kept its steps."""

@@ -67,6 +67,7 @@ def test_two_ranks_match_one_rank(tmp_path, corpus, shards, single, parallel):
             assert after[step] == pytest.approx(one[step], rel=1e-4), step
 
 
+@pytest.mark.slow  # another launcher of the same two-rank run as test_two_ranks_match_one_rank
 def test_accelerate_launch_gives_the_losses_of_one_rank(tmp_path, corpus, shards, single):
     """`accelerate launch --multi_gpu --num_processes 2` starts its processes through torchrun, on a CPU
     machine too (gloo). Its `--cpu` flag starts a single process whatever --num_processes says; tokenmill
@@ -98,6 +99,7 @@ def test_fsdp_with_cpu_offload_matches_one_rank(tmp_path, corpus, shards, single
     assert train_losses(run) == pytest.approx(train_losses(single), rel=1e-4)
 
 
+@pytest.mark.slow  # another launch of the same two-rank run as test_two_ranks_match_one_rank
 def test_two_nodes_on_this_machine_match_one_rank(tmp_path, corpus, shards, single):
     """Two torchrun launches (--nnodes=2, c10d rendezvous on 127.0.0.1), one process each, as two nodes
     would run them: the loss curve of one rank, and only rank 0 writes metrics and checkpoints."""
@@ -126,7 +128,8 @@ def test_two_nodes_on_this_machine_match_one_rank(tmp_path, corpus, shards, sing
     assert sum("[train] done" in o for o in outputs) == 1  # only rank 0 manages the stage
 
 
-@pytest.mark.parametrize("parallel, first, then", [("ddp", 2, 1), pytest.param("ddp", 1, 2, marks=pytest.mark.slow),
+@pytest.mark.parametrize("parallel, first, then", [pytest.param("ddp", 2, 1, marks=pytest.mark.slow),
+                                                   pytest.param("ddp", 1, 2, marks=pytest.mark.slow),
                                                    ("fsdp", 1, 2)])
 def test_a_run_resumes_on_another_number_of_ranks(tmp_path, corpus, shards, single, parallel, first, then):
     """A run checkpointed at step 3 with `first` ranks continues with `then` ranks (the same global batch:

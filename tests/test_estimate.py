@@ -4,6 +4,7 @@ moves them, time and cost arithmetic, and the CLI's JSON."""
 import json
 
 import pytest
+import torch
 
 from conftest import tiny_pipeline
 from tokenmill.cli import main
@@ -53,6 +54,14 @@ def test_each_option_moves_its_memory_part(corpus):
     unchunked = estimate(config(corpus, micro_batch_size=8, loss_chunk_tokens=None), "8xH100")
     assert unchunked["memory_breakdown_gib"]["loss"] > parts["loss"]
     assert parts["weights"] == pytest.approx(6 * base["params"] / 2**30, rel=1e-3)  # fp32 master + bf16 copy
+    from tokenmill.train.optim import build_optimizer
+    muon_cfg = config(corpus, micro_batch_size=8, optimizer="muon", ema=0.999)
+    muon = estimate(muon_cfg, "8xH100")["memory_breakdown_gib"]
+    optimizer = build_optimizer(build_model(muon_cfg.model, muon_cfg.tokenize.vocab_size, 0), 1e-3, (0.9, 0.95), 0.1,
+                                torch.device("cpu"), kind="muon")
+    hidden = sum(p.numel() for g in optimizer.optimizers["muon"].param_groups for p in g["params"])
+    assert muon["optimizer"] == pytest.approx(parts["optimizer"] - 4 * hidden / 2**30)  # one moment, not two
+    assert muon["ema"] == pytest.approx(4 * base["params"] / 2**30) and "ema" not in parts
 
 
 def test_time_and_cost_arithmetic_and_the_json(corpus, tmp_path, capsys):

@@ -87,6 +87,7 @@ def test_a_training_job_requeued_by_scontrol_resumes_exactly(slurm, shards, corp
     assert [v for _, v in losses(rows)] == pytest.approx([v for _, v in losses(straight)], rel=1e-6)
 
 
+@pytest.mark.slow  # training on the cluster stays in the default suite: test_a_training_job_requeued_by_scontrol...
 def test_the_example_sbatch_runs_torchrun_on_the_cluster_with_the_losses_of_one_rank(slurm, shards, corpus, tmp_path):
     """examples/slurm/train.sbatch as users submit it (on a CPU node: no GPUs, 2 processes, gloo)."""
     from pathlib import Path

@@ -105,6 +105,14 @@ def trainable_parameters(model, lora, train_embeddings: bool = True) -> int:
     return count
 
 
+def muon_parameters(model, lora) -> int:
+    """What Muon takes (train/optim.py): the hidden matrices, or under LoRA the adapters (all matrices)."""
+    if lora is not None:
+        return lora_parameters(model, lora)
+    from tokenmill.train.optim import hidden_matrices
+    return sum(p.numel() for p in hidden_matrices(model))
+
+
 def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mfu: float | None = None,
              world_size: int | None = None) -> dict:
     on_gpu = gpus.lower() != "cpu"
@@ -131,7 +139,9 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
                       loss_chunk_tokens=t.loss_chunk_tokens, cpu_offload=t.fsdp_cpu_offload, on_gpu=on_gpu,
                       loaded_checkpoint=bool(cfg.model.init_from),
                       quantized_params=quantized_parameters(model) if cfg.model.quantize else 0,
-                      quantized_bytes_per_param=cfg.model.quantize.bytes_per_param() if cfg.model.quantize else 0.5)
+                      quantized_bytes_per_param=cfg.model.quantize.bytes_per_param() if cfg.model.quantize else 0.5,
+                      muon_params=muon_parameters(model, cfg.model.lora) if t.optimizer == "muon" else 0,
+                      ema=t.ema is not None)
     memory = memory_breakdown(plan)
     total_time = step_time * t.max_steps
     cost = total_time / 3600 * devices.count * price_per_gpu_hour if price_per_gpu_hour else None

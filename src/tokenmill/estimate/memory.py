@@ -3,7 +3,9 @@
   weights      fp32 master weights (4 bytes/param); + a bf16 copy under autocast on GPU (its weight cache);
                QLoRA: the base's linear layers in 4 bits (+ one absmax per 64 weights)
   gradients    fp32, trainable parameters only (LoRA: the adapters); + DDP's bucket copy of them
-  optimizer    AdamW's two fp32 moments (8 bytes/trainable param), allocated at the first step
+  optimizer    AdamW's two fp32 moments (8 bytes/trainable param), allocated at the first step; Muon's one
+               momentum buffer (4 bytes) for the matrices it takes (train.optimizer: muon)
+  ema          train.ema: one fp32 copy of the weights that train (4 bytes/trainable param)
   activations  what backward needs, per token and layer (LLaMA layout, SDPA/flash attention: no seq² term):
                8·hidden + 3·kv_width + 4·intermediate values (norm inputs and outputs, q/k/v before and after
                rope, attention output, gate/up/act/product); with activation checkpointing one hidden state per
@@ -44,6 +46,8 @@ class MemoryPlan:
     loaded_checkpoint: bool = False  # continued pre-training: the base's weights were read from disk
     quantized_params: int = 0        # QLoRA: base weights held in 4 bits (the decoder's linear layers)
     quantized_bytes_per_param: float = 0.5
+    muon_params: int = 0             # train.optimizer muon: trainable weights with one moment, not AdamW's two
+    ema: bool = False                # train.ema: a float32 copy of what trains
 
 
 def memory_breakdown(p: MemoryPlan) -> dict[str, float]:
@@ -56,7 +60,9 @@ def memory_breakdown(p: MemoryPlan) -> dict[str, float]:
     full = p.params - p.quantized_params  # fp32 master weights (+ a bf16 copy under autocast)
     parts = {"weights": 4 * full + (2 * full if p.bf16 else 0) + p.quantized_bytes_per_param * p.quantized_params,
              "gradients": 4 * p.trainable * (2 if p.parallel == "ddp" else 1),
-             "optimizer": 8 * p.trainable}
+             "optimizer": 8 * (p.trainable - p.muon_params) + 4 * p.muon_params}
+    if p.ema:
+        parts["ema"] = 4 * p.trainable
     if p.parallel == "fsdp":
         for key in ("weights", "gradients", "optimizer"):
             parts[key] = 0 if p.cpu_offload else parts[key] / p.world_size

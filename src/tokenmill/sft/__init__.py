@@ -137,7 +137,8 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     n_params = count_parameters(model)
     head = chunked_head(model) if t.loss_chunk_tokens else None  # logits a chunk at a time, as in pre-training
     model = wrap(model, t.parallel, world, device, dtype, t.fsdp_cpu_offload)
-    optimizer = build_optimizer(unwrap(model), t.lr_max, t.betas, t.weight_decay, device)
+    optimizer = build_optimizer(unwrap(model), t.lr_max, t.betas, t.weight_decay, device, kind=t.optimizer,
+                                muon=t.muon)
     accum = t.accum_steps(world.size)
     ema = ExponentialAverage(unwrap(model), t.ema) if t.ema else None
     state = {"step": 0, "tokens": 0}

@@ -62,6 +62,9 @@ def build(model_cfg: ModelConfig, cfg: TrainConfig, meta: dict, extension: dict 
     if cfg.seq_len > model.config.max_position_embeddings:
         raise ValueError(f"train.seq_len {cfg.seq_len} exceeds the model's max_position_embeddings "
                          f"{model.config.max_position_embeddings}")
+    attention = cfg.attention_for(device or torch.device("cpu"))
+    if attention != model.config._attn_implementation:
+        model.set_attn_implementation(attention)
     if model_cfg.quantize:
         model = quantize.prepare_for_training(model, cfg.activation_checkpointing)
     if model_cfg.lora:
@@ -303,7 +306,7 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
                          "sharded gradients do not support yet; use train.parallel: ddp")
     model = wrap(model, cfg.parallel, world, device, dtype, cfg.fsdp_cpu_offload)
     optimizer = build_optimizer(unwrap(model), cfg.lr_max, cfg.betas, cfg.weight_decay, device,
-                                model_cfg.embedding_lr_ratio())
+                                model_cfg.embedding_lr_ratio(), cfg.optimizer, cfg.muon)
     default_sets = {name: str(path / "val") for name, path in (datasets or {"val": shards_dir}).items()}
     eval_at_start = cfg.eval_at_start if cfg.eval_at_start is not None else bool(model_cfg.init_from)
     tokens_per_step = cfg.seq_len * cfg.micro_batch_size * accum * world.size
@@ -317,6 +320,9 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
         state = resume(resume_from, model, optimizer, sampler, cfg, accum, world, ema)
     forward_model = torch.compile(model) if cfg.compile else model
 
+    if world.is_main and cfg.optimizer == "muon" and model_cfg.init_from and not model_cfg.lora:
+        print("[train] warning: Muon on every weight of a base trained with AdamW is reported to do worse than AdamW "
+              "(arXiv 2605.10468); it is meant for pre-training from scratch, and for LoRA", flush=True)
     if world.is_main and transferred and not resume_from:  # a resumed run's rows were made by its first start
         print(embeddings.describe_transfer(transferred), flush=True)
     if world.is_main:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tokenmill.schema import StrictModel
+from tokenmill.train.optim import MuonConfig
 
 Logger = Literal["console", "jsonl", "tensorboard", "wandb"]
 
@@ -19,6 +20,7 @@ Logger = Literal["console", "jsonl", "tensorboard", "wandb"]
 RESUMABLE_CHANGES = ("mixture", "train.max_steps", "train.log_every", "train.eval_every", "train.eval_tokens",
                      "train.eval_sets", "train.eval_at_start", "train.eval_overlap_warn", "train.save_every", "train.keep_last", "train.device",
                      "train.threads", "train.compile", "train.activation_checkpointing", "train.loss_chunk_tokens",
+                     "train.attention",
                      "train.loggers", "train.wandb_project", "train.spike_factor", "train.micro_batch_size",
                      "train.grad_accum_steps", "train.batch_tokens", "train.parallel", "train.fsdp_cpu_offload")
 
@@ -42,8 +44,12 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(50, ge=0, description="optimizer steps of linear warmup")
     schedule: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of max_steps spent decaying")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="muon: torch.optim.Muon for the hidden matrices, AdamW for embeddings, head, norms and "
+                             "biases (for pre-training from scratch; see train.muon)")
+    muon: MuonConfig = Field(default_factory=MuonConfig, description="train.optimizer: muon's settings")
     weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW's (with muon: the AdamW part's)")
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     log_every: int = Field(10, gt=0, description="optimizer steps between metric rows")
     eval_every: int | None = Field(100, ge=0, description="optimizer steps between evaluations; 0 or null: only "
@@ -69,6 +75,9 @@ class TrainConfig(StrictModel):
     fsdp_cpu_offload: bool = Field(False, description="FSDP: keep parameters and optimizer state in CPU memory")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
     document_masking: bool = Field(False, description="packed documents do not attend to each other")
+    attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2"] = Field(
+        "auto", description="transformers' attention; auto: sdpa, except flex_attention on a GPU with "
+                            "document_masking (SDPA builds a T x T mask from the position ids, flex a block mask)")
     compile: bool = Field(False, description="torch.compile the model")
     loss_chunk_tokens: int | None = Field(
         1024, gt=0, description="apply the LM head and the loss this many tokens at a time: the same loss without "
@@ -94,12 +103,20 @@ class TrainConfig(StrictModel):
         if self.batch_tokens is not None and self.batch_tokens % (self.seq_len * self.micro_batch_size):
             problems.append(f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len x micro_batch_size "
                             f"({self.seq_len * self.micro_batch_size})")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            problems.append("train.optimizer muon orthogonalizes each whole matrix, and FSDP shards them (torch.optim."
+                            "Muon takes no sharded tensors): use train.parallel ddp or none with muon, or adamw")
         if self.ema is not None and self.parallel == "fsdp":
             problems.append("train.ema is kept of whole weights, and FSDP shards them: use train.parallel ddp or "
                             "none with train.ema, or drop it")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def attention_for(self, device) -> str:
+        if self.attention != "auto":
+            return self.attention
+        return "flex_attention" if self.document_masking and device.type == "cuda" else "sdpa"
 
     def evaluations(self, at_start: bool) -> int:
         """How many times the loop evaluates: at step 0 (CPT), every eval_every steps, and at the end."""

@@ -76,8 +76,8 @@ def wrap(model: torch.nn.Module, strategy: str, world: World, device: torch.devi
     """DDP or FSDP2 around the model; `strategy` is none, ddp or fsdp (auto: ddp with >1 rank)."""
     if strategy == "auto":
         strategy = "ddp" if world.size > 1 else "none"
-    if strategy == "none" or world.size == 1:
-        return model
+    if strategy == "none" or (world.size == 1 and not (strategy == "fsdp" and dist.is_initialized())):
+        return model  # one process: nothing to split, unless a process group asks FSDP's code path (tests/test_gpu.py)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[world.local_rank] if device.type == "cuda" else None)
