@@ -55,9 +55,18 @@ def test_bad_config_exits_2_listing_every_problem(tmp_path, capsys):
     assert "bad.yaml: 3 problem(s)" in err and "train.lr_max" in err and "train.nope" in err and "huge" in err
 
 
-def test_unknown_config_name_says_what_exists(capsys):
+def test_unknown_config_name_says_what_exists(capsys, tmp_path):
     assert main(["run", "no-such-config"]) == 2
     assert "demo" in capsys.readouterr().err
+    assert main(["train", str(tmp_path), "-o", str(tmp_path / "o"), "--config", "no-such-config"]) == 2
+    assert "no built-in config of that name (cpt-demo, demo)" in capsys.readouterr().err
+
+
+def test_a_stage_command_takes_a_built_in_config_by_name(capsys, tmp_path):
+    from tokenmill.cli import _load, _parser
+    args = _parser().parse_args(["train", str(tmp_path), "-o", str(tmp_path / "o"), "--config", "demo"])
+    cfg = _load(args)
+    assert cfg.train.max_steps == 600 and cfg.model.preset == "tiny"  # the demo's train and model sections
 
 
 def test_a_data_stage_prints_its_own_lines_and_keeps_datatrove_logs_in_its_folder(corpus, tmp_path):

@@ -98,7 +98,7 @@ def random_batches(ctx: Context, micro_batch: int, seq_len: int | None = None, n
 class Trainee:
     """A model as tokenmill trains it: built, optimizer, loss (chunked head, autocast), optionally compiled."""
 
-    def __init__(self, ctx: Context, model_cfg, train_cfg, optimizer: str = "adamw"):
+    def __init__(self, ctx: Context, model_cfg, train_cfg):
         from tokenmill.device import autocast_for
         from tokenmill.losses import chunked_head, next_token_loss
         from tokenmill.train import build, perf
@@ -108,7 +108,7 @@ class Trainee:
         self.model = build(model_cfg, train_cfg, {"vocab_size": ctx.vocab, "eos_id": 0}, device=ctx.device)
         head = chunked_head(self.model) if train_cfg.loss_chunk_tokens else None
         self.optimizer = build_optimizer(self.model, train_cfg.lr_max, train_cfg.betas, train_cfg.weight_decay,
-                                         ctx.device, kind=optimizer)
+                                         ctx.device, kind=train_cfg.optimizer, muon=train_cfg.muon)
         self.loss_fn = functools.partial(next_token_loss, autocast=autocast_for(ctx.device, ctx.dtype), head=head,
                                          chunk_tokens=train_cfg.loss_chunk_tokens)
         self.forward = torch.compile(self.model, backend=ctx.compile_backend) if train_cfg.compile else self.model
@@ -315,8 +315,8 @@ def muon_vs_adamw(ctx: Context) -> dict:
     curves = {}
     for kind in ("adamw", "muon"):
         cfg = vctx.train_config(micro_batch_size=micro, max_steps=steps, warmup_steps=max(steps // 20, 1),
-                                lr_max=3e-3, lr_min=3e-4, schedule="cosine", optimizer=kind)
-        trainee = Trainee(vctx, vctx.model_config("125m"), cfg, optimizer=kind)
+                                lr_max=1.5e-3, lr_min=1.5e-4, schedule="cosine", optimizer=kind)
+        trainee = Trainee(vctx, vctx.model_config("125m"), cfg)
         curve, t0 = [], time.time()
         for start in range(0, steps, every):
             trainee.run(every, batches[start:start + every], lr=lambda s: SCHEDULES["cosine"](s, cfg))

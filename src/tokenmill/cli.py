@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     def stage(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", metavar="FILE", help="a tokenmill YAML; this command uses its section(s)")
+        p.add_argument("--config", metavar="FILE", help="a tokenmill YAML, or a built-in's name (demo, cpt-demo); this "
+                                                     "command uses its section(s)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. train.lr_max=3e-4 (repeatable)")
         p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
@@ -324,7 +325,8 @@ def _train_inputs(specs: list[str]) -> Path | dict[str, Path]:
 
 
 def _load(args) -> PipelineConfig:
-    path = resolve_config_path(args.config_file) if args.command in ("run", "estimate", "plan") else args.config
+    named_config = args.config_file if args.command in ("run", "estimate", "plan") else args.config
+    path = resolve_config_path(named_config) if named_config else None  # a file, or a built-in's name (demo)
     named = _train_inputs(args.inputs) if args.command == "train" else None
     cfg = load_config(path, [*_flag_overrides(args), *args.overrides],
                       dataset_names=list(named) if isinstance(named, dict) else [])
