@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+from measure import tokens_to  # noqa: E402  (the GPU run's Muon step reads its curves the same way)
 WORK = ROOT / "bench" / ".work" / "muon"
 SHAPES = {
     "demo (tiny, 1.2M)": {"model.preset": "tiny", "train.micro_batch_size": 16},
@@ -44,18 +46,6 @@ def tokens_per_s(run: Path) -> float:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["perf/tokens_per_s"] for r in rows if "perf/tokens_per_s" in r][1:]  # the first window warms up
     return statistics.median(speeds)
-
-
-def tokens_to(points: list[tuple[int, float]], target: float) -> float | None:
-    previous = None
-    for tokens, loss in points:
-        if loss <= target:
-            if previous is None:
-                return float(tokens)
-            t0, l0 = previous
-            return t0 + (tokens - t0) * (l0 - target) / (l0 - loss)
-        previous = (tokens, loss)
-    return None
 
 
 def main() -> None:

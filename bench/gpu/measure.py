@@ -326,7 +326,7 @@ def muon_vs_adamw(ctx: Context) -> dict:
         del trainee
         ctx.free()
     target = curves["adamw"]["curve"][-1][1]
-    reach = {k: _tokens_to(c["curve"], target) for k, c in curves.items()}
+    reach = {k: tokens_to(c["curve"], target) for k, c in curves.items()}
     return {"shape": "125m", "vocab": vocab, "seq_len": seq_len, "micro_batch": micro, "steps": steps,
             "adamw_final_val_loss": round(target, 4), "tokens_to_adamw_final": reach,
             "muon_tokens_ratio": round(reach["muon"] / reach["adamw"], 3) if reach["muon"] else None,
@@ -343,7 +343,7 @@ def _val_loss(trainee: Trainee, val: torch.Tensor) -> float:
     return sum(losses) / len(losses)
 
 
-def _tokens_to(curve: list[tuple[int, float]], target: float) -> float | None:
+def tokens_to(curve: list[tuple[int, float]], target: float) -> float | None:
     """The tokens at which a curve first reaches `target`, between its evaluation points by linear
     interpolation; None when it never does."""
     previous = None
