@@ -86,3 +86,30 @@ def test_attention_auto_is_flex_on_a_gpu_with_document_masking_and_build_sets_it
     assert model.config._attn_implementation == "flex_attention"
     assert build(ModelConfig(**shape), TrainConfig(seq_len=32), {"vocab_size": 64, "eos_id": 0}
                  ).config._attn_implementation == "sdpa"
+
+
+def test_fsdp_shards_at_world_size_one_when_a_process_group_exists(monkeypatch):
+    """The GPU test of FSDP2 at world size 1 (NCCL) relies on this; here on gloo: with a process group, `fsdp`
+    shards even one rank's model; without one, a single process keeps its plain model."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+    from tokenmill.model import ModelConfig, build_model
+    from tokenmill.train.distributed import World, wrap
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    model = build_model(ModelConfig(**shape), 64, 0)
+    assert wrap(model, "fsdp", World(), torch.device("cpu"), torch.float32) is model  # no process group
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        assert isinstance(wrap(model, "fsdp", World(), torch.device("cpu"), torch.float32), FSDPModule)
+        assert not isinstance(wrap(build_model(ModelConfig(**shape), 64, 0), "ddp", World(), torch.device("cpu"),
+                                   torch.float32), torch.nn.parallel.DistributedDataParallel)
+    finally:
+        dist.destroy_process_group()
