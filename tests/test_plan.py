@@ -116,30 +116,56 @@ def test_a_bad_plan_is_refused_before_any_proxy_runs(tmp_path, change, message):
 
 
 def test_a_plan_runs_its_proxies_fits_and_says_what_it_found(tmp_path, capsys):
+    """First one task of the Slurm proxy array: its job script, run by bash as Slurm runs it with
+    SLURM_ARRAY_TASK_ID=1, trains the second share's proxies and nothing else. The whole plan then finds them
+    done, trains the others, fits and answers; `run --plan` trains the target only on a recommendation."""
+    import os
+    import subprocess
+
+    from tokenmill import slurm_chain
     from tokenmill.cli import main
-    config = tmp_path / "plan.yaml"
-    config.write_text(yaml.safe_dump(plan_config(tmp_path)))
-    code = main(["plan", str(config), "-o", str(tmp_path / "run")])
-    result = json.loads((tmp_path / "run" / "plan" / "plan.json").read_text())
+    from tokenmill.config import load_config
+    config, run = tmp_path / "plan.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(plan_config(tmp_path, parallel=2)))
+    cfg = load_config(config)
+    jobs = slurm_chain.plan_jobs(str(config), run, [], cfg.ingest.executor.slurm, cfg.plan)
+    assert [(j.step, j.array) for j in jobs] == [("data", 0), ("proxies", 4), ("fit", 0)]
+    script = slurm_chain.job_script(jobs[1], run)
+    assert "#SBATCH --array=0-3%2" in script and '--proxy "$SLURM_ARRAY_TASK_ID"' in script
+    assert main(["run", str(config), "-o", str(run), "--until", "tokenize"]) == 0  # the data job
+    (tmp_path / "task.sh").write_text(script)
+    task = subprocess.run(["bash", str(tmp_path / "task.sh")], capture_output=True, text=True,
+                          env={**os.environ, "SLURM_ARRAY_TASK_ID": "1"})
+    assert task.returncode == 0, task.stderr[-2000:]
+    trained = sorted(p.parent.parent.name for p in (run / "plan").glob("share-*/*/manifest.json"))
+    assert trained == ["share-0.6"] * 3  # its stable run and two cooldown branches
+    capsys.readouterr()
+    assert main(["plan", str(config), "-o", str(run), "--proxy", "4"]) != 0
+    assert "--proxy 4: the plan has 4 proxy groups ([0.3, 0.6, 0.8, 1.0]), indexed 0 to 3" in capsys.readouterr().err
+
+    code = main(["plan", str(config), "-o", str(run)])
+    out = capsys.readouterr()
+    for share in ("0.30", "0.60", "0.80", "1.00"):
+        after = out.out.split(f"[plan] proxy domain {share}, 20 steps")[1]
+        assert after.lstrip().startswith("[train] up to date" if share == "0.60" else "[train] running"), share
+    result = json.loads((run / "plan" / "plan.json").read_text())
     assert len(result["points"]) == 12 and {p["steps"] for p in result["points"]} == {10, 15, 20}
     assert set(result["fits"]) == {"general", "domain"} and set(result["base"]) == {"general", "domain"}
     assert result["compute"]["fraction"] == pytest.approx(4 * (20 + 2 + 3) / 100)  # a stable run and two cooldowns
-    out = capsys.readouterr()
     assert "[plan] 12 points from 4 shares of domain" in out.out
     if result["recommendation"]["share"] is None:  # an honest "no": this tiny model's curves are noisy
         assert code == 2 and "no recommendation" in out.out and "no mixture to pay for" in out.err
     else:
         assert code == 0 and "recommended domain share" in out.out
     # Everything is done: a second plan trains nothing; `run --plan` trains the target only on a recommendation.
-    code = main(["run", str(config), "-o", str(tmp_path / "run"), "--plan"])
+    code = main(["run", str(config), "-o", str(run), "--plan"])
     out = capsys.readouterr()
     assert "[train] running" not in out.out.split("[plan] 12 points")[0]
     if result["recommendation"]["share"] is None:
-        assert code == 2 and not (tmp_path / "run" / "40_checkpoints").exists()
+        assert code == 2 and not (run / "40_checkpoints").exists()
     else:
         assert code == 0 and "plan domain: predicted" in out.out
-        assert json.loads((tmp_path / "run" / "plan" / "applied.json").read_text())["share"] == \
-            result["recommendation"]["share"]
+        assert json.loads((run / "plan" / "applied.json").read_text())["share"] == result["recommendation"]["share"]
 
 
 def test_the_check_sets_each_prediction_beside_the_measurement(tmp_path):

@@ -173,3 +173,30 @@ def test_tokenmill_run_submit_queues_one_job_per_stage_at_once_and_collects(slur
         assert got and [p.read_bytes() for p in got] == [p.read_bytes() for p in want]
     assert sorted(p.name.split("-")[0] for p in (run / "slurm").glob("*.out")) == \
         ["dedup", "filter", "ingest", "tokenize", "train"]
+
+
+@pytest.mark.slow  # ~55 s: three jobs, the array's tasks two at a time; one array task by bash in test_plan.py
+def test_plan_submit_trains_the_proxies_as_one_job_array_and_answers(slurm, tmp_path, capsys):
+    """`tokenmill plan --submit --wait` on a real cluster: the data job, one array with a task per share (each
+    task's log names its share only), the fit; then the answer printed, and every proxy found done again."""
+    from test_plan import plan_config
+    raw = plan_config(tmp_path, shares={"domain": [0.3, 0.6, 1.0]}, budgets=[0.1, 0.15, 0.2])
+    raw["plan"]["slurm"] = {"poll_s": 0.5}
+    raw["ingest"] = {"executor": {"slurm": {"poll_s": 0.5}}}
+    config, run = tmp_path / "plan.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(raw))
+    code = main(["plan", str(config), "-o", str(run), "--submit", "--wait"])
+    out = capsys.readouterr().out
+    chain = json.loads((run / "slurm" / "chain.json").read_text())
+    assert [c["step"] for c in chain] == ["data", "proxies", "fit"]
+    assert f"proxies {chain[1]['job']} (an array of 3)" in out
+    logs = {p.name: p.read_text() for p in (run / "slurm").glob("proxies-*.out")}
+    assert sorted(logs) == [f"proxies-{chain[1]['job']}_{i}.out" for i in range(3)]
+    for i, share in enumerate(("0.30", "0.60", "1.00")):
+        log = logs[f"proxies-{chain[1]['job']}_{i}.out"]
+        assert f"[plan] proxy domain {share}, 20 steps" in log and log.count("[plan] proxy domain") == 3, log[-2000:]
+        assert "[train] running" in log
+    result = json.loads((run / "plan" / "plan.json").read_text())
+    assert len(result["points"]) == 9 and {p["share"] for p in result["points"]} == {0.3, 0.6, 1.0}
+    assert "[plan] 9 points from 3 shares of domain" in out and out.count("[train] up to date") == 9
+    assert code in (0, 2)  # 2: the honest "no recommendation" of a tiny model's noisy curves (test_plan.py)

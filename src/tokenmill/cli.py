@@ -211,6 +211,11 @@ def _parser() -> argparse.ArgumentParser:
                       "byte it buys per evaluation set, with intervals, and the proxies' cost (writes RUN/plan/plan.json).")
     p.add_argument("config_file", metavar="CONFIG", help="a YAML file with a plan section")
     p.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<config name>)")
+    p.add_argument("--submit", action="store_true", help="submit the plan to Slurm: the data, the proxies as one job "
+                   "array (a task per share or size), the fit; return, and run again without --submit to collect")
+    p.add_argument("--wait", action="store_true", help="with --submit: wait for the jobs, then print the answer")
+    p.add_argument("--proxy", type=int, metavar="INDEX", help="run only the proxies of one share (or size), by its "
+                   "index in the sorted list: what each task of the --submit array runs")
     p = sub.add_parser("convert-gguf", help="Convert a GGUF model into a HF folder (a base for continued pre-training).",
                        epilog=f"example:\n  {EXAMPLES['convert-gguf']}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE", help="a .gguf file, or pkg://PACKAGE/file.gguf")
@@ -446,8 +451,15 @@ def _dispatch(args) -> None:
         _run(cfg, args)
     elif c == "plan":
         run_dir = args.output or Path("runs") / Path(args.config_file).stem
-        with lock.hold(run_dir):
-            _planned(cfg, run_dir, args.force)
+        if cfg.plan is None:
+            raise ValueError(NO_PLAN)
+        if args.submit:
+            _submit(cfg, args, run_dir)
+        elif args.proxy is not None:  # one task of the proxies' job array: its own folders' locks, not the run's
+            plan.run(cfg, run_dir, args.force, only=args.proxy)
+        else:
+            with lock.hold(run_dir):
+                _planned(cfg, run_dir, args.force)
     elif c == "estimate":
         from tokenmill.estimate import estimate, format_estimate
         e = estimate(cfg, args.gpus, args.price_per_gpu_hour, args.mfu)
@@ -462,14 +474,26 @@ def _submit(cfg: PipelineConfig, args, run_dir: Path) -> None:
         raise FileNotFoundError("tokenmill run --submit submits with sbatch, which is not on PATH here; run it on a "
                                 "Slurm login node")
     config = args.config_file if not Path(args.config_file).is_file() else str(Path(args.config_file).resolve())
-    jobs = slurm_chain.submit(config, Path(run_dir).resolve(), args.overrides, cfg.ingest.executor.slurm)
+    run_dir = Path(run_dir).resolve()
+    if args.command == "plan":
+        chain = slurm_chain.plan_jobs(config, run_dir, args.overrides, cfg.ingest.executor.slurm, cfg.plan)
+        done = run_dir / "plan" / "plan.json"
+    else:
+        chain, done = slurm_chain.run_jobs(config, run_dir, args.overrides, cfg.ingest.executor.slurm), run_dir / "report.html"
+    jobs = slurm_chain.submit(chain, run_dir)
     print(f"[slurm] submitted {len(jobs)} jobs, each after the one before: "
-          + ", ".join(f"{step} {job}" for step, job in jobs) + f" (logs: {Path(run_dir) / 'slurm'})")
+          + ", ".join(f"{job.step} {job_id}" + (f" (an array of {job.array})" if job.array else "")
+                      for job, (_, job_id) in zip(chain, jobs)) + f" (logs: {run_dir / 'slurm'})")
     if not args.wait:
-        print(f"run `tokenmill run {args.config_file} -o {run_dir}` when they have finished to collect the run")
+        print(f"run `tokenmill {args.command} {args.config_file} -o {args.output or run_dir}` when they have finished "
+              "to collect it")
         return
-    slurm_chain.wait(jobs, run_dir, cfg.ingest.executor.slurm.poll_s)
-    print(f"report:     {Path(run_dir) / 'report.html'}")
+    slurm_chain.wait(jobs, run_dir, done, cfg.ingest.executor.slurm.poll_s)
+    if args.command == "plan":  # every proxy and the fit are done: this prints the answer
+        with lock.hold(run_dir):
+            _planned(cfg, run_dir, False)
+    else:
+        print(f"report:     {run_dir / 'report.html'}")
 
 
 def _eval(cfg: PipelineConfig, args) -> None:
@@ -526,11 +550,14 @@ def _run(cfg: PipelineConfig, args) -> None:
     print(f"sample:\n{out['sample']}")
 
 
+NO_PLAN = ("the config has no plan section: add plan: {shares: {DATASET: [...]}, objective: {set: ...}, "
+           "constraint: {set: ..., max_rise_bits_per_byte: ...}} (docs/plan.md)")
+
+
 def _planned(cfg: PipelineConfig, run_dir: Path, force: bool) -> dict:
     """tokenmill plan: proxies (skipped when done), fits, the recommendation; refuses to go on without one."""
     if cfg.plan is None:
-        raise ValueError("the config has no plan section: add plan: {shares: {DATASET: [...]}, objective: {set: ...}, "
-                         "constraint: {set: ..., max_rise_bits_per_byte: ...}} (docs/plan.md)")
+        raise ValueError(NO_PLAN)
     result = plan.run(cfg, run_dir, force)
     print(plan.format_plan(result, cfg))
     print(f"plan:       {Path(run_dir) / 'plan' / 'plan.json'}")

@@ -258,11 +258,15 @@ SLURM_ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", 
 
 
 def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
-    """The jobs still queued or running, with their state (squeue)."""
+    """The jobs still queued or running, with their state (squeue); a job array by its id (%F), RUNNING while
+    any of its tasks runs."""
     import subprocess
-    out = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T"], capture_output=True, text=True)
-    rows = (line.split() for line in out.stdout.splitlines() if line.strip())
-    return {job: state for job, state in rows if state in SLURM_ACTIVE}
+    out = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%F %T"], capture_output=True, text=True)
+    states: dict[str, str] = {}
+    for job, state in (line.split() for line in out.stdout.splitlines() if line.strip()):
+        if state in SLURM_ACTIVE and states.get(job) != "RUNNING":
+            states[job] = state
+    return states
 
 
 def _queued(job_id: str) -> bool:

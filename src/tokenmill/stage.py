@@ -88,11 +88,13 @@ def run_stage(name: str, cfg: StageConfig, inputs: list[Path], out_dir: Path, fn
         log = lambda message: None  # noqa: E731
     keys = {str(p): input_key(p) for p in inputs}
     key = stage_key(name, cfg, keys)
+    # A finished stage is read without its lock, so that many processes may find it done at once (the tasks of
+    # a plan's proxy array); its manifest is written last, atomically, so one that matches means a whole output.
+    manifest = read_manifest(out_dir)
+    if manifest and manifest["key"] == key and not force:
+        log(f"[{name}] up to date ({out_dir})")
+        return manifest
     if storage.is_remote(out_dir):
-        manifest = read_manifest(out_dir)
-        if manifest and manifest["key"] == key and not force:
-            log(f"[{name}] up to date ({out_dir})")
-            return manifest
         return _run_for_remote(name, cfg, key, keys, str(out_dir), fn, force, resumable, log)
     # One writer per folder: a second process on it is refused, naming the first (lock.py).
     with lock.hold(Path(out_dir), log) if main_process else contextlib.nullcontext():

@@ -36,18 +36,26 @@ __all__ = ["PlanConfig", "run", "target_mixture", "format_plan"]
 FIT_VERSION = 5  # part of plan.json's key: a changed law or fit refits the same points
 
 
-def run(cfg, run_dir: Path, force: bool = False) -> dict:
-    """Data stages, proxies, fits, recommendation; writes RUN/plan/plan.json and returns it."""
+def run(cfg, run_dir: Path, force: bool = False, only: int | None = None) -> dict | None:
+    """Data stages, proxies, fits, recommendation; writes RUN/plan/plan.json and returns it. With `only`, the
+    proxies of one share (or size: `plan.groups[only]`) and nothing else: a task of `tokenmill plan --submit`'s
+    job array, after the data job (its stages are found up to date)."""
     from tokenmill.pipeline import prepare_data
-    run_dir = Path(run_dir)
-    shards = prepare_data(cfg, run_dir, force)
+    run_dir, groups = Path(run_dir), cfg.plan.groups
+    if only is not None and not 0 <= only < len(groups):
+        raise ValueError(f"--proxy {only}: the plan has {len(groups)} proxy groups ({groups}), indexed 0 to "
+                         f"{len(groups) - 1}")
+    shards = prepare_data(cfg, run_dir, force and only is None)
     budget_list = proxies.budgets(cfg.plan.budgets, cfg.train.max_steps, cfg.plan.decay_fraction)
+    chosen = groups if only is None else [groups[only]]
     if cfg.plan.sizes:  # from scratch: a ladder of sizes
         n_sets = len(cfg.train.eval_sets or (shards if isinstance(shards, dict) else {"val": shards}))
-        points, base = ladder.run_ladder(cfg, shards, run_dir / "plan", force,
+        points, base = ladder.run_ladder(cfg, chosen, shards, run_dir / "plan", force,
                                          proxy_train_config(cfg, budget_list, n_sets), budget_list), {}
     else:
-        points, base = run_proxies(cfg, shards, budget_list, run_dir / "plan", force)
+        points, base = run_proxies(cfg, chosen, shards, budget_list, run_dir / "plan", force)
+    if only is not None:
+        return None
     out = run_dir / "plan" / "plan.json"
     key = hashlib.sha256(json.dumps([points, base, cfg.plan.model_dump(mode="json"), FIT_VERSION],
                                     sort_keys=True).encode()).hexdigest()
@@ -60,14 +68,15 @@ def run(cfg, run_dir: Path, force: bool = False) -> dict:
     return result
 
 
-def run_proxies(cfg, shards: dict[str, Path], budget_list: list, folder: Path, force: bool) -> tuple[list[dict], dict]:
-    """Every proxy (skipped when done); the points [{share, tokens (of the target's), set: bits per byte}] and
-    the start model's bits per byte per set."""
+def run_proxies(cfg, shares: list[float], shards: dict[str, Path], budget_list: list, folder: Path,
+                force: bool) -> tuple[list[dict], dict]:
+    """The proxies of these shares (skipped when done); the points [{share, tokens (of the target's), set: bits
+    per byte}] and the start model's bits per byte per set."""
     plan = cfg.plan
     train_cfg = proxy_train_config(cfg, budget_list, len(cfg.train.eval_sets or shards))
     points, base = [], {}
     subsample = repetition_subsample(cfg, shards)
-    for share in plan.share_values:
+    for share in shares:
         mixture = target_mixture(cfg, share).model_copy(update={"subsample": {**cfg.mixture.subsample, **subsample}})
         for budget, first, last in run_branches(cfg.model, train_cfg, mixture, shards, budget_list,
                                                 folder / proxies.share_label(share), f"{plan.varied} {share:.2f}", force):

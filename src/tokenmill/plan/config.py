@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from tokenmill.engine import SlurmConfig
 from tokenmill.schema import StrictModel
 
 LAW_PARAMETERS = 6           # D-CPT with the model size fixed: E, B, η, β, C, γ
@@ -48,6 +49,10 @@ class PlanConfig(StrictModel):
     resamples: int = Field(100, ge=10, description="bootstrap refits for the prediction intervals")
     gpus: str = Field("cpu", description="what the cost is estimated on (tokenmill estimate's --gpus: 8xH100, cpu)")
     price_per_gpu_hour: float | None = Field(None, gt=0, description="USD per device-hour, for the cost")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="tokenmill plan --submit: each proxy task's "
+                               "and the fit's resources (a GPU each: sbatch_args: {gres: 'gpu:1'})")
+    parallel: int | None = Field(None, gt=0, description="tokenmill plan --submit: proxy tasks running at once (the "
+                                                         "array's %N); None: as many as the cluster gives")
 
     @model_validator(mode="after")
     def _check(self):
@@ -97,3 +102,8 @@ class PlanConfig(StrictModel):
     @property
     def share_values(self) -> list[float]:
         return sorted(set(self.shares[self.varied]))
+
+    @property
+    def groups(self) -> list:
+        """What one proxy task trains (its stable run and cooldown branches): a share, or a size of the ladder."""
+        return list(self.sizes) if self.sizes else self.share_values

@@ -40,11 +40,11 @@ def parameters(cfg, model_cfg) -> int:
         (lookup.numel() if lookup is not model.get_output_embeddings().weight else 0)
 
 
-def run_ladder(cfg, shards, folder: Path, force: bool, train_cfg, budget_list) -> list[dict]:
-    """Every size's proxies (skipped when done): points [{size, params, tokens, steps, set: bits per byte}]."""
+def run_ladder(cfg, sizes: list, shards, folder: Path, force: bool, train_cfg, budget_list) -> list[dict]:
+    """These sizes' proxies (skipped when done): points [{size, params, tokens, steps, set: bits per byte}]."""
     from tokenmill.plan import run_branches
     points = []
-    for spec in cfg.plan.sizes:
+    for spec in sizes:
         model_cfg, label = size_model(cfg.model, spec), size_label(spec)
         n = parameters(cfg, model_cfg)
         for budget, _, last in run_branches(model_cfg, train_cfg, cfg.mixture, shards, budget_list,
