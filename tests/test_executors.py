@@ -45,8 +45,8 @@ def test_ray_executor_on_a_local_cluster(tmp_path):
 
 
 def test_every_core_by_default_and_the_output_does_not_depend_on_tasks_or_workers(tmp_path, monkeypatch):
-    """Default: one task per input shard, run on every core; filter and dedup (exact, MinHash, lines) give the
-    same shards with the same documents in the same order for any tasks/workers."""
+    """Default: tasks from the input's size (engine.grouped_tasks), run on every core; filter and dedup (exact,
+    MinHash, lines) give the same shards with the same documents in the same order for any tasks/workers."""
     import random
 
     from conftest import make_text
@@ -72,6 +72,32 @@ def test_every_core_by_default_and_the_output_does_not_depend_on_tasks_or_worker
     first, *others = outputs.values()
     assert len(first) > 1 and all(other == first for other in others)
 
+
+def test_tasks_take_groups_of_shards_by_size_not_one_per_shard(tmp_path):
+    """The default task count follows the input's bytes (8 MiB of shards a task, at least 8, at most one per
+    shard); a stage over 40 small shards runs 8 tasks and still writes the 40 shards a task per shard writes."""
+    def shards(n: int, size: int) -> list:
+        folder = tmp_path / f"sizes-{n}-{size}"
+        folder.mkdir()
+        for i in range(n):
+            with open(folder / f"docs-00000-{i:05d}.jsonl.gz", "wb") as f:
+                f.truncate(size)  # sparse: only the size counts
+        return document_shards(folder)
+    mib = 2**20
+    assert engine.grouped_tasks(shards(3, mib)) == 3                 # fewer shards than 8: one each
+    assert engine.grouped_tasks(shards(40, 1000)) == 8               # small: 8 tasks, not 40
+    assert engine.grouped_tasks(shards(20, 5 * mib)) == 13           # 100 MiB: a task per 8 MiB
+    assert engine.grouped_tasks(shards(10, 20 * mib)) == 10          # never more than the shards
+    docs = [Document(f"d{i:02d}", TEXT + f" Number {i}.") for i in range(40)]
+    write_documents(docs, tmp_path / "in", docs_per_shard=1)
+    grouped = filter_run(FilterConfig(steps=[{"name": "length", "min_chars": 20}]), tmp_path / "in", tmp_path / "a")
+    one_each = filter_run(FilterConfig(steps=[{"name": "length", "min_chars": 20}], executor={"tasks": 40}),
+                          tmp_path / "in", tmp_path / "b")
+    assert (grouped["tasks"], one_each["tasks"]) == (8, 40)
+    names = [p.name for p in document_shards(tmp_path / "in")]
+    assert [p.name for p in document_shards(tmp_path / "a")] == names == [p.name for p in document_shards(tmp_path / "b")]
+    assert [list(read_shard(p)) for p in document_shards(tmp_path / "a")] == \
+        [list(read_shard(p)) for p in document_shards(tmp_path / "b")]
 
 
 def test_a_local_pipeline_with_workers_runs_after_a_ray_one(tmp_path):

@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--executor", choices=["local", "slurm", "ray"], help="datatrove executor (default: local)")
         p.add_argument("--no-wait", action="store_true",
                        help="slurm: submit and return; the same command collects the stage later")
-        p.add_argument("--tasks", type=int, help="units of work the input is split into (default: one per shard)")
+        p.add_argument("--tasks", type=int, help="units of work the input is split into (default: one per ~32 MB of text, at least 8)")
     p = stage("tokenize", "Train or load a tokenizer; pack documents into train/val token shards.")
     p.add_argument("input", type=_location, metavar="DIR")
     p.add_argument("-o", "--output", required=True, type=_location)

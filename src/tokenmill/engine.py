@@ -4,17 +4,19 @@ One module knows datatrove: our document shards as its reader/writer (adapters k
 `metadata`), the executor choice (local processes, Slurm, Ray), a tally step for the data funnel, and the
 per-step stats that datatrove writes (`logs/stats.json`), which become our manifests' counts.
 
-Work is split into `tasks`, by default one per input shard, so every core has work as long as there are
-as many shards as cores (ingest cuts shards by size for that). Whatever the task count, each output shard
-holds what is left of the input shard of the same name, in order: a stage's output does not depend on the
-machine it ran on. Each finished task leaves a completion marker, so a killed stage re-runs only
-its unfinished tasks. `workers` only sets how many run at once (default: every core): the output does not
-depend on it.
+Work is split into `tasks`, by default one per ~32 MB of text (8 MiB of compressed shards), at least 8 and
+at most one per shard (`grouped_tasks`): a task's start-up, its stats and MinHash's per-task files grow with
+the data, not with the shard count, and the count comes from the input alone, never the machine. Whatever the
+task count, each output shard holds what is left of the input shard of the same name, in order: a stage's
+output does not depend on the machine it ran on. Each finished task leaves a completion marker, so a killed
+stage re-runs only its unfinished tasks. `workers` only sets how many run at once (default: every core): the
+output does not depend on it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -46,8 +48,9 @@ class SlurmConfig(StrictModel):
 
 class ExecutorConfig(StrictModel):
     kind: Literal["local", "slurm", "ray"] = Field("local", description="datatrove executor")
-    tasks: int | None = Field(None, gt=0, description="units of work; None: one per input shard (the output then "
-                                                     "keeps the input's shards); fewer: shards are dealt out")
+    tasks: int | None = Field(None, gt=0, description="units of work; None: one per ~32 MB of text, at least 8 "
+                                                     "(engine.grouped_tasks); the shards are dealt out to them, and "
+                                                     "each output shard holds what is left of its input shard")
     workers: int = Field(-1, description="tasks run at once (local: processes; -1: one per CPU core)")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     ray_address: str | None = Field(None, description="Ray cluster address; None starts or joins a local one")
@@ -114,9 +117,22 @@ def with_default_tasks(cfg: ExecutorConfig, tasks: int) -> ExecutorConfig:
     return cfg if cfg.tasks else cfg.model_copy(update={"tasks": tasks})
 
 
+TASK_BYTES = 8 * 2**20  # compressed shards per task (~32 MB of text): a task's start-up and files amortized
+MIN_TASKS = 8            # work for 8 cores however small the input
+
+
+def grouped_tasks(shards: list[Path]) -> int:
+    """The default task count for these shards: one per TASK_BYTES of them on disk, at least MIN_TASKS, at most
+    one per shard. From the input alone, never the machine: MinHash and sentence dedup name documents by
+    (task, index), so the same layout makes the same decisions everywhere. Each task reads every tasks-th shard
+    (datatrove deals the sorted files out) and writes each into the output shard of the same name."""
+    size = sum(Path(p).stat().st_size for p in shards)
+    return max(1, min(len(shards), max(MIN_TASKS, math.ceil(size / TASK_BYTES))))
+
+
 def for_input(cfg: ExecutorConfig, in_dir: Path) -> ExecutorConfig:
-    """The executor config with its task count fixed: the user's, or one per shard of `in_dir`."""
-    return with_default_tasks(cfg, len(document_shards(in_dir)))
+    """The executor config with its task count fixed: the user's, or grouped_tasks of `in_dir`'s shards."""
+    return with_default_tasks(cfg, grouped_tasks(document_shards(in_dir)))
 
 
 def build_executor(cfg: ExecutorConfig, pipeline: list, logging_dir: Path, depends=None):

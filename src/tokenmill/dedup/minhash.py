@@ -26,7 +26,6 @@ from datatrove.utils.text import TextNormConfig, simplify_text
 from pydantic import Field
 
 from tokenmill import engine
-from tokenmill.documents import document_shards
 from tokenmill.schema import StrictModel
 
 
@@ -51,10 +50,10 @@ def minhash_dedup(cfg: MinhashConfig, executor: engine.ExecutorConfig, in_dir: P
     from datatrove.utils.hashing import HashConfig
     dt_cfg = DtConfig(n_grams=cfg.n_grams, num_buckets=cfg.num_buckets, hashes_per_bucket=cfg.hashes_per_bucket,
                       seed=cfg.seed, hash_config=HashConfig(precision=64))
-    # One task per input shard in the two stages that read documents, whatever the executor says: datatrove
-    # names a document by (task, index), and the cluster stage keeps the root of each cluster, so the same
-    # layout gives the same decisions on any machine.
-    shards = len(document_shards(in_dir))
+    # The reading stages' task count comes from the input (engine.grouped_tasks) or the config, never the
+    # machine: datatrove names a document by (task, index), and the cluster stage keeps the root of each
+    # cluster, so the same layout gives the same decisions on any machine.
+    shards = engine.for_input(executor, in_dir).tasks
     stages = [
         ([engine.reader(in_dir), SIGNATURES[cfg.implementation](output_folder=str(work / "signatures"), config=dt_cfg,
                                                                  language=cfg.language)], shards),

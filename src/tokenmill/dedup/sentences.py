@@ -12,7 +12,6 @@ from pathlib import Path
 from pydantic import Field
 
 from tokenmill import engine
-from tokenmill.documents import document_shards
 from tokenmill.schema import StrictModel
 
 
@@ -30,8 +29,8 @@ def sentence_dedup(cfg: SentenceDedupConfig, executor: engine.ExecutorConfig, in
                                                          SentenceDedupSignature, SentenceFindDedups)
     dt_cfg = SentDedupConfig(n_sentences=cfg.n_sentences, split_sentences=cfg.split_sentences,
                              min_doc_words=cfg.min_doc_words, min_num_sentences=cfg.min_num_sentences)
-    # Documents are named by (task, index), as in MinHash: one task per input shard in the reading stages.
-    shards = len(document_shards(in_dir))
+    # Documents are named by (task, index), as in MinHash: the reading stages' layout comes from the input.
+    shards = engine.for_input(executor, in_dir).tasks
     stages = [
         ([engine.reader(in_dir), SentenceDedupSignature(output_folder=str(work / "signatures"), config=dt_cfg,
                                                         language=cfg.language)], shards),

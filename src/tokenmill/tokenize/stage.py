@@ -10,7 +10,7 @@ grows by merges learned from the documents (tokenize/extend.py), and the manifes
 base and of the extended tokenizer on them. The split is by document, so
 no document has tokens on both sides, and seeded by document id, so it does not depend on input order.
 
-Encoding runs on the datatrove executors (local, Slurm, Ray), one task per document shard by default: each
+Encoding runs on the datatrove executors (local, Slurm, Ray), tasks as engine.grouped_tasks deals them: each
 writes the token shards of its document shards (one thread each; N tasks encode N shards at once), and the
 split's meta.json is merged at the end. The token ids, and the order of the documents, are those of one
 process encoding the shards in order, for any task count.
