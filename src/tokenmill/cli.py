@@ -453,6 +453,8 @@ def _dispatch(args) -> None:
         run_dir = args.output or Path("runs") / Path(args.config_file).stem
         if cfg.plan is None:
             raise ValueError(NO_PLAN)
+        if args.submit and args.proxy is not None:
+            raise ValueError("--proxy INDEX is what each task of a --submit array runs: give one of the two")
         if args.submit:
             _submit(cfg, args, run_dir)
         elif args.proxy is not None:  # one task of the proxies' job array: its own folders' locks, not the run's
@@ -471,8 +473,8 @@ def _submit(cfg: PipelineConfig, args, run_dir: Path) -> None:
 
     from tokenmill import slurm_chain
     if shutil.which("sbatch") is None:
-        raise FileNotFoundError("tokenmill run --submit submits with sbatch, which is not on PATH here; run it on a "
-                                "Slurm login node")
+        raise FileNotFoundError(f"tokenmill {args.command} --submit submits with sbatch, which is not on PATH here; "
+                                "run it on a Slurm login node")
     config = args.config_file if not Path(args.config_file).is_file() else str(Path(args.config_file).resolve())
     run_dir = Path(run_dir).resolve()
     if args.command == "plan":
