@@ -16,8 +16,7 @@ bench/plan_smollm2.py's converted model, or any HF tokenizer folder given with -
 also the whole `tokenmill run --until tokenize` and datatrove's pipeline of the same blocks on the same input
 with the same task count (datatrove's reader of files, its extractor framework around the same resiliparse
 call, its LanguageFilter on the same lid.176 model, GopherQuality/GopherRepetition, its four MinHash blocks,
-its DocumentTokenizer), plus raw `tokenizers` on one thread, at one fraction (--compare-at, default 1/4: what
-this 2-core machine affords beside the scaling series). Writes bench/results/data_scale.json after
+its DocumentTokenizer), plus raw `tokenizers` on one thread, at one fraction (--compare-at, default the whole input). Writes bench/results/data_scale.json after
 every step.
 """
 
@@ -250,8 +249,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0])
     parser.add_argument("--no-datatrove", action="store_true")
-    parser.add_argument("--compare-at", type=float, default=0.25, help="the fraction at which the whole run and "
-                        "datatrove's pipeline run (the time this CPU affords)")
+    parser.add_argument("--compare-at", type=float, default=1.0, help="the fraction at which the whole run and "
+                        "datatrove's pipeline run")
     parser.add_argument("--tokenizer", type=Path, default=TOKENIZER)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -87,3 +87,28 @@ def test_the_estimate_knows_each_mixture_stage_length(corpus):
     assert e["stage_seq_lens"] == [32, 64]
     flops = e["flops_per_token_by_seq_len"]
     assert flops[32] == e["flops_per_token"] and flops[64] - flops[32] == 12 * 2 * 32 * 32  # attention grows
+
+
+def test_a_cpu_step_is_timed_on_the_runs_own_shape_once_and_kept(corpus, tmp_path, monkeypatch):
+    """On a CPU the step time comes from the run's model cut to one and two layers, a micro-batch of its shape
+    forward and backward through the trainer's loss, plus an AdamW step; the figure is kept per shape and read
+    back (no second measurement); another shape is measured anew; an explicit --mfu keeps the peak model."""
+    from tokenmill.estimate import cpu_step
+    monkeypatch.setattr(cpu_step, "CACHE", tmp_path / "cpu_steps.json")
+    cfg = config(corpus, micro_batch_size=2, grad_accum_steps=3)
+    e = estimate(cfg, "cpu")
+    m = e["step_time_measured"]
+    assert m["one_layer_s"] > 0 and m["two_layers_s"] > 0 and m["optimizer_s"] > 0
+    n = cfg.model.num_hidden_layers
+    assert n == 2
+    assert m["micro_batch_s"] == pytest.approx(m["one_layer_s"] + (n - 1) * max(m["two_layers_s"] - m["one_layer_s"], 0))
+    assert e["step_time_s"] == pytest.approx(3 * m["micro_batch_s"] + m["optimizer_s"])
+    assert e["mfu"] == pytest.approx(e["flops_per_token"] * e["tokens_per_step"] / (e["devices"]["peak_flops"] * e["step_time_s"]))
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again")
+    monkeypatch.setattr(cpu_step, "_micro_batch_seconds", no_measuring)
+    assert estimate(cfg, "cpu")["step_time_measured"] == m  # kept
+    with pytest.raises(AssertionError, match="measured again"):
+        estimate(config(corpus, micro_batch_size=4, grad_accum_steps=3), "cpu")  # another shape
+    assert estimate(cfg, "cpu", mfu=0.5)["step_time_measured"] is None

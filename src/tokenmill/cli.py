@@ -182,7 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config_file", metavar="CONFIG", help="a YAML file, or the name of a built-in config")
     p.add_argument("--gpus", default="cpu", help="NxDEVICE (8xH100), DEVICE, or cpu (peak measured here)")
     p.add_argument("--price-per-gpu-hour", type=float, help="USD per device-hour, for the cost")
-    p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation (default 0.4 on GPUs, 0.6 on CPU)")
+    p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation (default 0.4 on GPUs; on a CPU the run's "
+                   "shape is timed instead, unless this is given)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = stage("serve", "Serve a model over an OpenAI-compatible API (llama.cpp's server): /v1/completions, "

@@ -127,11 +127,18 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
     flops_token = perf.token_flops(*matmuls, model.config, t.seq_len)
     accum = t.accum_steps(world)
     tokens_per_step = t.seq_len * t.micro_batch_size * accum * world
-    mfu = mfu or DEFAULT_MFU["gpu" if on_gpu else "cpu"]
-    # Hardware FLOPs: activation checkpointing computes the forward twice.
-    recompute = perf.forward_flops(*matmuls, model.config, t.seq_len) if t.activation_checkpointing else 0
-    step_time = (flops_token + recompute) * tokens_per_step / (world * devices.peak_flops * mfu)
     trainable = trainable_parameters(model, cfg.model.lora, cfg.model.embeddings.train != "none")
+    measured = None
+    if not on_gpu and mfu is None and not cfg.model.quantize:  # a CPU: the run's own shape, timed here (cpu_step.py)
+        from tokenmill.estimate.cpu_step import step_seconds
+        measured = step_seconds(cfg, model.config, trainable, accum)
+        step_time = measured["step_s"]
+        mfu = flops_token * tokens_per_step / (world * devices.peak_flops * step_time)
+    else:
+        mfu = mfu or DEFAULT_MFU["gpu" if on_gpu else "cpu"]
+        # Hardware FLOPs: activation checkpointing computes the forward twice.
+        recompute = perf.forward_flops(*matmuls, model.config, t.seq_len) if t.activation_checkpointing else 0
+        step_time = (flops_token + recompute) * tokens_per_step / (world * devices.peak_flops * mfu)
     plan = MemoryPlan(params=params, trainable=trainable, config=model.config,
                       micro_batch_size=t.micro_batch_size, seq_len=t.seq_len, world_size=world,
                       parallel="fsdp" if t.parallel == "fsdp" else ("ddp" if world > 1 else "none"),
@@ -156,7 +163,7 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
             "memory_breakdown_gib": memory,
             "device_memory_gib": devices.memory_gib, "step_time_s": step_time, "total_time_s": total_time,
             "cost_usd": cost, "tokens_per_step": tokens_per_step, "tokens_total": tokens_per_step * t.max_steps,
-            "chinchilla_tokens": 20 * params, "mfu": mfu, "devices": asdict(devices),
+            "chinchilla_tokens": 20 * params, "mfu": mfu, "devices": asdict(devices), "step_time_measured": measured,
             "flops_convention": FLOPS_CONVENTION}
 
 
@@ -178,8 +185,10 @@ def format_estimate(e: dict) -> str:
              f"this size: {e['chinchilla_tokens']:,.0f} (20 per parameter; not a target for CPT)",
              f"memory/device    {e['memory_gib_per_device']:.2f} GiB{fits}"]
     lines += [f"  {name:<15}{gib:8.3f} GiB" for name, gib in e["memory_breakdown_gib"].items()]
+    how = (f"a micro-batch of this shape timed here, {e['mfu']:.0%} MFU" if e.get("step_time_measured")
+           else f"at {e['mfu']:.0%} MFU")
     lines += [f"time             {e['step_time_s']:.3g} s/step, {_duration(e['total_time_s'])} on {d['count']} x "
-              f"{d['kind']} at {e['mfu']:.0%} MFU (peak {d['peak_flops'] / 1e12:.3g} TFLOP/s per device)"]
+              f"{d['kind']} ({how}; peak {d['peak_flops'] / 1e12:.3g} TFLOP/s per device)"]
     if e["cost_usd"] is not None:
         lines.append(f"cost             ${e['cost_usd']:,.2f}")
     return "\n".join(lines)
