@@ -153,15 +153,12 @@ def datatrove_pipeline(folder: Path, tasks: int, tokenizer: Path, filtered: Path
     decisions can be compared with `tokenmill dedup`'s MinHash alone on the same documents."""
     from datatrove.data import Document
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter, MinhashDedupSignature)
     from datatrove.pipeline.extractors.base import BaseExtractor
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter, LanguageFilter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.readers.base import BaseDiskReader
     from datatrove.pipeline.tokens import DocumentTokenizer
     from datatrove.pipeline.writers import JsonlWriter
-    from datatrove.utils.hashing import HashConfig
 
     class HtmlFiles(BaseDiskReader):
         name = "HTML files"
@@ -192,7 +189,6 @@ def datatrove_pipeline(folder: Path, tasks: int, tokenizer: Path, filtered: Path
 
     out = WORK / "datatrove"
     shutil.rmtree(out, ignore_errors=True)
-    minhash = MinhashConfig(hash_config=HashConfig(precision=64))
     stages = {
         "ingest": [HtmlFiles(str(folder), glob_pattern="**/*.html", recursive=True), Resiliparse(timeout=10),
                    JsonlWriter(str(out / "raw"))],
@@ -206,16 +202,7 @@ def datatrove_pipeline(folder: Path, tasks: int, tokenizer: Path, filtered: Path
     for name, pipeline in stages.items():
         started = time.perf_counter()
         if name == "dedup":
-            sig, buckets, remove = out / "sig", out / "buckets", out / "remove"
-            for i, (p, t) in enumerate([
-                    ([JsonlReader(str(filtered), glob_pattern="docs-*.jsonl.gz"),
-                      MinhashDedupSignature(str(sig), config=minhash)], tasks),
-                    ([MinhashDedupBuckets(str(sig), str(buckets), config=minhash)], minhash.num_buckets),
-                    ([MinhashDedupCluster(str(buckets), str(remove), config=minhash)], 1),
-                    ([JsonlReader(str(filtered), glob_pattern="docs-*.jsonl.gz"), MinhashDedupFilter(str(remove)),
-                      JsonlWriter(str(out / "dedup"))], tasks)]):
-                LocalPipelineExecutor(p, tasks=t, workers=CORES, logging_dir=str(out / f"logs-dedup-{i}"),
-                                      start_method="fork").run()
+            datatrove_minhash(filtered, out)
         else:
             LocalPipelineExecutor(pipeline, tasks=tasks, workers=CORES, logging_dir=str(out / f"logs-{name}"),
                                   start_method="fork").run()
@@ -223,6 +210,33 @@ def datatrove_pipeline(folder: Path, tasks: int, tokenizer: Path, filtered: Path
         print(f"  datatrove {name}: {row[name]}", flush=True)
     row["minhash_kept_ids"] = kept_ids(out / "dedup")
     return row
+
+
+def datatrove_minhash(filtered: Path, out: Path) -> None:
+    """datatrove's four MinHash blocks on tokenmill's filtered shards, with the task count tokenmill's MinHash
+    reads them with (engine.grouped_tasks): documents are named by (task, index), so the same layout keeps the
+    same representative of each cluster."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
+
+    from tokenmill.documents import document_shards
+    from tokenmill.engine import grouped_tasks
+    tasks = grouped_tasks(document_shards(filtered))
+    minhash = MinhashConfig(hash_config=HashConfig(precision=64))
+    sig, buckets, remove = out / "sig", out / "buckets", out / "remove"
+    for i, (p, t) in enumerate([
+            ([JsonlReader(str(filtered), glob_pattern="docs-*.jsonl.gz"), MinhashDedupSignature(str(sig), config=minhash)],
+             tasks),
+            ([MinhashDedupBuckets(str(sig), str(buckets), config=minhash)], minhash.num_buckets),
+            ([MinhashDedupCluster(str(buckets), str(remove), config=minhash)], 1),
+            ([JsonlReader(str(filtered), glob_pattern="docs-*.jsonl.gz"), MinhashDedupFilter(str(remove)),
+              JsonlWriter(str(out / "dedup"))], tasks)]):
+        LocalPipelineExecutor(p, tasks=t, workers=CORES, logging_dir=str(out / f"logs-dedup-{i}"),
+                              start_method="fork").run()
 
 
 def kept_ids(folder: Path) -> list[str]:

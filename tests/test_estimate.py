@@ -90,18 +90,15 @@ def test_the_estimate_knows_each_mixture_stage_length(corpus):
 
 
 def test_a_cpu_step_is_timed_on_the_runs_own_shape_once_and_kept(corpus, tmp_path, monkeypatch):
-    """On a CPU the step time comes from the run's model cut to one and two layers, a micro-batch of its shape
-    forward and backward through the trainer's loss, plus an AdamW step; the figure is kept per shape and read
+    """On a CPU the step time comes from the run's own model, a micro-batch of its shape forward and backward
+    through the trainer's loss, plus an AdamW step; the figure is kept per shape and read
     back (no second measurement); another shape is measured anew; an explicit --mfu keeps the peak model."""
     from tokenmill.estimate import cpu_step
     monkeypatch.setattr(cpu_step, "CACHE", tmp_path / "cpu_steps.json")
     cfg = config(corpus, micro_batch_size=2, grad_accum_steps=3)
     e = estimate(cfg, "cpu")
     m = e["step_time_measured"]
-    assert m["one_layer_s"] > 0 and m["two_layers_s"] > 0 and m["optimizer_s"] > 0
-    n = cfg.model.num_hidden_layers
-    assert n == 2
-    assert m["micro_batch_s"] == pytest.approx(m["one_layer_s"] + (n - 1) * max(m["two_layers_s"] - m["one_layer_s"], 0))
+    assert m["micro_batch_s"] > 0 and m["optimizer_s"] > 0 and m["timed"] == "2 layers"  # the whole model
     assert e["step_time_s"] == pytest.approx(3 * m["micro_batch_s"] + m["optimizer_s"])
     assert e["mfu"] == pytest.approx(e["flops_per_token"] * e["tokens_per_step"] / (e["devices"]["peak_flops"] * e["step_time_s"]))
 

@@ -128,17 +128,6 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
     accum = t.accum_steps(world)
     tokens_per_step = t.seq_len * t.micro_batch_size * accum * world
     trainable = trainable_parameters(model, cfg.model.lora, cfg.model.embeddings.train != "none")
-    measured = None
-    if not on_gpu and mfu is None and not cfg.model.quantize:  # a CPU: the run's own shape, timed here (cpu_step.py)
-        from tokenmill.estimate.cpu_step import step_seconds
-        measured = step_seconds(cfg, model.config, trainable, accum)
-        step_time = measured["step_s"]
-        mfu = flops_token * tokens_per_step / (world * devices.peak_flops * step_time)
-    else:
-        mfu = mfu or DEFAULT_MFU["gpu" if on_gpu else "cpu"]
-        # Hardware FLOPs: activation checkpointing computes the forward twice.
-        recompute = perf.forward_flops(*matmuls, model.config, t.seq_len) if t.activation_checkpointing else 0
-        step_time = (flops_token + recompute) * tokens_per_step / (world * devices.peak_flops * mfu)
     plan = MemoryPlan(params=params, trainable=trainable, config=model.config,
                       micro_batch_size=t.micro_batch_size, seq_len=t.seq_len, world_size=world,
                       parallel="fsdp" if t.parallel == "fsdp" else ("ddp" if world > 1 else "none"),
@@ -150,6 +139,18 @@ def estimate(cfg, gpus: str = "cpu", price_per_gpu_hour: float | None = None, mf
                       muon_params=muon_parameters(model, cfg.model.lora) if t.optimizer == "muon" else 0,
                       ema=t.ema is not None)
     memory = memory_breakdown(plan)
+    # After the memory parts: the runtime part is this process's resident memory, which timing a CPU step raises.
+    measured = None
+    if not on_gpu and mfu is None and not cfg.model.quantize:  # a CPU: the run's own shape, timed here (cpu_step.py)
+        from tokenmill.estimate.cpu_step import step_seconds
+        measured = step_seconds(cfg, model.config, params, trainable, accum)
+        step_time = measured["step_s"]
+        mfu = flops_token * tokens_per_step / (world * devices.peak_flops * step_time)
+    else:
+        mfu = mfu or DEFAULT_MFU["gpu" if on_gpu else "cpu"]
+        # Hardware FLOPs: activation checkpointing computes the forward twice.
+        recompute = perf.forward_flops(*matmuls, model.config, t.seq_len) if t.activation_checkpointing else 0
+        step_time = (flops_token + recompute) * tokens_per_step / (world * devices.peak_flops * mfu)
     total_time = step_time * t.max_steps
     cost = total_time / 3600 * devices.count * price_per_gpu_hour if price_per_gpu_hour else None
     lengths = sorted(set(stage_seq_lens(cfg.mixture, t.seq_len)) | {t.seq_len})

@@ -2,13 +2,15 @@
 
 A CPU's speed on a model depends on the shapes: small matmuls, attention, norms, the loss and the optimizer are
 memory-bound at rates no square-matmul peak predicts (the estimate read +37% and +47% on two shapes with one
-MFU). So the run's own model is cut to one and to two decoder layers, built as the trainer builds it (attention
-kernel, LoRA, frozen embeddings, activation checkpointing), and a micro-batch of its shape goes forward and
-backward through the trainer's loss, timed:
+MFU). So the run's own model, built as the trainer builds it (attention kernel, LoRA, frozen embeddings,
+activation checkpointing) with random weights, takes a micro-batch of its shape forward and backward through
+the trainer's loss, timed (best of 3 after a warm-up). Above 1B parameters, more than a CPU trains,
+it is cut to one and to three decoder layers instead:
 
-    micro-batch ≈ T(1 layer) + (layers − 1) × (T(2 layers) − T(1 layer))
+    micro-batch ≈ T(1 layer) + (layers − 1) × (T(3 layers) − T(1 layer)) / 2
 
-(the embedding, the head and the chunked loss counted once), plus an AdamW step over the trainable parameters.
+(an extrapolation from one and two layers moved by 40% between two runs on this 2-core machine: the noise of
+the difference is multiplied by the layer count); plus an AdamW step over the trainable parameters.
 The figure is kept per shape, CPU, thread count and torch version in ~/.cache/tokenmill/cpu_steps.json, so
 an estimate measures once. A 4-bit (QLoRA) base has no CPU kernels to time: its estimate keeps the peak model.
 """
@@ -26,10 +28,11 @@ from pathlib import Path
 import torch
 
 CACHE = Path(os.environ.get("TOKENMILL_CACHE", Path.home() / ".cache" / "tokenmill")) / "cpu_steps.json"
+WHOLE_MODEL_PARAMS = 1_000_000_000  # up to this the whole model is timed (what a CPU can train); above, layers
 OPTIMIZER_SAMPLE = 20_000_000  # parameters an AdamW step is timed on; more scale linearly (memory-bound)
 
 
-def step_seconds(cfg, model_config, trainable: int, accum: int) -> dict:
+def step_seconds(cfg, model_config, params: int, trainable: int, accum: int) -> dict:
     """{"micro_batch_s", "optimizer_s", "step_s"} for one optimizer step of the run on this CPU (one rank, `accum`
     micro-batches)."""
     t = cfg.train
@@ -38,12 +41,14 @@ def step_seconds(cfg, model_config, trainable: int, accum: int) -> dict:
     if cached:
         return cached
     torch.manual_seed(0)
-    one, two = (_micro_batch_seconds(_layered(cfg, model_config, n), t) for n in (1, 2))
     layers = model_config.num_hidden_layers
-    micro = one + (layers - 1) * max(two - one, 0.0)
+    if params <= WHOLE_MODEL_PARAMS or layers <= 3:  # what a CPU trains: the whole model, timed
+        micro, how = _micro_batch_seconds(_layered(cfg, model_config, layers), t), f"{layers} layers"
+    else:  # a large model: one and three layers, the difference per layer (noise divided by two, not multiplied)
+        one, three = (_micro_batch_seconds(_layered(cfg, model_config, n), t) for n in (1, 3))
+        micro, how = one + (layers - 1) * max(three - one, 0.0) / 2, "1 and 3 layers, extrapolated"
     optimizer = _optimizer_seconds(trainable)
-    result = {"micro_batch_s": micro, "optimizer_s": optimizer, "step_s": micro * accum + optimizer,
-              "one_layer_s": one, "two_layers_s": two}
+    result = {"micro_batch_s": micro, "optimizer_s": optimizer, "step_s": micro * accum + optimizer, "timed": how}
     _write_cache(key, result)
     return result
 
