@@ -82,7 +82,7 @@ class Crash(Exception):
 def crash_at_step(monkeypatch, step: int) -> None:
     """Make the next training run die when it logs `step`, as a killed job would; `monkeypatch.undo()`
     brings the normal logger back for the run that resumes."""
-    from tokenmill import train
+    from tokenmill.train import trainer
     from tokenmill.train.metrics import JsonlSink
 
     class CrashingSink(JsonlSink):
@@ -91,7 +91,7 @@ def crash_at_step(monkeypatch, step: int) -> None:
                 raise Crash
             super().log(metrics, at)
 
-    monkeypatch.setattr(train, "JsonlSink", CrashingSink)
+    monkeypatch.setattr(trainer, "JsonlSink", CrashingSink)
 
 
 def straight_and_killed(model_cfg, train_cfg, shards, root: Path, monkeypatch, kill_at: int) -> tuple[Path, Path]:

@@ -81,3 +81,17 @@ def test_a_data_stage_prints_its_own_lines_and_keeps_datatrove_logs_in_its_folde
     assert not any(word in out.stderr for word in ("| INFO", "| SUCCESS", "| WARNING", "Stats:")), out.stderr[-500:]
     logs = list((tmp_path / "filtered").rglob("task_*.log"))
     assert logs and any("Stats" in log.read_text() or "PIPELINE" in log.read_text() for log in logs)
+
+
+def test_the_data_commands_start_without_torch_or_transformers(corpus, tmp_path):
+    """ingest and filter import neither (seconds of start-up per command, and per Slurm task): the config schema
+    and the CLI load the model code only where a command uses it. (Word splitting, for MinHash and Gopher
+    repetition, is spaCy's, whose thinc imports torch when it is installed: not ours to change.)"""
+    import subprocess
+    import sys
+    d = tmp_path / "run"
+    for argv in (["ingest", str(corpus), "-o", str(d / "raw")], ["filter", str(d / "raw"), "-o", str(d / "filtered")]):
+        out = subprocess.run([sys.executable, "-X", "importtime", "-m", "tokenmill", *argv], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+        assert "tokenmill.config" in imported and not imported & {"torch", "transformers", "matplotlib"}, argv[0]

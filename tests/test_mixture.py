@@ -202,7 +202,7 @@ def test_a_long_context_stage_has_its_own_seq_len_and_the_same_tokens_per_step(t
     cfg = validate(raw)
     shapes = []
     from tokenmill.losses import next_token_loss
-    import tokenmill.train as train_module
+    import tokenmill.train.trainer as train_module
 
     def recording_loss(model, batch, **kw):
         if model.training:  # a training micro-step, not an evaluation

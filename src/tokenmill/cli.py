@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokenmill import dedup, evaluation, export, filters, ingest, lock, plan, recipes, report, storage, tokenize, train
+from tokenmill import dedup, evaluation, export, filters, ingest, lock, plan, recipes, storage, tokenize, train
 from tokenmill.atomic import atomic_write_json
 from tokenmill.config import ConfigError, PipelineConfig, builtin_configs, load_config, resolve_config_path
 from tokenmill.evaluation.intervals import describe_change
-from tokenmill.export.gguf_writer import OUTTYPES
+from tokenmill.export import OUTTYPES
 from tokenmill.logs import library_logs
 from tokenmill.stage import StagePending, run_stage
 from tokenmill.tokenize.shards import check_split
@@ -447,6 +447,7 @@ def _dispatch(args) -> None:
         from tokenmill.serve import serve
         serve(cfg.serve, args.model)
     elif c == "report":
+        from tokenmill import report
         print(f"report: {report.run(args.run_dir)}")
     elif c == "run":
         _run(cfg, args)
@@ -571,6 +572,7 @@ def _planned(cfg: PipelineConfig, run_dir: Path, force: bool) -> dict:
 
 def _check_plan(planned: dict, out: dict, run_dir: Path) -> None:
     """The target ran at the recommended share: its measured figures beside the plan's predictions."""
+    from tokenmill import report
     checked = plan.check(planned, plan.measured(Path(run_dir) / "metrics.jsonl"))
     atomic_write_json(Path(run_dir) / "plan" / "check.json", checked)
     report.run(run_dir)  # with the check beside the prediction
@@ -586,12 +588,16 @@ def _ci(result: dict, metric: str) -> str:
     return f"{result[metric]:.4f} [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{result[metric]:.4f}"
 
 
+NO_MODEL_COMMANDS = {"ingest", "filter", "dedup", "tokenize", "tokenizer", "shards", "make-cloze", "quality", "report"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lists every file and tensor it writes
-    import transformers
-    transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per model load, two per eval
+    if args.command not in NO_MODEL_COMMANDS:  # these start without torch and transformers (seconds, per task)
+        import transformers
+        transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per model load, two per eval
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     from tokenmill.engine import datatrove_logs_to_files
     datatrove_logs_to_files()  # datatrove's per-task logs and stats go to each stage's logs/, not the terminal

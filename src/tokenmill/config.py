@@ -13,7 +13,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from tokenmill.dedup import DedupConfig
 from tokenmill.evaluation import EvalConfig
-from tokenmill.export import ExportConfig
+from tokenmill.export import K_QUANTS, ExportConfig
 from tokenmill.filters import FilterConfig
 from tokenmill.generate import GenerateConfig
 from tokenmill.ingest import IngestConfig
@@ -22,7 +22,6 @@ from tokenmill.model import PRESETS, ModelConfig
 from tokenmill.plan.config import PlanConfig
 from tokenmill.recipes import RecipeConfig, expand
 from tokenmill.schema import StrictModel
-from tokenmill.export.gguf_writer import K_QUANTS
 from tokenmill.serve import ServeConfig
 from tokenmill.sft import SFTConfig
 from tokenmill.storage import StorageConfig

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from pydantic import Field
-from transformers import AutoTokenizer
 
-from tokenmill.device import pick_device
-from tokenmill.model import load_model
 from tokenmill.schema import StrictModel
 
 
@@ -29,6 +25,11 @@ class GenerateConfig(StrictModel):
 def generate(model_dir: Path, cfg: GenerateConfig, model=None, tokenizer=None) -> str:
     if str(model_dir).endswith(".gguf"):
         return generate_gguf(Path(model_dir), cfg)
+    import torch  # here, not at the top: tokenmill.config imports this module for GenerateConfig
+    from transformers import AutoTokenizer
+
+    from tokenmill.device import pick_device
+    from tokenmill.model import load_model
     model = model or load_model(model_dir).to(pick_device("auto"))
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(cfg.seed)

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Callable, Literal
 
 import numpy as np
 from pydantic import Field
@@ -35,7 +37,7 @@ from tokenmill.decontaminate import sources
 from tokenmill.decontaminate.index import EvalIndex, document_ngrams, matched_spans
 from tokenmill.decontaminate.ngrams import Tokenizer
 from tokenmill.atomic import atomic_write_json
-from tokenmill.documents import Document, read_documents, rewrite_shards, write_documents
+from tokenmill.documents import Document, document_shards, read_shard, rewrite_shards, write_documents
 from tokenmill.schema import StrictModel
 
 log = logging.getLogger(__name__)
@@ -102,20 +104,50 @@ def build_index(cfg: DecontaminateConfig, tokenizer: Tokenizer) -> EvalIndex:
     return index
 
 
-def find(docs: Iterable[Document], index: EvalIndex, tokenizer: Tokenizer, common_docs: int) -> tuple[dict, np.ndarray, int]:
-    """Pass 1: {document id: the index keys it matches, common n-grams left out}, the common keys, documents."""
-    hits, n_docs = {}, 0
-    for doc in docs:
-        n_docs += 1
-        found = index.lookup(document_ngrams(tokenizer.tokens(doc.text), index.n_words, index.n_chars))
-        keys = np.unique(found[found >= 0])
-        if len(keys):
-            hits[doc.id] = keys
+def find(in_dir: Path, index: EvalIndex, tokenizer: Tokenizer, common_docs: int,
+         considered: Callable[[Document], bool] | None = None) -> tuple[dict, np.ndarray, int]:
+    """Pass 1 over in_dir's documents (those `considered`, default all): {document id: the index keys it matches,
+    common n-grams left out}, the common keys, the documents read. The shards are matched in parallel, one
+    worker per core (forked: the index and `considered` are shared, not copied or pickled); what they return
+    is merged in shard order, so the result does not depend on the worker count."""
+    shards = document_shards(in_dir)
+    # A pool's own workers (daemonic) may not start processes: there, one process.
+    workers = 1 if multiprocessing.current_process().daemon else min(len(shards), os.cpu_count() or 1)
+    global _SHARED
+    _SHARED = (index, tokenizer, considered)
+    try:
+        if workers > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                found = pool.map(_shard_hits, shards, chunksize=1)
+        else:
+            found = [_shard_hits(shard) for shard in shards]
+    finally:
+        _SHARED = None
+    hits = {doc_id: keys for shard_hits, _ in found for doc_id, keys in shard_hits.items()}
+    n_docs = sum(n for _, n in found)
     frequency = np.bincount(np.concatenate(list(hits.values())), minlength=len(index.keys)) if hits else \
         np.zeros(len(index.keys), dtype=np.int64)
     common = frequency > common_docs
     contaminated = {doc_id: keys[~common[keys]] for doc_id, keys in hits.items() if (~common[keys]).any()}
     return contaminated, index.keys[common], n_docs
+
+
+_SHARED = None  # (index, tokenizer, considered) for the forked workers of `find`
+
+
+def _shard_hits(shard: Path) -> tuple[dict[str, np.ndarray], int]:
+    """One shard's documents with the index keys each matches, and how many documents were considered."""
+    index, tokenizer, considered = _SHARED
+    hits, n_docs = {}, 0
+    for doc in read_shard(shard):
+        if considered is not None and not considered(doc):
+            continue
+        n_docs += 1
+        found = index.lookup(document_ngrams(tokenizer.tokens(doc.text), index.n_words, index.n_chars))
+        keys = np.unique(found[found >= 0])
+        if len(keys):
+            hits[doc.id] = keys
+    return hits, n_docs
 
 
 @dataclass
@@ -128,10 +160,11 @@ class Removal:
     tokenizer: Tokenizer = field(default_factory=Tokenizer)
 
     @classmethod
-    def plan(cls, cfg: DecontaminateConfig, docs: Iterable[Document], where: str, index: EvalIndex,
-             tokenizer: Tokenizer) -> tuple[Removal, dict]:
-        """Pass 1 over `docs`; stops, before anything is written, when too much of them overlaps."""
-        contaminated, common, n_docs = find(docs, index, tokenizer, cfg.common_docs)
+    def plan(cls, cfg: DecontaminateConfig, in_dir: Path, where: str, index: EvalIndex, tokenizer: Tokenizer,
+             considered: Callable[[Document], bool] | None = None) -> tuple[Removal, dict]:
+        """Pass 1 over in_dir's documents (those `considered`); stops, before anything is written, when too much
+        of them overlaps."""
+        contaminated, common, n_docs = find(in_dir, index, tokenizer, cfg.common_docs, considered)
         owners = {doc_id: _owner_of(keys, index) for doc_id, keys in contaminated.items()}
         by_set = {name: list(owners.values()).count(name) for name in set(owners.values())}
         if n_docs and len(contaminated) > cfg.max_share * n_docs:
@@ -190,7 +223,7 @@ def prepare(cfg: DecontaminateConfig) -> tuple[EvalIndex, Tokenizer]:
 def run(cfg: DecontaminateConfig, in_dir: Path, out_dir: Path, prepared: tuple[EvalIndex, Tokenizer] | None = None) -> dict:
     """Decontaminate the document shards of in_dir into out_dir (shard by shard); returns the counts."""
     index, tokenizer = prepared or prepare(cfg)
-    removal, counts = Removal.plan(cfg, read_documents(in_dir), str(in_dir), index, tokenizer)
+    removal, counts = Removal.plan(cfg, in_dir, str(in_dir), index, tokenizer)
     removed: list[Document] = []
     tally = Tally(index.names)
 

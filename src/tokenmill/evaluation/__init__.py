@@ -22,13 +22,9 @@ from pathlib import Path
 from pydantic import Field
 
 from tokenmill.atomic import atomic_write_json
-from tokenmill.device import pick_device
-from tokenmill.evaluation.chats import evaluate_chats, is_chat_set
-from tokenmill.evaluation.choice import load_task, score_task, task_files
 from tokenmill.evaluation import intervals
 from tokenmill.evaluation.progress import eval_bar
 from tokenmill.evaluation.sets import evaluate_split, parse_sets, split_windows, token_split
-from tokenmill.losses import hidden_state_outputs
 from tokenmill.schema import StrictModel
 
 __all__ = ["EvalConfig", "evaluate", "run", "parse_sets", "format_table"]
@@ -48,6 +44,11 @@ def evaluate(model, tokenizer, cfg: EvalConfig, sets: dict[str, Path], seq_len: 
              label: str = "eval") -> tuple[dict, dict]:
     """The results of one model, without the "model" key (sets, then tasks, then lm-eval), and the per-unit
     sums behind each figure ({"sets": {name: Units}, "tasks": {name: {metric: Units}}}) for paired intervals."""
+    # torch's modules here, not at the top: tokenmill.config imports this package for EvalConfig
+    from tokenmill.device import pick_device
+    from tokenmill.evaluation.chats import evaluate_chats, is_chat_set
+    from tokenmill.evaluation.choice import load_task, score_task, task_files
+    from tokenmill.losses import hidden_state_outputs
     device = pick_device("auto")
     model.to(device)
     seq_len = min(seq_len, model.config.max_position_embeddings)

@@ -18,7 +18,6 @@ import numpy as np
 
 from tokenmill.atomic import staging_dir
 from tokenmill.evaluation import intervals
-from tokenmill.evaluation.positions import loss_by_position
 from tokenmill.tokenize.shards import TokenShard, bytes_per_token, open_split, read_meta
 
 _NAME = re.compile(r"^[\w.-]+$")
@@ -155,6 +154,7 @@ def evaluate_split(model, split: Path, seq_len: int, max_tokens: int | None, bat
         raise ValueError(f"{split}: fewer than {seq_len + 1} tokens, too short for one evaluation window; "
                          "lower eval.seq_len or give more text")
     documents = window_documents(shards, seq_len, max_tokens)
+    from tokenmill.evaluation.positions import loss_by_position  # torch: only when a model is evaluated
     loss, by_position, units = loss_by_position(model, windows, batch_size, device, head, documents, progress)
     metrics = set_metrics(loss, read_meta(split), len(windows) * seq_len)
     return {**metrics, **set_intervals(units, read_meta(split)), "loss_by_position": by_position}, units

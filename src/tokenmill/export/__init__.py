@@ -19,12 +19,13 @@ from typing import Literal
 from pydantic import Field
 
 from tokenmill.atomic import atomic_write_text
-from tokenmill.export.card import model_card
-from tokenmill.export.gguf_writer import OUTTYPES, write_gguf
-from tokenmill.export.modelfile import write_modelfile
-from tokenmill.model.source import load_source
 from tokenmill.schema import StrictModel
 
+# The GGUF types: those the `gguf` package encodes, and llama.cpp's k-quant mixes (kquants.py). Here, with the
+# section's schema and not in gguf_writer.py: tokenmill.config and the CLI read them without importing torch.
+WRITTEN_HERE = ("f32", "f16", "bf16", "q8_0", "q4_0")
+K_QUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_s", "q3_k_m", "q3_k_l", "q2_k")
+OUTTYPES = WRITTEN_HERE + K_QUANTS
 OutType = Literal[OUTTYPES]
 
 
@@ -51,6 +52,9 @@ def export_name(source: Path) -> str:
 
 
 def run(cfg: ExportConfig, source: Path, out_dir: Path) -> dict:
+    from tokenmill.export.card import model_card
+    from tokenmill.export.modelfile import write_modelfile
+    from tokenmill.model.source import load_source
     model, tokenizer, source = load_source(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +74,7 @@ def run(cfg: ExportConfig, source: Path, out_dir: Path) -> dict:
 
 
 def export_gguf(model, tokenizer, path: Path, outtype: str, name: str) -> dict:
+    from tokenmill.export.gguf_writer import write_gguf
     info = write_gguf(model, tokenizer, path, outtype, name)
     if info["fallbacks"]:  # rows that are not whole k-quant blocks (256), as llama-quantize warns
         changes = Counter(change.split(" (")[0] for change in info["fallbacks"].values())

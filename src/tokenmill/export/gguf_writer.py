@@ -22,13 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenmill.export import K_QUANTS, OUTTYPES
 from tokenmill.model import rope
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
                  "GPT2LMHeadModel": "gpt2"}
-WRITTEN_HERE = ("f32", "f16", "bf16", "q8_0", "q4_0")
-K_QUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_s", "q3_k_m", "q3_k_l", "q2_k")
-OUTTYPES = WRITTEN_HERE + K_QUANTS
 
 
 def write_gguf(model, tokenizer, path: Path, outtype: str, name: str) -> dict:

@@ -18,16 +18,18 @@ instruct model for a chat vector) is written: an ordinary HF folder that eval, e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from tokenmill.atomic import atomic_write_json
 from tokenmill.checkpoints import EMA_FILE, checkpoint_dirs
-from tokenmill.merge import weights as w
 from tokenmill.merge.choose import EMA, Candidate, choose, describe, evaluate_candidates
 from tokenmill.plan.config import PlanConstraint, PlanObjective
 from tokenmill.schema import StrictModel
+
+if TYPE_CHECKING:  # the weights (torch) are imported where a merge runs: tokenmill.config imports this package
+    from tokenmill.merge import weights as w
 
 AUTO_GRIDS = {"interpolate": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "task_arithmetic": [0.0, 0.25, 0.5, 0.75, 1.0]}
 
@@ -92,6 +94,7 @@ def _counts(weights) -> list[int]:
 
 def sources(cfg: MergeConfig, trained: Path, start: str | None) -> dict[str, w.Weights]:
     """The models a merge reads, by role, checked against each other before any tensor is read."""
+    from tokenmill.merge import weights as w
     from tokenmill.model.resolve import resolve_model_path
     if cfg.method == "interpolate":
         if not (cfg.start or start):
@@ -127,6 +130,7 @@ def candidates(cfg: MergeConfig, found: dict[str, w.Weights]) -> list[float | st
 
 def apply(cfg: MergeConfig, model, trained: w.Weights, found: dict[str, w.Weights], weight: float) -> None:
     """The merge at one weight, written into `model`'s parameters."""
+    from tokenmill.merge import weights as w
     if cfg.method == "interpolate":
         w.interpolate(model, trained, found["start"], weight)
     elif cfg.method == "task_arithmetic":
@@ -141,6 +145,7 @@ def run(cfg: MergeConfig, trained: Path, out_dir: Path, sets: dict[str, Path], s
         start: str | None = None) -> dict:
     """Merge the trained model (a run, its checkpoints folder or a HF folder) into out_dir: a HF folder and
     merge.json."""
+    from tokenmill.merge import weights as w
     from tokenmill.model.source import load_source, resolve_source
     checkpoints_dir = Path(trained) / "40_checkpoints" if (Path(trained) / "40_checkpoints").is_dir() else Path(trained)
     found = sources(cfg, checkpoints_dir, start)

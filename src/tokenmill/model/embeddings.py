@@ -22,35 +22,11 @@ every mean; padding rows get the mean of the base rows, so they take no more pro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from tokenmill.schema import StrictModel
-
-
-class EmbeddingsConfig(StrictModel):
-    init: Literal["fvt", "calibrated", "mean", "random"] = Field(
-        "fvt", description="rows of tokens new to the base model (an extended tokenizer); calibrated: output rows "
-                           "from the first base piece with the corpus's share (unties a tied head)")
-    train: Literal["all", "new", "none"] = Field(
-        "all", description="which rows of the input embedding and LM head train: all, only an extended "
-                           "vocabulary's new ones, or none (with LoRA: the adapters alone)")
-    lr_ratio: float | None = Field(None, gt=0, le=10, description="their learning rate as a multiple of lr_max "
-                                                                 "(default: 0.1 with LoRA, 1 otherwise)")
-    new_rows_first_steps: int = Field(0, ge=0, description="optimizer steps at the start of the run that train "
-                                                           "only the new rows (EEVE's first stage), before the "
-                                                           "normal run")
-    distill_steps: int = Field(0, ge=0, description="before the run, steps that train only the new input rows to "
-                                                    "reproduce the base's hidden states (unties a tied head)")
-
-    @property
-    def reads_corpus(self) -> bool:
-        """Calibrated output rows and distilled input rows are made from the training text (and untie a tied
-        head); the other inits need only the extension record."""
-        return self.init == "calibrated" or self.distill_steps > 0
+from tokenmill.model.config import EmbeddingsConfig
 
 
 def new_token_ids(extension: dict | None) -> list[int]:

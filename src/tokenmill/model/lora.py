@@ -6,29 +6,7 @@ training alike.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
-
-from tokenmill.model.embeddings import embedding_weights
-from tokenmill.schema import StrictModel
-
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class LoraConfig(StrictModel):
-    r: int = Field(16, gt=0, description="adapter rank")
-    alpha: int = Field(32, gt=0, description="scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), description="module names to adapt")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, raw):
-        moved = {"train_embeddings": "model.embeddings.train (all | new | none)",
-                 "embedding_lr_ratio": "model.embeddings.lr_ratio"}
-        found = [f"model.lora.{k} moved to {v}" for k, v in moved.items() if isinstance(raw, dict) and k in raw]
-        if found:
-            raise ValueError("; ".join(found))
-        return raw
+from tokenmill.model.config import LoraConfig
 
 
 def apply_lora(model, cfg: LoraConfig, train_embeddings: bool):
@@ -37,6 +15,7 @@ def apply_lora(model, cfg: LoraConfig, train_embeddings: bool):
         from peft import get_peft_model
     except ImportError as e:
         raise ImportError("LoRA needs peft: pip install 'tokenmill[lora]' (or pip install peft)") from e
+    from tokenmill.model.embeddings import embedding_weights
     peft_model = get_peft_model(model, PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                       target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
     if train_embeddings:

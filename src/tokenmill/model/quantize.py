@@ -9,28 +9,7 @@ the full-precision base, not the 4-bit one (peft warns of rounding when merging 
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
-from pydantic import Field
-
-from tokenmill.schema import StrictModel
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-
-
-class QuantizeConfig(StrictModel):
-    bits: Literal[4] = Field(4, description="bits per base weight (QLoRA: 4)")
-    type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type: nf4 (QLoRA's NormalFloat) or fp4")
-    compute_dtype: Literal["bf16", "fp32", "fp16"] = Field("bf16", description="dtype the 4-bit weights are "
-                                                                                "dequantized to for each matmul")
-    double_quant: bool = Field(True, description="quantize the quantization constants too (~0.4 bits/param saved)")
-
-    def bytes_per_param(self) -> float:
-        """Storage of a quantized weight: 4 bits, plus one absmax per 64 weights (fp32, or 8 bits with a
-        second level of quantization per 256 blocks)."""
-        absmax = (1 + 4 / 256) / 64 if self.double_quant else 4 / 64
-        return 0.5 + absmax
+from tokenmill.model.config import QuantizeConfig
 
 
 def require_bitsandbytes():
@@ -47,10 +26,12 @@ def require_bitsandbytes():
 
 
 def bnb_config(cfg: QuantizeConfig):
+    import torch
     from transformers import BitsAndBytesConfig
     require_bitsandbytes()
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.type,
-                              bnb_4bit_compute_dtype=DTYPES[cfg.compute_dtype],
+                              bnb_4bit_compute_dtype=dtypes[cfg.compute_dtype],
                               bnb_4bit_use_double_quant=cfg.double_quant)
 
 

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from tokenmill.atomic import atomic_write_json
 from tokenmill.ingest import IngestConfig
 from tokenmill.model.lora import LoraConfig
 from tokenmill.schema import StrictModel
-from tokenmill.sft.data import IGNORE, Rows, RowSampler, encode_all, pack
 from tokenmill.train.config import TrainConfig
+
+if TYPE_CHECKING:  # torch and the packed rows are imported where fine-tuning runs: tokenmill.config reads SFTConfig
+    from tokenmill.sft.data import Rows
 
 
 class SFTTrainConfig(TrainConfig):
@@ -70,23 +71,27 @@ def ingest_chats(cfg: SFTConfig, out_dir: Path, force: bool = False) -> Path:
     return Path(out_dir)
 
 
-@torch.no_grad()
 def assistant_loss(model, rows: Rows, batch_size: int, device, loss_fn) -> float:
     """Mean loss (nats) over the assistant tokens of the rows."""
+    import torch
+
+    from tokenmill.sft.data import IGNORE
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in rows.batch(np.arange(start, min(start + batch_size, len(rows)))).items()}
-        n = int((batch["labels"] != IGNORE).sum())
-        if n:
-            total += loss_fn(model, batch).item() * n
-            count += n
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in rows.batch(np.arange(start, min(start + batch_size, len(rows)))).items()}
+            n = int((batch["labels"] != IGNORE).sum())
+            if n:
+                total += loss_fn(model, batch).item() * n
+                count += n
     return total / count
 
 
 def prepare(cfg: SFTConfig, tokenizer, documents) -> tuple[Rows, Rows, dict]:
     """Train and held-out rows, and what happened to the conversations on the way."""
     from tokenmill.chat import use_template
+    from tokenmill.sft.data import encode_all, pack
     template = use_template(tokenizer, cfg.template)
     encoded = encode_all(documents, tokenizer, cfg.train.seq_len, cfg.overlong, cfg.held_out)
     if not encoded.train:
@@ -106,6 +111,7 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     """Fine-tune the model (a run, checkpoint or HF folder) on the conversations in docs_dir (ingest's output)."""
     import functools
 
+    import torch
     from transformers import AutoTokenizer
 
     from tokenmill.device import autocast_for, compute_dtype, pick_device
@@ -113,6 +119,7 @@ def run(cfg: SFTConfig, model_spec: Path | str, docs_dir: Path, out_dir: Path, m
     from tokenmill.losses import chunked_head, next_token_loss
     from tokenmill.model import ModelConfig, count_parameters
     from tokenmill.model.source import find_tokenizer, resolve_source
+    from tokenmill.sft.data import RowSampler
     from tokenmill.train import build, make_sinks, resume, save_final
     from tokenmill.train.checkpoint import resume_point, save_checkpoint
     from tokenmill.train.distributed import init_world, local_device, shutdown, unwrap, wrap

@@ -165,8 +165,8 @@ def held_out_removal(cfg: TokenizeConfig, in_dir: Path, val_boundary: tuple, fol
     index = EvalIndex.build({"val": (d.text for d in read_documents(in_dir) if held_out(d))}, decont.n_words,
                             decont.n_chars, words)
     try:
-        removal, _ = Removal.plan(decont, (d for d in read_documents(in_dir) if not held_out(d)),
-                                  f"{in_dir} (its training side, against its own val split)", index, words)
+        removal, _ = Removal.plan(decont, in_dir, f"{in_dir} (its training side, against its own val split)", index,
+                                  words, considered=lambda doc: not held_out(doc))
     except DecontaminationTooBroad as e:
         raise DecontaminationTooBroad(f"{e}.\nHere the corpus repeats itself across the split: deduplicate it "
                                       "more strictly (dedup.minhash), or set tokenize.decontaminate_val: false") from None

@@ -6,15 +6,18 @@ Saved with `save_pretrained`, so `AutoTokenizer.from_pretrained(dir)` loads it n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:  # transformers (and torch with it) is imported when a tokenizer is made: not by the config
+    from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
     # Digits one by one, then GPT-2's byte-level split: numbers tokenize consistently (as in Llama 3, Qwen2
     # and SmolLM2), and llama.cpp knows this pre-tokenizer by name (`smollm`), so GGUF exports tokenize the
@@ -31,6 +34,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
 
 def load_tokenizer(path: str | Path, eos_token: str | None = None) -> PreTrainedTokenizerFast:
     """A `tokenizer.json` file or a HF tokenizer folder (a base model's, for continued pre-training)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
     path = Path(path)
     if path.is_file():
         tok = PreTrainedTokenizerFast(tokenizer_file=str(path), clean_up_tokenization_spaces=False)

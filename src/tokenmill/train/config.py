@@ -7,7 +7,18 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tokenmill.schema import StrictModel
-from tokenmill.train.optim import MuonConfig
+
+
+class MuonConfig(StrictModel):
+    momentum: float = Field(0.95, ge=0, lt=1)
+    nesterov: bool = True
+    ns_steps: int = Field(5, gt=0, description="Newton-Schulz iterations of the orthogonalization")
+    adjust_lr: Literal["match_rms_adamw", "original"] = Field(
+        "match_rms_adamw", description="match_rms_adamw: the update's RMS that of AdamW, so AdamW's lr carries over "
+                                       "(Moonshot); original: Keller Jordan's sqrt(max(1, rows/cols)) scale")
+    adamw_lr_ratio: float = Field(1.0, gt=0, description="the AdamW part (embeddings, head, norms, biases): its lr "
+                                                         "as a share of the schedule's")
+
 
 Logger = Literal["console", "jsonl", "tensorboard", "wandb"]
 

@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from tokenmill.schema import StrictModel
-from tokenmill.train.data import Windows, document_positions
+
+if TYPE_CHECKING:  # the sampler's batches are torch tensors; the config section (tokenmill.config) needs no torch
+    import torch
+
+    from tokenmill.train.data import Windows
 
 
 class StageStart(StrictModel):
@@ -269,6 +273,9 @@ class MixtureSampler:
         self.counts[self._row] += take
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        import torch
+
+        from tokenmill.train.data import document_positions
         if self.micro == 0:
             self._plan_step()
         per_micro = len(self._slots) // self.accum_steps  # sequences per micro-step, all ranks: the stage's

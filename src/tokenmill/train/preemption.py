@@ -16,10 +16,12 @@ import logging
 import os
 import signal
 import subprocess
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the CLI catches Preempted in every command: this module loads without torch
+    import torch
 
-from tokenmill.train.distributed import World
+    from tokenmill.train.distributed import World
 
 log = logging.getLogger(__name__)
 EXIT_STATUS = 143
@@ -57,6 +59,7 @@ class StopSignals:
     def requested(self) -> bool:
         if self.world.size == 1:
             return self.signum is not None
+        import torch
         flag = torch.tensor(float(self.signum or 0), device=self.device)
         got = self.world.max(flag)
         if got.item() and self.signum is None:
