@@ -66,6 +66,25 @@ def test_overlaps_are_removed_common_text_stays_and_every_removal_is_counted(tmp
     assert all(d.metadata["decontaminated_by"] == "heldout" for d in removed)
 
 
+def test_the_matching_pass_over_several_shards_in_parallel_equals_one_process(tmp_path, monkeypatch):
+    """find() matches each shard in a forked worker; the merged result is the one-process result, in order."""
+    from tokenmill.decontaminate import build_index, find
+    heldout = write_eval(tmp_path, [EVAL + " " + BOILERPLATE])
+    docs = [Document(f"page{i}", filler(i) + (" " + BOILERPLATE if i % 2 else "") + (" " + EVAL if i % 7 == 0 else ""))
+            for i in range(40)]
+    write_documents(docs, tmp_path / "in", docs_per_shard=7)  # 6 shards
+    cfg, tok = DecontaminateConfig(sets={"heldout": str(heldout)}), Tokenizer()
+    index = build_index(cfg, tok)
+    considered = lambda doc: doc.id != "page14"  # noqa: E731  (not considered: neither matched nor counted)
+    parallel = find(tmp_path / "in", index, tok, cfg.common_docs, considered)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    alone = find(tmp_path / "in", index, tok, cfg.common_docs, considered)
+    assert list(parallel[0]) == list(alone[0]) == ["page0", "page7", "page21", "page28", "page35"]
+    assert all((parallel[0][k] == alone[0][k]).all() for k in alone[0])
+    assert parallel[1].tolist() == alone[1].tolist() and len(alone[1]) > 0  # the boilerplate's n-grams: common
+    assert parallel[2] == alone[2] == 39
+
+
 def test_document_mode_drops_the_whole_document(tmp_path):
     heldout = write_eval(tmp_path, [EVAL])
     write_documents([Document("embedded", filler(1) + EVAL), Document("clean", OTHER)], tmp_path / "in")
