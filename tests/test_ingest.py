@@ -1,5 +1,6 @@
 import gzip
 import json
+import pathlib
 
 import pytest
 
@@ -271,8 +272,9 @@ def test_a_linked_file_outside_the_folder_is_read_under_its_name_in_the_folder(t
     (tmp_path / "elsewhere" / "shared.md").write_text("shared text")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "link.md").symlink_to(tmp_path / "elsewhere" / "shared.md")
+    (tmp_path / "docs" / "relative.md").symlink_to(pathlib.Path("..") / "docs" / "link.md")  # a relative link to the link
     counts, docs = ingest([tmp_path / "docs", tmp_path / "elsewhere"], tmp_path)
-    assert list(docs) == ["link.md"] and counts["files"] == 1  # and read once, though reached twice
+    assert list(docs) == ["link.md"] and counts["files"] == 1  # and read once, though reached three times
 
 
 def test_ingest_runs_in_units_on_the_executor_and_its_shards_do_not_depend_on_tasks(tmp_path):

@@ -18,6 +18,7 @@ files alone, so the shards, and the order of the documents, do not depend on the
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Iterator, Literal
@@ -27,6 +28,7 @@ from pydantic import Field
 from datatrove.pipeline.base import PipelineStep
 
 from tokenmill import engine, storage
+from tokenmill.atomic import atomic_write_json
 from tokenmill.documents import Document, write_documents
 from tokenmill.ingest.hf_datasets import is_dataset_spec, parse, read_dataset
 from tokenmill.ingest.readers import DECOMPRESSORS, READERS, ReadStats, _record, read_file, reader_for
@@ -121,21 +123,36 @@ def work_units(cfg: IngestConfig) -> list[Unit]:
     return units + dataset_specs(cfg)
 
 
+def save_units(units: list[Unit], folder: Path) -> None:
+    """One JSON file per unit, for the tasks to read their own: the step the executor sends to every task then
+    holds the folder, not every file name (datatrove pickles the pipeline once per task, with dill; a list of
+    109,403 pages made that the parent's main work, on a core the workers needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, unit in enumerate(units):
+        record = unit if isinstance(unit, str) else [[str(s), isinstance(s, str), doc_id] for s, doc_id in unit]
+        atomic_write_json(folder / f"{index:05d}.json", record)
+
+
+def load_unit(folder: Path, index: int) -> Unit:
+    record = json.loads((folder / f"{index:05d}.json").read_text())
+    return record if isinstance(record, str) else [(s if is_url else Path(s), doc_id) for s, is_url, doc_id in record]
+
+
 class ReadUnits(PipelineStep):
     """Reads the units dealt to this task, each into its own shards; counts what the readers skipped."""
 
     type = "📥 - INGEST"
     name = "read"
 
-    def __init__(self, cfg: IngestConfig, units: list[Unit], out_dir: Path):
+    def __init__(self, cfg: IngestConfig, n_units: int, units_dir: Path, out_dir: Path):
         super().__init__()
-        self.cfg, self.units, self.out_dir = cfg, units, Path(out_dir)
+        self.cfg, self.n_units, self.units_dir, self.out_dir = cfg, n_units, Path(units_dir), Path(out_dir)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        for index in range(rank, len(self.units), world_size):
+        for index in range(rank, self.n_units, world_size):
             stats = ReadStats()
-            written = write_documents(read_unit(self.units[index], self.cfg, stats), self.out_dir, self.cfg.docs_per_shard, self.cfg.chars_per_shard,
-                                      prefix=f"docs-{index:05d}")
+            written = write_documents(read_unit(load_unit(self.units_dir, index), self.cfg, stats), self.out_dir,
+                                      self.cfg.docs_per_shard, self.cfg.chars_per_shard, prefix=f"docs-{index:05d}")
             self.stat_update("docs_out", value=written)
             for key, value in vars(stats).items():
                 self.stat_update(key, value=value)
@@ -144,7 +161,9 @@ class ReadUnits(PipelineStep):
 
 def run(cfg: IngestConfig, out_dir: Path) -> dict:
     units = work_units(cfg)
-    engine.run_pipeline(engine.with_default_tasks(cfg.executor, len(units)), [ReadUnits(cfg, units, out_dir)], out_dir / "logs")
+    save_units(units, out_dir / "logs" / "units")
+    engine.run_pipeline(engine.with_default_tasks(cfg.executor, len(units)),
+                        [ReadUnits(cfg, len(units), out_dir / "logs" / "units", out_dir)], out_dir / "logs")
     stats = engine.step_stats(out_dir / "logs")[0]["stats"]
     counted = {key: engine.total(stats, key) for key in ("docs_out", *vars(ReadStats()))}
     return {"files": sum(len(u) for u in units if not isinstance(u, str)), "units": len(units),

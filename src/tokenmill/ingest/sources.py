@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -65,10 +66,25 @@ def _expand_remote(spec: str, files: dict, readable: Callable[[str], bool]) -> N
             files.setdefault(url, url[len(base):].lstrip("/"))  # ids relative to the base, as for local files
 
 
+def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
+    """`path.resolve()`, each folder's real path worked out once: Path.resolve checks every component of every
+    file (3.8 of 13 s of an ingest of 13,549 linked pages)."""
+    for _ in range(40):  # a chain of links, as the OS follows it (and as far)
+        if not path.is_symlink():
+            folder = folders.get(path.parent)
+            if folder is None:
+                folder = folders[path.parent] = path.parent.resolve()
+            return folder / path.name
+        target = Path(os.readlink(path))
+        path = target if target.is_absolute() else path.parent / target
+    return path.resolve(strict=True)  # a loop: its error
+
+
 def resolve_inputs(specs: list[str], readable: Callable[[str], bool], known: str) -> list[tuple[Source, str]]:
     """(file, id) for every file the specs name that `readable` accepts by name, sorted by id; `known`
     describes the readable types for the error when there are none."""
     files: dict[Source, str] = {}
+    folders: dict[Path, Path] = {}
     for spec in specs:
         if storage.is_remote(spec):
             _expand_remote(spec, files, readable)
@@ -78,7 +94,7 @@ def resolve_inputs(specs: list[str], readable: Callable[[str], bool], known: str
             if readable(f.name):
                 # Ids are relative to the spec's base so that they (and the seeded split) do not depend on
                 # where the corpus lies on disk; a linked file keeps its name in the folder, not its target's.
-                files.setdefault(f.resolve(), str(f.absolute().relative_to(base.absolute())))
+                files.setdefault(_resolved(f, folders), str(f.absolute().relative_to(base.absolute())))
     if not files:
         raise FileNotFoundError(f"{specs}: no readable files (known types: {known})")
     return sorted(files.items(), key=lambda item: item[1])
