@@ -259,6 +259,23 @@ def raw_tokenizers(shards: Path, tokenizer: Path) -> dict:
             "mb_per_s": round(sum(map(len, texts)) / 1e6 / seconds, 2)}
 
 
+def tokenize_compare(at: float, tokenizer: Path) -> dict:
+    """The tokenize stage against raw `tokenizers` on the same deduplicated text: as configured (its val split
+    held out from the training side: one more pass over every document), and without that pass."""
+    out = WORK / f"ours-{at:g}"
+    raw = raw_tokenizers(out / "dedup", tokenizer)
+    row = {"raw_tokenizers": raw, "goal_mb_per_s": round(0.9 * CORES * raw["mb_per_s"], 2)}
+    for name, extra in (("stage", []), ("stage_without_val_decontamination", ["--set", "tokenize.decontaminate_val=false"])):
+        shards = out / f"shards-{name}"
+        shutil.rmtree(shards, ignore_errors=True)
+        row[name] = measured(tokenmill("tokenize", str(out / "dedup"), "-o", str(shards), "--config",
+                                       str(out / "config.yaml"), *extra))
+        row[name]["mb_per_s"] = round(raw["mb"] / row[name]["s"], 2)
+        row[name]["of_goal"] = round(row[name]["mb_per_s"] / row["goal_mb_per_s"], 2)
+        print(f"  tokenize, {name}: {row[name]}", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0])
@@ -266,6 +283,9 @@ def main() -> None:
     parser.add_argument("--compare-at", type=float, default=1.0, help="the fraction at which the whole run and "
                         "datatrove's pipeline run")
     parser.add_argument("--tokenizer", type=Path, default=TOKENIZER)
+    parser.add_argument("--tokenize-only", action="store_true", help="only the tokenization comparison, at "
+                        "--compare-at (its dedup output must exist): raw tokenizers, the stage, the stage without "
+                        "its val decontamination pass, one after the other")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -275,6 +295,11 @@ def main() -> None:
 
     def save():
         RESULTS.write_text(json.dumps(results, indent=2))
+    if args.tokenize_only:
+        results["tokenize_compare"] = tokenize_compare(args.compare_at, args.tokenizer)
+        save()
+        print(json.dumps(results["tokenize_compare"], indent=1))
+        return
     for fraction in args.fractions:
         folder, n_pages, size = build_input(all_pages, fraction)
         print(f"[data_scale] {fraction:g}: {n_pages:,} pages, {size / 1e6:,.0f} MB of HTML", flush=True)

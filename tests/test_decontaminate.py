@@ -34,6 +34,9 @@ def test_normalisation_ignores_case_width_and_punctuation_and_cjk_is_split_into_
     ja = tok.tokens("猫である。English words")
     assert len(ja.chars) == 4 and len(ja.words) == 2  # 猫 で あ る; the 。 is punctuation
     assert len(ngram_hashes(np.arange(20, dtype=np.uint64), 13)) == 8 and len(ngram_hashes(ja.chars, 13)) == 0
+    for text in (EVAL, "Straße — naïve café, ＦＵＬＬ width. Ünïcödé x2 y_3", ""):  # words only: the loop-free path
+        fast, looped = Tokenizer().tokens(text), Tokenizer().tokens(text, spans=True)  # spans: the per-token loop
+        assert fast.words.tolist() == looped.words.tolist() and len(fast.chars) == len(looped.chars) == 0
 
 
 def write_eval(tmp_path, texts, name="heldout"):

@@ -25,6 +25,7 @@ NO_SPACE = ("\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u
             "\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f")
 TOKEN = re.compile(f"([{NO_SPACE}])|([^\\W{NO_SPACE}]+)")  # a character, or a word
 _IS_CHAR = re.compile(f"[{NO_SPACE}]")
+_WORD = re.compile(f"[^\\W{NO_SPACE}]+")  # TOKEN's second group: all of its matches in a text without _IS_CHAR
 CHAR_SALT = np.uint64(0x9E3779B97F4A7C15)  # character n-grams live apart from word n-grams
 _BASE = np.uint64(0x100000001B3)
 _CACHE_LIMIT = 1 << 20
@@ -53,7 +54,16 @@ class Tokenizer:
             h = self._hash[token] = xxhash.xxh64_intdigest(unicodedata.normalize("NFKC", token).casefold())
         return h
 
+    def _hashes(self, tokens: list[str]) -> np.ndarray:
+        """The hashes of `tokens`, looked up in C (map over the dict), the tokens not seen before added after."""
+        found = list(map(self._hash.get, tokens))
+        if None in found:
+            found = [h if h is not None else self._of(token) for h, token in zip(found, tokens)]
+        return np.array(found, dtype=np.uint64)
+
     def tokens(self, text: str, spans: bool = False) -> Tokens:
+        if not spans and _IS_CHAR.search(text) is None:  # no character-token script: words only, no loop
+            return Tokens(self._hashes(_WORD.findall(text)), np.array([], dtype=np.uint64))
         if not spans:
             words, chars = [], []
             for char, word in TOKEN.findall(text):
