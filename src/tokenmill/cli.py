@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lists every file and tensor it writes
-    if args.command not in NO_MODEL_COMMANDS:  # these start without torch and transformers (seconds, per task)
+    if args.command not in NO_MODEL_COMMANDS and not getattr(args, "until", None):  # these start without torch
         import transformers
         transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per model load, two per eval
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
