@@ -194,6 +194,22 @@ def test_proxies_repeat_scarce_data_as_often_as_the_target_would(tmp_path, capsy
     assert repetition_subsample(cfg, {"domain": tmp_path / "d"}) == {}  # seen less than once: nothing to match
 
 
+def test_a_share_the_target_could_not_read_that_often_is_refused_before_any_proxy(tmp_path):
+    from tokenmill.plan import check_repetition
+    raw = plan_config(tmp_path)
+    raw["mixture"] = {"max_epochs": 3.0}
+    cfg = validate(raw)  # target: 100 steps x 4 x 32 = 12,800 tokens; shares of domain up to 1.0
+    for name, tokens in (("domain", 4_000), ("general", 100_000)):
+        (tmp_path / name / "train").mkdir(parents=True)
+        (tmp_path / name / "train" / "meta.json").write_text(json.dumps({"n_tokens": tokens}))
+    shards = {name: tmp_path / name for name in ("domain", "general")}
+    with pytest.raises(ValueError, match=r"at share 1 the target's 100 steps would read 'domain' 3.20 times, "
+                                         r"above mixture.max_epochs 3\. Nothing ran"):
+        check_repetition(cfg, shards)
+    (tmp_path / "domain" / "train" / "meta.json").write_text(json.dumps({"n_tokens": 5_000}))
+    check_repetition(cfg, shards)  # 2.56 passes at most: allowed
+
+
 def test_a_subsampled_dataset_is_drawn_from_its_first_windows_only(shards, corpus, tmp_path):
     from conftest import tiny_pipeline
     from tokenmill import train

@@ -75,6 +75,7 @@ def run_proxies(cfg, shares: list[float], shards: dict[str, Path], budget_list: 
     plan = cfg.plan
     train_cfg = proxy_train_config(cfg, budget_list, len(cfg.train.eval_sets or shards))
     points, base = [], {}
+    check_repetition(cfg, shards)
     subsample = repetition_subsample(cfg, shards)
     for share in shares:
         mixture = target_mixture(cfg, share).model_copy(update={"subsample": {**cfg.mixture.subsample, **subsample}})
@@ -166,6 +167,27 @@ def repetition_subsample(cfg, shards: dict[str, Path]) -> dict[str, float]:
     print(f"[plan] the target would pass over {name} up to {epochs:.1f} times: the proxies use {share:.0%} of it, "
           "to repeat it as often")
     return {name: share}
+
+
+def check_repetition(cfg, shards: dict[str, Path]) -> None:
+    """Refuse, before any proxy runs, the shares at which the target would read a dataset more often than
+    mixture.max_epochs allows: the target could not be paid for at them, and the varied dataset's proxies
+    (repeating it as often as the target, the rule above) would stop there, after the shares before it ran.
+    Tokens over tokens: the trainer's own check, on whole windows, can differ in the second decimal."""
+    from tokenmill.tokenize.shards import read_meta
+    t = cfg.train
+    target_tokens = t.max_steps * t.seq_len * t.micro_batch_size * t.accum_steps()
+    held = {name: read_meta(Path(folder) / "train")["n_tokens"] for name, folder in shards.items()}
+    problems = []
+    for share in cfg.plan.share_values:
+        for name, weight in proxies.mixture_weights(cfg.plan.varied, share, proportions(cfg)).items():
+            epochs, cap = weight * target_tokens / max(held.get(name, 0), 1), cfg.mixture.epoch_cap(name)
+            if name in held and epochs > cap:
+                problems.append(f"at share {share:g} the target's {t.max_steps:,} steps would read {name!r} "
+                                f"{epochs:.2f} times, above mixture.max_epochs {cap:g}")
+    if problems:
+        raise ValueError("plan.shares: " + "; ".join(problems) + ". Nothing ran: drop those shares, lower "
+                         "train.max_steps, add data, or raise mixture.max_epochs")
 
 
 def compute(cfg, budget_list: list, points: list[dict]) -> dict:
