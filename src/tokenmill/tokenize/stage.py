@@ -135,7 +135,7 @@ def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
     boundary = validation_boundary(in_dir, cfg)
     removal = held_out_removal(cfg, in_dir, boundary, out_dir / "logs" / "decontaminate") if cfg.decontaminate_val \
         else None
-    step = EncodeShards(out_dir, boundary, cfg, removal)
+    step = EncodeShards(out_dir, boundary, cfg, removal, len(tok), tok.eos_token_id)
     engine.run_pipeline(engine.for_input(cfg.executor, in_dir), [engine.reader(in_dir), step], out_dir / "logs")
     metas = {split: merge_parts(out_dir / split, len(tok), tok.eos_token_id) for split in SPLITS}
     encoded = engine.step_stats(out_dir / "logs")[-1]["stats"]
@@ -183,12 +183,16 @@ class EncodeShards(PipelineStep):
     name = "encode"
 
     def __init__(self, out_dir: Path, val_boundary: tuple[float, str], cfg: TokenizeConfig,
-                 removal: Path | None = None):
+                 removal: Path | None, vocab_size: int, eos_id: int):
         super().__init__()
         self.out_dir, self.val_boundary, self.cfg, self.removal = Path(out_dir), tuple(val_boundary), cfg, removal
+        self.vocab_size, self.eos_id = vocab_size, eos_id
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        tok = load_tokenizer(str(self.out_dir / "tokenizer"), self.cfg.eos_token)
+        # The tokenizer.json that transformers saved (its backend, as the model will load it), read by tokenizers
+        # alone: a task needs no transformers import (~3 s and 1 GiB where the parent did not already hold it).
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(self.out_dir / "tokenizer" / "tokenizer.json"))
         # One thread per task: the tasks are the parallelism. It is also what keeps a forked worker alive: a
         # child forked after its parent used the Rust thread pool hangs in it when TOKENIZERS_PARALLELISM is
         # "true" (the CLI sets it), as tokenizers then skips its own after-fork guard (seen in the suite).
@@ -206,7 +210,7 @@ class EncodeShards(PipelineStep):
         from tokenmill.decontaminate import Removal
         removal = Removal.load(self.removal) if self.removal else None
         for part, docs in groupby(data, key=lambda doc: doc.metadata[engine.SHARD_KEY]):
-            writers = {split: ShardWriter(self.out_dir / split, len(tok), tok.eos_token_id, self.cfg.tokens_per_shard,
+            writers = {split: ShardWriter(self.out_dir / split, self.vocab_size, self.eos_id, self.cfg.tokens_per_shard,
                                           part=part.removeprefix("docs-")) for split in SPLITS}
             removed: list[Document] = []
             kept = self._held_out(self._counted(docs), removal, removed) if removal else self._counted(docs)
@@ -260,8 +264,10 @@ def write_split(tok, docs: Iterable[Document], out_dir: Path, batch_docs: int = 
 
 
 def _encode_batch(tok, docs: list[Document], writer_of) -> None:
+    """`tok`: a transformers tokenizer or its `tokenizers` backend; encoded by the backend either way."""
     if not docs:
         return
-    encodings = tok.backend_tokenizer.encode_batch([d.text for d in docs], add_special_tokens=False)
+    backend = getattr(tok, "backend_tokenizer", tok)
+    encodings = backend.encode_batch([d.text for d in docs], add_special_tokens=False)
     for doc, enc in zip(docs, encodings):
         writer_of(doc).add(enc.ids, len(doc.text.encode("utf-8")))
