@@ -168,6 +168,28 @@ def test_a_plan_runs_its_proxies_fits_and_says_what_it_found(tmp_path, capsys):
         assert json.loads((run / "plan" / "applied.json").read_text())["share"] == result["recommendation"]["share"]
 
 
+def test_proxies_made_with_another_config_are_measured_anew_not_continued(tmp_path, capsys):
+    """The mixture is a change a user's run may continue with; a proxy's point may not mix two configs. A changed
+    plan redoes the share's stable run and the cooldown branches it took along (they used to stop at the first
+    branch: its folder held checkpoints past the stable run's branch point); an unchanged one trains nothing."""
+    from tokenmill.cli import main
+    config, run = tmp_path / "plan.yaml", tmp_path / "run"
+    raw = plan_config(tmp_path)
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["plan", str(config), "-o", str(run), "--proxy", "0"]) == 0
+    first = json.loads((run / "plan" / "share-0.3" / "steps-15" / "manifest.json").read_text())
+    raw["mixture"]["max_epochs"] = 5.0   # a mixture change that leaves the proxy's data as it was, as in a bench
+    config.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["plan", str(config), "-o", str(run), "--proxy", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("was made with another config: measured anew") == 1       # the stable run; its branches go with it
+    assert out.count("[train] running") == 3 and "[train] up to date" not in out
+    assert json.loads((run / "plan" / "share-0.3" / "steps-15" / "manifest.json").read_text())["key"] != first["key"]
+    assert main(["plan", str(config), "-o", str(run), "--proxy", "0"]) == 0
+    assert capsys.readouterr().out.count("[train] up to date") == 3
+
+
 def test_the_check_sets_each_prediction_beside_the_measurement(tmp_path):
     from tokenmill.plan import check, measured
     metrics = tmp_path / "metrics.jsonl"

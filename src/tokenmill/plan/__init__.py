@@ -90,23 +90,46 @@ def run_branches(model_cfg, train_cfg, mixture, shards, budget_list: list, root:
     """One WSD proxy to the longest budget and a cooldown branch from its checkpoints for each other budget, as
     ordinary train runs under `root`; yields (budget, bits per byte at step 0, at the end) per budget."""
     from tokenmill import train
+    from tokenmill.checkpoints import checkpoint_dirs
     from tokenmill.stage import run_stage
     named = isinstance(shards, dict)
     inputs = list(shards.values()) if named else [shards]
     longest = budget_list[-1]
+    stable_redone = force
     for budget in reversed(budget_list):  # the stable run first: the branches start from its checkpoints
         t = train_cfg.model_copy(update={"max_steps": budget.steps})
         branch = budget is not longest
         out = root / ("stable" if not branch else f"steps-{budget.steps}")
-        start = proxies.branch_point(root / "stable", budget) if branch else None
         print(f"[plan] proxy {label}, {budget.steps} steps"
               + (f" (a cooldown from step {budget.decay_start})" if branch else ""), flush=True)
         sections = {"model": model_cfg, "train": t, **({"mixture": mixture} if named else {})}
+        gone = _discard_if_stale(sections, out, stable_redone)  # a redone stable run takes its branches along
+        stable_redone = stable_redone or (gone and not branch)
+        # A branch starts from the stable run's checkpoint; one stopped part-way continues from its own.
+        start = proxies.branch_point(root / "stable", budget) if branch and not checkpoint_dirs(out) else None
         run_stage("train", sections, inputs, out,
                   lambda o, t=t, start=start: train.run(model_cfg, t, shards, o, mixture=mixture if named else None,
                                                         resume_from=start),
-                  force, resumable=True, resume_despite=train.RESUMABLE_CHANGES, keep_existing=branch)
+                  resumable=True)
         yield (budget, *proxies.final_bits_per_byte(out / "metrics.jsonl"))
+
+
+def _discard_if_stale(sections: dict, out: Path, redo: bool) -> bool:
+    """A proxy folder made with another config (another mixture, budget, model) is the plan's own and is
+    measured anew, never continued as if it were this proxy: a user continues a run with a changed mixture on
+    purpose (train.RESUMABLE_CHANGES), a proxy's point would silently mix two configs. Returns whether it went."""
+    import shutil
+
+    from tokenmill.stage import ResumeConflict, prepare_resumable
+    if not redo:
+        try:
+            prepare_resumable("train", sections, None, out)  # the config alone; raises when it differs
+        except ResumeConflict:
+            print(f"[plan] {out} was made with another config: measured anew", flush=True)
+            redo = True
+    if redo:
+        shutil.rmtree(out, ignore_errors=True)
+    return redo
 
 
 def proxy_train_config(cfg, budget_list: list, n_sets: int):
