@@ -34,9 +34,26 @@ def test_normalisation_ignores_case_width_and_punctuation_and_cjk_is_split_into_
     ja = tok.tokens("猫である。English words")
     assert len(ja.chars) == 4 and len(ja.words) == 2  # 猫 で あ る; the 。 is punctuation
     assert len(ngram_hashes(np.arange(20, dtype=np.uint64), 13)) == 8 and len(ngram_hashes(ja.chars, 13)) == 0
+    warm = Tokenizer()
     for text in (EVAL, "Straße — naïve café, ＦＵＬＬ width. Ünïcödé x2 y_3", ""):  # words only: the loop-free path
         fast, looped = Tokenizer().tokens(text), Tokenizer().tokens(text, spans=True)  # spans: the per-token loop
         assert fast.words.tolist() == looped.words.tolist() and len(fast.chars) == len(looped.chars) == 0
+        warm.tokens(text)
+        assert warm.tokens(text).words.tolist() == looped.words.tolist()  # every token known: no list in between
+
+
+def test_the_index_lookup_finds_exactly_what_a_plain_search_finds():
+    """Most hashes are turned away by the table of the keys' top bits; what passes is searched. Same answer."""
+    from tokenmill.decontaminate.index import EvalIndex
+    rng = np.random.default_rng(0)
+    for n_keys in (1, 1000, 300_000):
+        keys = np.unique(rng.integers(0, 2**64, n_keys, dtype=np.uint64))
+        index = EvalIndex(["a"], keys, np.zeros(len(keys), dtype=np.int32), 13, 40)
+        queries = np.concatenate([rng.integers(0, 2**64, 50_000, dtype=np.uint64), rng.choice(keys, 500),
+                                  keys[:1] + np.uint64(1), keys[-1:] - np.uint64(1)])
+        at = np.searchsorted(keys, queries).clip(max=len(keys) - 1)
+        assert index.lookup(queries).tolist() == np.where(keys[at] == queries, at, -1).tolist()
+        assert (index.lookup(queries) >= 0).sum() >= min(500, len(keys))
 
 
 def write_eval(tmp_path, texts, name="heldout"):

@@ -56,10 +56,10 @@ class Tokenizer:
 
     def _hashes(self, tokens: list[str]) -> np.ndarray:
         """The hashes of `tokens`, looked up in C (map over the dict), the tokens not seen before added after."""
-        found = list(map(self._hash.get, tokens))
-        if None in found:
-            found = [h if h is not None else self._of(token) for h, token in zip(found, tokens)]
-        return np.array(found, dtype=np.uint64)
+        try:  # every token seen before: straight into the array, no list in between
+            return np.fromiter(map(self._hash.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+        except KeyError:
+            return np.array([self._hash.get(token) or self._of(token) for token in tokens], dtype=np.uint64)
 
     def tokens(self, text: str, spans: bool = False) -> Tokens:
         if not spans and _IS_CHAR.search(text) is None:  # no character-token script: words only, no loop

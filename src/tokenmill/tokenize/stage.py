@@ -268,6 +268,7 @@ def _encode_batch(tok, docs: list[Document], writer_of) -> None:
     if not docs:
         return
     backend = getattr(tok, "backend_tokenizer", tok)
-    encodings = backend.encode_batch([d.text for d in docs], add_special_tokens=False)
+    # encode_batch_fast: the same ids without character offsets (~10% of the encoding time)
+    encodings = backend.encode_batch_fast([d.text for d in docs], add_special_tokens=False)
     for doc, enc in zip(docs, encodings):
         writer_of(doc).add(enc.ids, len(doc.text.encode("utf-8")))
