@@ -133,3 +133,20 @@ def test_forked_tokenize_workers_do_not_hang_after_the_parent_used_rust_threads(
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "200"
+
+
+def test_a_reused_tokenizer_without_eos_is_refused_before_the_split_is_encoded(tmp_path, corpus):
+    """The reused tokenizer is saved in a forked process beside the split's read; its error still comes back,
+    whole, before anything is encoded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from tokenmill.ingest import IngestConfig
+    from tokenmill.ingest import run as ingest
+    ingest(IngestConfig(paths=[str(corpus)]), tmp_path / "docs")
+    bare = Tokenizer(models.BPE())
+    bare.pre_tokenizer = pre_tokenizers.ByteLevel()
+    bare.train_from_iterator((d.text for d in read_documents(tmp_path / "docs")), trainers.BpeTrainer(vocab_size=300))
+    bare.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match="tokenizer.json: tokenizer has no EOS token; set tokenize.eos_token"):
+        run(TokenizeConfig(tokenizer=str(tmp_path / "tokenizer.json")), tmp_path / "docs", tmp_path / "out")
+    assert not (tmp_path / "out" / "train").exists()

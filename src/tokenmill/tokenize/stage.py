@@ -19,8 +19,11 @@ process encoding the shards in order, for any task count.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from itertools import groupby
 from pathlib import Path
 from typing import Callable, Iterable
@@ -114,11 +117,12 @@ def _tokenizer_path(spec: str) -> Path:
     return resolve_model_path(spec)
 
 
-def tokenizer_fertility(tok, in_dir: Path) -> dict | None:
+def tokenizer_fertility(tokenizer_dir: Path, eos_token: str | None, in_dir: Path) -> dict | None:
     """For an extended tokenizer: fertility of the base and of the extended one on in_dir's documents."""
-    record = read_extension(Path(tok.name_or_path))
+    record = read_extension(tokenizer_dir)
     if record is None:
         return None
+    tok = load_tokenizer(tokenizer_dir, eos_token)
     base = base_tokenizer(tok, record)
     texts = lambda: (d.text for d in read_documents(in_dir))  # noqa: E731
     result = {"base": fertility(base, texts()), "extended": fertility(tok, texts())}
@@ -126,20 +130,17 @@ def tokenizer_fertility(tok, in_dir: Path) -> dict | None:
 
 
 def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
-    source = _tokenizer_path(cfg.tokenizer) if cfg.tokenizer else None
-    if source and not cfg.extend and read_extension(source):  # an extended one (the pipeline's shared tokenizer)
-        shutil.copytree(source, out_dir / "tokenizer")          # keeps its record
-    else:
-        make_tokenizer(cfg, [in_dir], out_dir)
-    tok = load_tokenizer(out_dir / "tokenizer", cfg.eos_token)
-    boundary = validation_boundary(in_dir, cfg)
-    removal = held_out_removal(cfg, in_dir, boundary, out_dir / "logs" / "decontaminate") if cfg.decontaminate_val \
+    with _tokenizer_saved(cfg, in_dir, out_dir) as saved:  # beside the split where it can be
+        boundary = validation_boundary(in_dir, cfg)
+        held_out = held_out_index(cfg, in_dir, boundary) if cfg.decontaminate_val else None
+        vocab_size, eos_id = saved()  # a tokenizer that cannot be used stops the stage here, before the passes
+    removal = held_out_removal(cfg, in_dir, boundary, *held_out, out_dir / "logs" / "decontaminate") if held_out \
         else None
-    step = EncodeShards(out_dir, boundary, cfg, removal, len(tok), tok.eos_token_id)
+    step = EncodeShards(out_dir, boundary, cfg, removal, vocab_size, eos_id)
     engine.run_pipeline(engine.for_input(cfg.executor, in_dir), [engine.reader(in_dir), step], out_dir / "logs")
-    metas = {split: merge_parts(out_dir / split, len(tok), tok.eos_token_id) for split in SPLITS}
+    metas = {split: merge_parts(out_dir / split, vocab_size, eos_id) for split in SPLITS}
     encoded = engine.step_stats(out_dir / "logs")[-1]["stats"]
-    counts = {"vocab_size": len(tok), "eos_id": tok.eos_token_id,
+    counts = {"vocab_size": vocab_size, "eos_id": eos_id,
               **{f"{s}_{k}": m[k] for s, m in metas.items() for k in ("n_docs", "n_tokens", "n_bytes")},
               "docs_in": engine.total(encoded, "docs"),
               "tokens_out": sum(m["n_tokens"] for m in metas.values())}
@@ -150,23 +151,59 @@ def run(cfg: TokenizeConfig, in_dir: Path, out_dir: Path) -> dict:
         held = counts["decontaminate"]["val"]
         print(f"[tokenize] val split held out: {held['documents']:,} training documents dropped and {held['cut']:,} "
               f"cut ({held['chars_removed']:,} characters) for sharing passages with it (dropped/decontaminate/)")
-    fertile = tokenizer_fertility(tok, in_dir)
+    fertile = tokenizer_fertility(out_dir / "tokenizer", cfg.eos_token, in_dir)
     return {**counts, "fertility": fertile} if fertile else counts
 
 
-def held_out_removal(cfg: TokenizeConfig, in_dir: Path, val_boundary: tuple, folder: Path) -> Path | None:
-    """Index the val documents' n-grams and find the training documents that share passages with them (pass
-    1, here); the encode tasks remove those passages (pass 2). None when nothing overlaps."""
-    from tokenmill.decontaminate import DecontaminateConfig, DecontaminationTooBroad, Removal
+@contextmanager
+def _tokenizer_saved(cfg: TokenizeConfig, in_dir: Path, out_dir: Path):
+    """Saves the stage's tokenizer to out_dir/tokenizer; yields a function that waits for it and gives (vocab size,
+    EOS id). Reusing a tokenizer is a transformers load and save (~3 s, most of it importing transformers) that
+    nothing before the encoding needs, so it runs in a forked process, on another core, while this one reads the
+    split. Training or extending one (parallel work of its own) runs here, first."""
+    source = _tokenizer_path(cfg.tokenizer) if cfg.tokenizer else None  # a wrong path: an error before anything
+    if source and not cfg.extend and (os.cpu_count() or 1) > 1 and not multiprocessing.current_process().daemon:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield pool.submit(_save_tokenizer, cfg, source, in_dir, out_dir, True).result
+    else:
+        made = _save_tokenizer(cfg, source, in_dir, out_dir)
+        yield lambda: made
+
+
+def _save_tokenizer(cfg: TokenizeConfig, source: Path | None, in_dir: Path, out_dir: Path,
+                    forked: bool = False) -> tuple[int, int]:
+    if forked:  # tokenizers' Rust threads hang in a child forked after its parent used them (see EncodeShards)
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if source and not cfg.extend and read_extension(source):  # an extended one (the pipeline's shared tokenizer)
+        shutil.copytree(source, out_dir / "tokenizer")          # keeps its record
+    else:
+        make_tokenizer(cfg, [in_dir], out_dir)
+    tok = load_tokenizer(out_dir / "tokenizer", cfg.eos_token)
+    return len(tok), tok.eos_token_id
+
+
+def held_out_index(cfg: TokenizeConfig, in_dir: Path, val_boundary: tuple):
+    """(the val documents' n-grams, the word hasher that made them)."""
+    from tokenmill.decontaminate import DecontaminateConfig
     from tokenmill.decontaminate.index import EvalIndex
     from tokenmill.decontaminate.ngrams import Tokenizer
     decont, words = DecontaminateConfig(), Tokenizer()
-    held_out = lambda doc: (split_of(doc.id, cfg.seed), doc.id) <= tuple(val_boundary)  # noqa: E731
-    index = EvalIndex.build({"val": (d.text for d in read_documents(in_dir) if held_out(d))}, decont.n_words,
-                            decont.n_chars, words)
+    texts = (d.text for d in read_documents(in_dir) if _held_out(d.id, cfg.seed, val_boundary))
+    return EvalIndex.build({"val": texts}, decont.n_words, decont.n_chars, words), words
+
+
+def _held_out(doc_id: str, seed: int, val_boundary: tuple) -> bool:
+    return (split_of(doc_id, seed), doc_id) <= tuple(val_boundary)
+
+
+def held_out_removal(cfg: TokenizeConfig, in_dir: Path, val_boundary: tuple, index, words, folder: Path) -> Path | None:
+    """Find the training documents that share passages with the val split's n-grams (`index`; pass 1, here); the
+    encode tasks remove those passages (pass 2). None when nothing overlaps."""
+    from tokenmill.decontaminate import DecontaminateConfig, DecontaminationTooBroad, Removal
+    decont = DecontaminateConfig()
     try:
         removal, _ = Removal.plan(decont, in_dir, f"{in_dir} (its training side, against its own val split)", index,
-                                  words, considered=lambda doc: not held_out(doc))
+                                  words, considered=lambda doc: not _held_out(doc.id, cfg.seed, val_boundary))
     except DecontaminationTooBroad as e:
         raise DecontaminationTooBroad(f"{e}.\nHere the corpus repeats itself across the split: deduplicate it "
                                       "more strictly (dedup.minhash), or set tokenize.decontaminate_val: false") from None
