@@ -44,6 +44,21 @@ def test_the_fitter_recovers_held_out_losses_and_the_optimal_share_from_noisy_po
     assert lo < answer["prediction"]["domain"]["bits_per_byte"] < hi
 
 
+def test_a_forgetting_law_that_rises_with_tokens_is_not_carried_far_beyond_the_proxies():
+    """GENERAL rises with tokens (beta < 0). 3.3x beyond the longest proxy the answer stands; 20x beyond, the
+    plan says why it cannot tell (the stability gap) instead of calling every share infeasible."""
+    rng = np.random.default_rng(1)
+    r, d, general = points(GENERAL, rng)
+    fits = {name: fit_set(name, r, d, y, resamples=10) for name, y in (("domain", points(DOMAIN, rng)[2]),
+                                                                        ("general", general))}
+    assert fits["general"].theta[laws.DCPT.params.index("beta")] < 0
+    near = recommend(fits["domain"], fits["general"], general, 1.31, 0.05, (0.5, 1.0), longest=0.3)
+    assert near["share"] is not None and near["poor_fit"] == []
+    far = recommend(fits["domain"], fits["general"], general, 1.31, 0.05, (0.5, 1.0), longest=0.05)
+    assert far["share"] is None and "prediction" not in far
+    assert "rises with tokens at every share" in far["poor_fit"][0] and "20x beyond the longest proxy" in far["poor_fit"][0]
+
+
 def test_the_from_scratch_law_is_fitted_by_the_same_fitter():
     truth = np.array([np.log(1.7), np.log(400.0), 0.34, np.log(410.0), 0.28])  # Chinchilla's approach-3 shape
     n, d = (a.ravel() for a in np.meshgrid([10e6, 30e6, 100e6, 300e6], [0.2e9, 0.6e9, 2e9, 6e9]))
@@ -183,8 +198,8 @@ def test_proxies_made_with_another_config_are_measured_anew_not_continued(tmp_pa
     capsys.readouterr()
     assert main(["plan", str(config), "-o", str(run), "--proxy", "0"]) == 0
     out = capsys.readouterr().out
-    assert out.count("was made with another config: measured anew") == 1       # the stable run; its branches go with it
-    assert out.count("[train] running") == 3 and "[train] up to date" not in out
+    assert out.count("was made with another config or other data: measured anew") == 1       # the stable run; its branches go with it
+    assert out.count("[train] done in") == 3 and "[train] up to date" not in out
     assert json.loads((run / "plan" / "share-0.3" / "steps-15" / "manifest.json").read_text())["key"] != first["key"]
     assert main(["plan", str(config), "-o", str(run), "--proxy", "0"]) == 0
     assert capsys.readouterr().out.count("[train] up to date") == 3

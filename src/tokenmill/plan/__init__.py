@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from tokenmill.plan.config import PlanConfig
 from tokenmill.plan.recommend import fit_set, recommend
 
 __all__ = ["PlanConfig", "run", "target_mixture", "format_plan"]
-FIT_VERSION = 5  # part of plan.json's key: a changed law or fit refits the same points
+FIT_VERSION = 6  # part of plan.json's key: a changed law or fit refits the same points
 
 
 def run(cfg, run_dir: Path, force: bool = False, only: int | None = None) -> dict | None:
@@ -91,7 +92,7 @@ def run_branches(model_cfg, train_cfg, mixture, shards, budget_list: list, root:
     ordinary train runs under `root`; yields (budget, bits per byte at step 0, at the end) per budget."""
     from tokenmill import train
     from tokenmill.checkpoints import checkpoint_dirs
-    from tokenmill.stage import run_stage
+    from tokenmill.stage import ResumeConflict, run_stage
     named = isinstance(shards, dict)
     inputs = list(shards.values()) if named else [shards]
     longest = budget_list[-1]
@@ -103,33 +104,26 @@ def run_branches(model_cfg, train_cfg, mixture, shards, budget_list: list, root:
         print(f"[plan] proxy {label}, {budget.steps} steps"
               + (f" (a cooldown from step {budget.decay_start})" if branch else ""), flush=True)
         sections = {"model": model_cfg, "train": t, **({"mixture": mixture} if named else {})}
-        gone = _discard_if_stale(sections, out, stable_redone)  # a redone stable run takes its branches along
-        stable_redone = stable_redone or (gone and not branch)
-        # A branch starts from the stable run's checkpoint; one stopped part-way continues from its own.
-        start = proxies.branch_point(root / "stable", budget) if branch and not checkpoint_dirs(out) else None
-        run_stage("train", sections, inputs, out,
-                  lambda o, t=t, start=start: train.run(model_cfg, t, shards, o, mixture=mixture if named else None,
-                                                        resume_from=start),
-                  resumable=True)
-        yield (budget, *proxies.final_bits_per_byte(out / "metrics.jsonl"))
 
-
-def _discard_if_stale(sections: dict, out: Path, redo: bool) -> bool:
-    """A proxy folder made with another config (another mixture, budget, model) is the plan's own and is
-    measured anew, never continued as if it were this proxy: a user continues a run with a changed mixture on
-    purpose (train.RESUMABLE_CHANGES), a proxy's point would silently mix two configs. Returns whether it went."""
-    import shutil
-
-    from tokenmill.stage import ResumeConflict, prepare_resumable
-    if not redo:
+        def proxy(t=t, out=out, branch=branch, budget=budget):
+            # A branch starts from the stable run's checkpoint; one stopped part-way continues from its own.
+            start = proxies.branch_point(root / "stable", budget) if branch and not checkpoint_dirs(out) else None
+            run_stage("train", sections, inputs, out,
+                      lambda o: train.run(model_cfg, t, shards, o, mixture=mixture if named else None,
+                                          resume_from=start), resumable=True)
+        if stable_redone:  # a redone stable run takes its branches along
+            shutil.rmtree(out, ignore_errors=True)
         try:
-            prepare_resumable("train", sections, None, out)  # the config alone; raises when it differs
+            proxy()
         except ResumeConflict:
-            print(f"[plan] {out} was made with another config: measured anew", flush=True)
-            redo = True
-    if redo:
-        shutil.rmtree(out, ignore_errors=True)
-    return redo
+            # A proxy folder made with another config or other data is the plan's own: measured anew, never
+            # continued as if it were this proxy (a user continues a run with a changed mixture on purpose,
+            # train.RESUMABLE_CHANGES; a proxy's point would silently mix two configs).
+            print(f"[plan] {out} was made with another config or other data: measured anew", flush=True)
+            shutil.rmtree(out)
+            stable_redone = stable_redone or not branch
+            proxy()
+        yield (budget, *proxies.final_bits_per_byte(out / "metrics.jsonl"))
 
 
 def proxy_train_config(cfg, budget_list: list, n_sets: int):
@@ -156,7 +150,7 @@ def answer(cfg, points: list[dict], base: dict) -> dict:
     constraint_values = np.array([p[plan.constraint.set] for p in points])
     start = base[plan.constraint.set]
     choice = recommend(fits[plan.objective.set], fits[plan.constraint.set], constraint_values, start,
-                       plan.constraint.allowed_rise(start), (min(shares), max(shares)))
+                       plan.constraint.allowed_rise(start), (min(shares), max(shares)), longest=float(tokens.max()))
     if choice["share"] is not None:  # every set at the chosen share, with its interval
         choice["prediction"] = {name: {"bits_per_byte": float(f.predict(choice["share"], 1.0)),
                                        "ci": f.interval(choice["share"], 1.0)} for name, f in fits.items()}

@@ -20,6 +20,11 @@ from tokenmill.plan import laws
 
 GRID_STEP = 0.01
 OBJECTIVE_LOO_LIMIT = 0.02
+# How far beyond its longest proxy a constraint law that rises with tokens is trusted. Continued pre-training's
+# general loss often rises and then recovers (the stability gap: Guo et al. 2024, arXiv 2406.14833); proxies
+# that end inside the rise extrapolate it. Measured (docs/plan.md): cpt-demo's general law carried 3.3x out to
+# within 1.2%; 22x out it predicted a rise of 0.30-0.45 bits/byte where the runs rose 0.00-0.03.
+RISING_LAW_REACH = 4.0
 
 
 @dataclass
@@ -72,8 +77,9 @@ def budget_holdout(own, tokens, values, seed: int = 0) -> np.ndarray | None:
 
 
 def recommend(objective: SetFit, constraint: SetFit, constraint_values: np.ndarray, base: float, max_rise: float,
-              share_range: tuple[float, float], target: float = 1.0) -> dict:
-    """The share to pay for, or why there is none. `base`: the constraint set's bits per byte at the start."""
+              share_range: tuple[float, float], target: float = 1.0, longest: float | None = None) -> dict:
+    """The share to pay for, or why there is none. `base`: the constraint set's bits per byte at the start;
+    `longest`: the longest proxy's tokens (the target's are `target`)."""
     lo, hi = share_range
     grid = np.round(np.arange(lo, hi + GRID_STEP / 2, GRID_STEP), 4)
     general = constraint.predict(grid, np.full(len(grid), target))
@@ -102,6 +108,12 @@ def recommend(objective: SetFit, constraint: SetFit, constraint_values: np.ndarr
             found.append(f"{'the ' + fit.name + ' law' if found is poor else 'it'} does not carry in tokens: fitted "
                          f"without the largest proxy budget, it misses those points by up to {error:.1%} (limit "
                          f"{limit:.1%}); longer proxies (plan.budgets) would tell")
+    beta = float(constraint.theta[laws.DCPT.params.index("beta")])
+    if longest is not None and beta < 0 and target / longest > RISING_LAW_REACH:
+        poor.append(f"the {constraint.name} law rises with tokens at every share (beta {beta:.2f}) and the target lies "
+                    f"{target / longest:.0f}x beyond the longest proxy: continued pre-training's general loss often "
+                    "rises, then recovers (the stability gap, arXiv 2406.14833), which proxies this short cannot see; "
+                    f"proxies to at least 1/{RISING_LAW_REACH:g} of the target (plan.budgets) would tell")
     answer["objective_unreliable"] = unreliable
     if poor:
         return {**answer, "share": None, "poor_fit": poor}

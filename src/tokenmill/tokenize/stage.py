@@ -229,7 +229,7 @@ class EncodeShards(PipelineStep):
         # The tokenizer.json that transformers saved (its backend, as the model will load it), read by tokenizers
         # alone: a task needs no transformers import (~3 s and 1 GiB where the parent did not already hold it).
         from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(self.out_dir / "tokenizer" / "tokenizer.json"))
+        tok = widen_word_cache(Tokenizer.from_file(str(self.out_dir / "tokenizer" / "tokenizer.json")))
         # One thread per task: the tasks are the parallelism. It is also what keeps a forked worker alive: a
         # child forked after its parent used the Rust thread pool hangs in it when TOKENIZERS_PARALLELISM is
         # "true" (the CLI sets it), as tokenizers then skips its own after-fork guard (seen in the suite).
@@ -279,6 +279,19 @@ class EncodeShards(PipelineStep):
         for doc in docs:
             self.stat_update("docs")
             yield doc
+
+
+WORD_CACHE = 1 << 18
+
+
+def widen_word_cache(tok):
+    """tokenizers' BPE keeps the tokens of the first 10,000 distinct words it meets and then stops adding (it never
+    evicts): on a corpus of many languages the first ones fill it and every later word is merged anew. A task's
+    cache holds 2^18 words (tens of MB). The same ids either way; a model without the cache is left as it is."""
+    resize = getattr(tok.model, "_resize_cache", None)  # tokenizers >= 0.20's BPE
+    if resize is not None:
+        resize(WORD_CACHE)
+    return tok
 
 
 def encode_documents(tok, docs: Iterable[Document], writer_of: Callable[[Document], ShardWriter],

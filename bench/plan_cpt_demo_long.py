@@ -1,0 +1,99 @@
+"""`tokenmill plan` on cpt-demo with a target long enough for five shares of proxies to fit in 30% of its
+compute: the built-in's 150-step target cannot (five shares at the 10-step floor are 50 steps before any
+cooldown), so the same config trains 1,000 steps here, and the proxies run 20, 30 and 45 steps per share
+(budgets 0.02 / 0.03 / 0.045: 275 steps in all, 0.275x). What a user runs, timed: `tokenmill plan`, then, when it
+recommends a share, `tokenmill run --plan` (the target at that share, the prediction beside the measurement).
+Then full 1,000-step runs at the shares given with --check (the target's own training: its mixture at that
+share, its schedule, its evaluation), each beside what the plan's laws predicted there. (docs/plan.md)
+
+    make demo                                   # the base model: runs/demo/60_export
+    .venv/bin/python bench/plan_cpt_demo_long.py [--shares 0.5 0.7 0.85 0.95 1.0] [--check 0.5 1.0]
+
+Writes bench/results/plan_cpt_demo_long.json after every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work" / "plan_cpt_demo_long"
+RESULTS = ROOT / "bench" / "results" / "plan_cpt_demo_long.json"
+# 1,000 steps read the Python set up to 5.6 times (at share 1.0): mixture.max_epochs (4 by default) is raised so
+# that the shares the plan varies are all allowed; the proxies then subsample it to the same repetition rate.
+OVERRIDES = ["--set", "train.max_steps=1000", "--set", "plan.budgets=[0.02, 0.03, 0.045]",
+             "--set", "mixture.max_epochs=6"]
+
+
+def tokenmill(*args: str) -> tuple[int, float]:
+    started = time.time()
+    code = subprocess.run([sys.executable, "-m", "tokenmill", *args], cwd=ROOT).returncode
+    return code, round(time.time() - started, 1)
+
+
+def full_run(cfg, run_dir: Path, share: float) -> dict:
+    """The target's training at `share`, as `tokenmill run --plan` would train it: its bits per byte per set at
+    its last evaluation in training (what the plan's check compares)."""
+    from tokenmill import plan, train
+    from tokenmill.pipeline import prepare_data
+    shards = prepare_data(cfg, run_dir, False)  # the plan's own data stages: up to date
+    out = WORK / f"full-share-{share:g}"
+    if not (out / "manifest.json").is_file():
+        started = time.time()
+        train.run(cfg.model, cfg.train, shards, out, mixture=plan.target_mixture(cfg, share))
+        (out / "manifest.json").write_text(json.dumps({"s": round(time.time() - started, 1)}))
+    return plan.measured(out / "metrics.jsonl")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shares", type=float, nargs="+", default=None, help="plan.shares.domain (default: the config's)")
+    parser.add_argument("--check", type=float, nargs="*", default=[], help="shares to train in full, beside the laws")
+    args = parser.parse_args()
+    if not (ROOT / "runs" / "demo" / "60_export" / "config.json").is_file():
+        raise SystemExit("the base model is the demo's: run `make demo` first (runs/demo/60_export)")
+    overrides = OVERRIDES + (["--set", f"plan.shares.domain={args.shares}"] if args.shares else [])
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results.update(overrides=overrides)
+    code, results["plan_s"] = tokenmill("plan", "cpt-demo", "-o", str(WORK), *overrides)
+    found = json.loads((WORK / "plan" / "plan.json").read_text())
+    rec = found["recommendation"]
+    results.update(compute=found["compute"], base=found["base"], points=found["points"],
+                   recommendation={k: rec.get(k) for k in ("share", "prediction", "infeasible", "poor_fit",
+                                                           "objective_unreliable", "budget_holdout_domain",
+                                                           "budget_holdout_general")})
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(f"proxies: {found['compute']['fraction']:.3f}x the target's compute ({found['compute']['proxy_steps']} steps "
+          f"against {found['compute']['target_steps']}); share {rec['share']} (plan exit code {code})")
+    if rec["share"] is not None:
+        _, results["target_s"] = tokenmill("run", "cpt-demo", "-o", str(WORK), "--plan", *overrides)
+        results["check"] = json.loads((WORK / "plan" / "check.json").read_text())
+        RESULTS.write_text(json.dumps(results, indent=2))
+    import os
+
+    from tokenmill.config import load_config, resolve_config_path
+    os.chdir(ROOT)  # the config's paths (model.init_from) are relative to where tokenmill runs
+    cfg = load_config(resolve_config_path("cpt-demo"), overrides[1::2])
+    grid = [round(g, 4) for g in rec["grid"]]
+    results.setdefault("full_runs", {})
+    for share in args.check:
+        measured = full_run(cfg, WORK, share)
+        at = grid.index(round(share, 4)) if round(share, 4) in grid else None
+        predicted = {found["objective"]: rec["predicted_objective"][at], found["constraint"]: rec["predicted_constraint"][at]} \
+            if at is not None else {}
+        results["full_runs"][f"{share:g}"] = {"measured": measured, "predicted": predicted,
+                                              "error_relative": {k: measured[k] / v - 1 for k, v in predicted.items()},
+                                              "rise": measured[found["constraint"]] - found["base"][found["constraint"]]}
+        RESULTS.write_text(json.dumps(results, indent=2))
+        print(f"share {share:g}: " + ", ".join(f"{k} measured {measured[k]:.4f}" + (
+            f" predicted {predicted[k]:.4f} ({measured[k] / predicted[k] - 1:+.1%})" if k in predicted else "")
+            for k in measured), flush=True)
+
+
+if __name__ == "__main__":
+    main()
