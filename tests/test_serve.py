@@ -3,7 +3,6 @@ equals `tokenmill generate` on the GGUF and, for a chat, transformers' chat temp
 the HF folder; streaming, concurrency, bad requests, the API key, the bind address and clean stops."""
 
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -19,7 +19,7 @@ from typing import Callable
 from pydantic import BaseModel
 
 from tokenmill import __version__, lock, storage
-from tokenmill.atomic import atomic_write_json, atomic_write_text, staging_dir
+from tokenmill.atomic import atomic_write_json, staging_dir
 from tokenmill.storage import file_digest
 
 MANIFEST = "manifest.json"
