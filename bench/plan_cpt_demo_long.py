@@ -36,16 +36,18 @@ def tokenmill(*args: str) -> tuple[int, float]:
     return code, round(time.time() - started, 1)
 
 
-def full_run(cfg, run_dir: Path, share: float) -> dict:
-    """The target's training at `share`, as `tokenmill run --plan` would train it: its bits per byte per set at
-    its last evaluation in training (what the plan's check compares)."""
+def full_run(cfg, run_dir: Path, share: float | None) -> dict:
+    """The target's training at `share`, as `tokenmill run --plan` would train it (None: with the config's own
+    mixture, the `cpt` recipe's): its bits per byte per set at its last evaluation in training (what the plan's
+    check compares)."""
     from tokenmill import plan, train
     from tokenmill.pipeline import prepare_data
     shards = prepare_data(cfg, run_dir, False)  # the plan's own data stages: up to date
-    out = WORK / f"full-share-{share:g}"
+    out = WORK / (f"full-share-{share:g}" if share is not None else "full-recipe")
     if not (out / "manifest.json").is_file():
         started = time.time()
-        train.run(cfg.model, cfg.train, shards, out, mixture=plan.target_mixture(cfg, share))
+        mixture = plan.target_mixture(cfg, share) if share is not None else cfg.mixture
+        train.run(cfg.model, cfg.train, shards, out, mixture=mixture)
         (out / "manifest.json").write_text(json.dumps({"s": round(time.time() - started, 1)}))
     return plan.measured(out / "metrics.jsonl")
 
@@ -54,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shares", type=float, nargs="+", default=None, help="plan.shares.domain (default: the config's)")
     parser.add_argument("--check", type=float, nargs="*", default=[], help="shares to train in full, beside the laws")
+    parser.add_argument("--recipe", action="store_true", help="also train in full with the config's own mixture")
     args = parser.parse_args()
     if not (ROOT / "runs" / "demo" / "60_export" / "config.json").is_file():
         raise SystemExit("the base model is the demo's: run `make demo` first (runs/demo/60_export)")
@@ -93,6 +96,12 @@ def main() -> None:
         print(f"share {share:g}: " + ", ".join(f"{k} measured {measured[k]:.4f}" + (
             f" predicted {predicted[k]:.4f} ({measured[k] / predicted[k] - 1:+.1%})" if k in predicted else "")
             for k in measured), flush=True)
+    if args.recipe:
+        measured = full_run(cfg, WORK, None)
+        results["full_runs"]["recipe"] = {"measured": measured,
+                                          "rise": measured[found["constraint"]] - found["base"][found["constraint"]]}
+        RESULTS.write_text(json.dumps(results, indent=2))
+        print(f"the recipe's mixture: {measured}", flush=True)
 
 
 if __name__ == "__main__":
