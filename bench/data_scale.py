@@ -293,6 +293,27 @@ def tokenize_compare(at: float, tokenizer: Path) -> dict:
     return row
 
 
+def tokenize_at(all_pages, fraction: float, tokenizer: Path) -> dict:
+    """The tokenize stage alone at one fraction: time, peak memory, MB/s of text."""
+    folder, _, _ = build_input(all_pages, fraction)
+    out = WORK / f"ours-{fraction:g}"
+    cfg = out / "config.yaml"
+    if not (out / "dedup" / "manifest.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(yaml.safe_dump(config(folder, tokenizer)))
+        for name, source, target in (("ingest", str(folder), "raw"), ("filter", str(out / "raw"), "filtered"),
+                                     ("dedup", str(out / "filtered"), "dedup")):
+            subprocess.run(tokenmill(name, source, "-o", str(out / target), "--config", str(cfg)), check=True,
+                           stdout=subprocess.DEVNULL)
+    shards = out / "shards-scale"
+    shutil.rmtree(shards, ignore_errors=True)
+    row = measured(tokenmill("tokenize", str(out / "dedup"), "-o", str(shards), "--config", str(cfg)))
+    row["text_mb"] = text_mb(out / "dedup")
+    row["mb_per_s"] = round(row["text_mb"] / row["s"], 2)
+    print(f"  tokenize at {fraction:g}: {row}", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0])
@@ -303,6 +324,9 @@ def main() -> None:
     parser.add_argument("--tokenize-only", action="store_true", help="only the tokenization comparison, at "
                         "--compare-at (its dedup output must exist): raw tokenizers, the stage, the stage without "
                         "its val decontamination pass, one after the other")
+    parser.add_argument("--tokenize-scale", action="store_true", help="only the tokenize stage, timed with its peak "
+                        "memory, at each of --fractions (the stages before it run first, untimed, where their output "
+                        "is missing)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -312,6 +336,12 @@ def main() -> None:
 
     def save():
         RESULTS.write_text(json.dumps(results, indent=2))
+    if args.tokenize_scale:
+        results["tokenize_scale"] = results.get("tokenize_scale", {})
+        for fraction in args.fractions:
+            results["tokenize_scale"][f"{fraction:g}"] = tokenize_at(all_pages, fraction, args.tokenizer)
+            save()
+        return
     if args.tokenize_only:
         results["tokenize_compare"] = tokenize_compare(args.compare_at, args.tokenizer)
         save()
