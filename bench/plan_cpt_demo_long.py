@@ -7,9 +7,11 @@ Then full 1,000-step runs at the shares given with --check (the target's own tra
 share, its schedule, its evaluation), each beside what the plan's laws predicted there. (docs/plan.md)
 
     make demo                                   # the base model: runs/demo/60_export
-    .venv/bin/python bench/plan_cpt_demo_long.py [--shares 0.5 0.7 0.85 0.95 1.0] [--check 0.5 1.0]
+    .venv/bin/python bench/plan_cpt_demo_long.py --check 0.5 0.7 0.85 0.95 1.0 --recipe
+    .venv/bin/python bench/plan_cpt_demo_long.py --budgets 0.1 0.175 0.25 --name plan_cpt_demo_quarter \
+        --check 0.5 0.7 0.85 0.95 1.0                 # proxies to 1/4 of the target, beside the same full runs
 
-Writes bench/results/plan_cpt_demo_long.json after every step.
+Writes bench/results/NAME.json after every step.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "bench" / ".work" / "plan_cpt_demo_long"
-RESULTS = ROOT / "bench" / "results" / "plan_cpt_demo_long.json"
+FULL_RUNS = ROOT / "bench" / ".work" / "plan_cpt_demo_long"  # the full runs do not depend on the proxies' budgets
 # 1,000 steps read the Python set up to 5.6 times (at share 1.0): mixture.max_epochs (4 by default) is raised so
 # that the shares the plan varies are all allowed; the proxies then subsample it to the same repetition rate.
-OVERRIDES = ["--set", "train.max_steps=1000", "--set", "plan.budgets=[0.02, 0.03, 0.045]",
-             "--set", "mixture.max_epochs=6"]
+OVERRIDES = ["--set", "train.max_steps=1000", "--set", "mixture.max_epochs=6"]
 
 
 def tokenmill(*args: str) -> tuple[int, float]:
@@ -43,7 +43,7 @@ def full_run(cfg, run_dir: Path, share: float | None) -> dict:
     from tokenmill import plan, train
     from tokenmill.pipeline import prepare_data
     shards = prepare_data(cfg, run_dir, False)  # the plan's own data stages: up to date
-    out = WORK / (f"full-share-{share:g}" if share is not None else "full-recipe")
+    out = FULL_RUNS / (f"full-share-{share:g}" if share is not None else "full-recipe")
     if not (out / "manifest.json").is_file():
         started = time.time()
         mixture = plan.target_mixture(cfg, share) if share is not None else cfg.mixture
@@ -57,10 +57,15 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=None, help="plan.shares.domain (default: the config's)")
     parser.add_argument("--check", type=float, nargs="*", default=[], help="shares to train in full, beside the laws")
     parser.add_argument("--recipe", action="store_true", help="also train in full with the config's own mixture")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.02, 0.03, 0.045], help="plan.budgets")
+    parser.add_argument("--name", default="plan_cpt_demo_long", help="the plan's folder under bench/.work and its "
+                        "results file under bench/results (e.g. plan_cpt_demo_quarter with --budgets 0.1 0.175 0.25)")
     args = parser.parse_args()
     if not (ROOT / "runs" / "demo" / "60_export" / "config.json").is_file():
         raise SystemExit("the base model is the demo's: run `make demo` first (runs/demo/60_export)")
-    overrides = OVERRIDES + (["--set", f"plan.shares.domain={args.shares}"] if args.shares else [])
+    overrides = OVERRIDES + ["--set", f"plan.budgets={args.budgets}"] + \
+        (["--set", f"plan.shares.domain={args.shares}"] if args.shares else [])
+    WORK, RESULTS = ROOT / "bench" / ".work" / args.name, ROOT / "bench" / "results" / f"{args.name}.json"
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results.update(overrides=overrides)
     code, results["plan_s"] = tokenmill("plan", "cpt-demo", "-o", str(WORK), *overrides)
