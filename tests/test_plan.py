@@ -59,6 +59,33 @@ def test_a_forgetting_law_that_rises_with_tokens_is_not_carried_far_beyond_the_p
     assert "rises with tokens at every share" in far["poor_fit"][0] and "20x beyond the longest proxy" in far["poor_fit"][0]
 
 
+def test_an_edge_share_the_constraint_law_cannot_hold_is_left_out_of_the_search_and_said(tmp_path):
+    """The general points follow the law at every share but the highest, where they run 15% above it (a set that
+    keeps rising without replay): all points together fail the checks; without that share the plan answers,
+    within the other shares' range, and says which share it left out and why."""
+    from tokenmill.plan import answer, format_plan
+    raw = plan_config(tmp_path)
+    raw["plan"].update(shares={"domain": [0.5, 0.6, 0.7, 0.8, 1.0]}, budgets=[0.1, 0.2, 0.3], resamples=10)
+    raw["train"]["max_steps"] = 200
+    cfg = validate(raw)
+    rng = np.random.default_rng(3)
+    r, d = (a.ravel() for a in np.meshgrid(cfg.plan.share_values, [0.1, 0.2, 0.3]))
+    own_general = np.array([np.log(1.3), np.log(0.05), -1.0, -0.1, np.log(0.01), 0.5])  # forgets as 1 - r shrinks
+    general = laws.predict(laws.DCPT, own_general, 1 - r, d) * (1 + rng.normal(0, 0.002, len(r)))
+    general[r == 1.0] *= 1.15
+    domain = laws.predict(laws.DCPT, DOMAIN, r, d) * (1 + rng.normal(0, 0.002, len(r)))
+    points = [{"share": float(a), "tokens": float(b), "steps": int(b * 200), "general": float(g), "domain": float(m)}
+              for a, b, g, m in zip(r, d, general, domain)]
+    base = {"general": float(laws.predict(laws.DCPT, own_general, 0.5, 1.0)), "domain": 1.5}
+    result = answer(cfg, points, base)
+    rec = result["recommendation"]
+    assert rec["left_out"]["share"] == 1.0 and rec["left_out"]["why"]
+    assert rec["share"] is not None and 0.5 <= rec["share"] <= 0.8
+    result["compute"] = {"fraction": 1.0, "proxy_steps": 1, "target_steps": 1, "devices": "cpu", "proxy_hours": 0,
+                         "target_hours": 0}
+    assert "share 1 left out: with it, the general law" in format_plan(result, cfg)
+
+
 def test_the_from_scratch_law_is_fitted_by_the_same_fitter():
     truth = np.array([np.log(1.7), np.log(400.0), 0.34, np.log(410.0), 0.28])  # Chinchilla's approach-3 shape
     n, d = (a.ravel() for a in np.meshgrid([10e6, 30e6, 100e6, 300e6], [0.2e9, 0.6e9, 2e9, 6e9]))
