@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 FULL_RUNS = ROOT / "bench" / ".work" / "plan_cpt_demo_long"  # the full runs do not depend on the proxies' budgets
 # 1,000 steps read the Python set up to 5.6 times (at share 1.0): mixture.max_epochs (4 by default) is raised so
@@ -36,14 +38,15 @@ def tokenmill(*args: str) -> tuple[int, float]:
     return code, round(time.time() - started, 1)
 
 
-def full_run(cfg, run_dir: Path, share: float | None) -> dict:
+def full_run(cfg, run_dir: Path, share: float | None, seed: int = 0) -> dict:
     """The target's training at `share`, as `tokenmill run --plan` would train it (None: with the config's own
     mixture, the `cpt` recipe's): its bits per byte per set at its last evaluation in training (what the plan's
     check compares)."""
     from tokenmill import plan, train
     from tokenmill.pipeline import prepare_data
     shards = prepare_data(cfg, run_dir, False)  # the plan's own data stages: up to date
-    out = FULL_RUNS / (f"full-share-{share:g}" if share is not None else "full-recipe")
+    out = FULL_RUNS / ((f"full-share-{share:g}" if share is not None else "full-recipe") + (f"-seed-{seed}" if seed else ""))
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
     if not (out / "manifest.json").is_file():
         started = time.time()
         mixture = plan.target_mixture(cfg, share) if share is not None else cfg.mixture
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=None, help="plan.shares.domain (default: the config's)")
     parser.add_argument("--check", type=float, nargs="*", default=[], help="shares to train in full, beside the laws")
     parser.add_argument("--recipe", action="store_true", help="also train in full with the config's own mixture")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds of the run at the recommended share (the target "
+                        "is seed 0; the others are full runs beside it)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.02, 0.03, 0.045], help="plan.budgets")
     parser.add_argument("--name", default="plan_cpt_demo_long", help="the plan's folder under bench/.work and its "
                         "results file under bench/results (e.g. plan_cpt_demo_quarter with --budgets 0.1 0.175 0.25)")
@@ -101,6 +106,16 @@ def main() -> None:
         print(f"share {share:g}: " + ", ".join(f"{k} measured {measured[k]:.4f}" + (
             f" predicted {predicted[k]:.4f} ({measured[k] / predicted[k] - 1:+.1%})" if k in predicted else "")
             for k in measured), flush=True)
+    if rec["share"] is not None and args.seeds > 1:
+        values = {name: [c["measured"]] for name, c in results["check"].items()}  # seed 0: the target
+        for seed in range(1, args.seeds):
+            measured = full_run(cfg, WORK, rec["share"], seed)
+            for name in values:
+                values[name].append(measured[name])
+        results["seeds"] = {name: {"values": v, "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1))}
+                            for name, v in values.items()}
+        RESULTS.write_text(json.dumps(results, indent=2))
+        print(f"seeds at {rec['share']}: {results['seeds']}", flush=True)
     if args.recipe:
         measured = full_run(cfg, WORK, None)
         results["full_runs"]["recipe"] = {"measured": measured,
