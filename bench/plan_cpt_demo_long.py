@@ -77,7 +77,7 @@ def main() -> None:
     found = json.loads((WORK / "plan" / "plan.json").read_text())
     rec = found["recommendation"]
     results.update(compute=found["compute"], base=found["base"], points=found["points"],
-                   recommendation={k: rec.get(k) for k in ("share", "prediction", "infeasible", "poor_fit",
+                   recommendation={k: rec.get(k) for k in ("share", "prediction", "infeasible", "poor_fit", "left_out",
                                                            "objective_unreliable", "budget_holdout_domain",
                                                            "budget_holdout_general")})
     RESULTS.write_text(json.dumps(results, indent=2))
