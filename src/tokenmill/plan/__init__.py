@@ -195,9 +195,9 @@ def repetition_subsample(cfg, shards: dict[str, Path]) -> dict[str, float]:
     first `largest budget` share of its windows, so at their largest budget they repeat it exactly as often as
     the target does (the smaller budgets, branches of the same run, less). Otherwise nothing is subsampled."""
     from tokenmill.tokenize.shards import read_meta
-    t, name = cfg.train, cfg.plan.varied
+    name = cfg.plan.varied
     tokens = read_meta(Path(shards[name]) / "train")["n_tokens"]
-    epochs = max(cfg.plan.share_values) * t.max_steps * t.seq_len * t.micro_batch_size * t.accum_steps() / tokens
+    epochs = max(cfg.plan.share_values) * ladder.target_tokens(cfg) / tokens
     if epochs <= 1:
         return {}
     share = max(cfg.plan.budgets)
@@ -212,15 +212,13 @@ def check_repetition(cfg, shards: dict[str, Path]) -> None:
     (repeating it as often as the target, the rule above) would stop there, after the shares before it ran.
     Tokens over tokens: the trainer's own check, on whole windows, can differ in the second decimal."""
     from tokenmill.tokenize.shards import read_meta
-    t = cfg.train
-    target_tokens = t.max_steps * t.seq_len * t.micro_batch_size * t.accum_steps()
     held = {name: read_meta(Path(folder) / "train")["n_tokens"] for name, folder in shards.items()}
     problems = []
     for share in cfg.plan.share_values:
         for name, weight in proxies.mixture_weights(cfg.plan.varied, share, proportions(cfg)).items():
-            epochs, cap = weight * target_tokens / max(held.get(name, 0), 1), cfg.mixture.epoch_cap(name)
-            if name in held and epochs > cap:
-                problems.append(f"at share {share:g} the target's {t.max_steps:,} steps would read {name!r} "
+            epochs, cap = weight * ladder.target_tokens(cfg) / held[name], cfg.mixture.epoch_cap(name)
+            if epochs > cap:
+                problems.append(f"at share {share:g} the target's {cfg.train.max_steps:,} steps would read {name!r} "
                                 f"{epochs:.2f} times, above mixture.max_epochs {cap:g}")
     if problems:
         raise ValueError("plan.shares: " + "; ".join(problems) + ". Nothing ran: drop those shares, lower "

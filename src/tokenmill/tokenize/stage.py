@@ -78,7 +78,7 @@ def validation_boundary(in_dir: Path, cfg: TokenizeConfig) -> tuple[float, str]:
 def validation_ids(in_dir: Path, cfg: TokenizeConfig) -> set[str]:
     """The ids of the documents held out for validation."""
     boundary = validation_boundary(in_dir, cfg)
-    return {d.id for d in read_documents(in_dir) if (split_of(d.id, cfg.seed), d.id) <= boundary}
+    return {d.id for d in read_documents(in_dir) if _held_out(d.id, cfg.seed, boundary)}
 
 
 def texts_of(paths: list[Path]) -> Iterable[str]:
@@ -273,7 +273,7 @@ class EncodeShards(PipelineStep):
                 yield kept
 
     def _split(self, doc_id: str) -> str:
-        return "val" if (split_of(doc_id, self.cfg.seed), doc_id) <= self.val_boundary else "train"
+        return "val" if _held_out(doc_id, self.cfg.seed, self.val_boundary) else "train"
 
     def _counted(self, docs):
         for doc in docs:
