@@ -57,6 +57,28 @@ def test_a_forgetting_law_that_rises_with_tokens_is_not_carried_far_beyond_the_p
     far = recommend(fits["domain"], fits["general"], general, 1.31, 0.05, (0.5, 1.0), longest=0.05)
     assert far["share"] is None and "prediction" not in far
     assert "rises with tokens at every share" in far["poor_fit"][0] and "20x beyond the longest proxy" in far["poor_fit"][0]
+    assert far["too_short"] and not near.get("too_short")
+
+
+def test_proxies_too_short_to_carry_are_told_how_long_to_be_and_what_that_costs(tmp_path):
+    """cpt-demo's 1,000-step target: five shares at budgets 0.02-0.045 ended inside the stability gap; stretched
+    so that the longest reaches 1/4 of the target they carried (docs/plan.md), at 1.525x its compute."""
+    from tokenmill.plan import format_plan, longer_proxies
+    raw = plan_config(tmp_path, shares={"domain": [0.5, 0.7, 0.85, 0.95, 1.0]}, budgets=[0.02, 0.03, 0.045])
+    raw["train"]["max_steps"] = 1000
+    cfg = validate(raw)
+    more = longer_proxies(cfg)
+    assert more["budgets"] == [0.111, 0.167, 0.25]
+    # per share: the 250-step stable run and the cooldowns of the 111- and 167-step branches (22 and 33 steps)
+    assert more["fraction"] == pytest.approx(5 * (250 + 22 + 33) / 1000)
+    assert more["fraction_three_shares"] == pytest.approx(3 * (250 + 22 + 33) / 1000)
+    result = {"points": [], "fits": {}, "compute": {"fraction": 0.275, "proxy_steps": 275, "target_steps": 1000,
+                                                    "devices": "cpu", "proxy_hours": 0.02, "target_hours": 0.06},
+              "recommendation": {"share": None, "poor_fit": ["the general law rises with tokens"],
+                                 "longer_proxies": more}}
+    assert "plan.budgets [0.111, 0.167, 0.25] cost 1.52x the target's compute with these 5 shares, 0.92x with " \
+        "three" in format_plan(result, cfg)
+    assert longer_proxies(validate(plan_config(tmp_path, budgets=[0.1, 0.2, 0.3]))) is None  # long enough already
 
 
 def test_an_edge_share_the_constraint_law_cannot_hold_is_left_out_of_the_search_and_said(tmp_path):

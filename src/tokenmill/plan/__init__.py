@@ -157,10 +157,35 @@ def answer(cfg, points: list[dict], base: dict) -> dict:
             if second["share"] is not None:
                 second["left_out"] = {"share": float(edge), "why": choice["poor_fit"]}
                 fits, choice = fewer, second
+    if choice.pop("too_short", False):
+        choice["longer_proxies"] = longer_proxies(cfg)
     return {"varied": plan.varied, "objective": plan.objective.set, "constraint": plan.constraint.set,
             "points": points, "base": base, "recommendation": choice,
             "fits": {name: {"law": "d-cpt", "theta": f.theta.tolist(), "loo_relative": f.loo.tolist(),
                             "share": {"offset": f.offset, "slope": f.slope}} for name, f in fits.items()}}
+
+
+def longer_proxies(cfg) -> dict | None:
+    """When the proxies end too early to carry to the target: the same budgets stretched so that the longest
+    reaches 1/RISING_LAW_REACH of the target (where cpt-demo's laws carried, docs/plan.md), and what they cost,
+    with these shares and with three. None when the proxies are that long already."""
+    from tokenmill.plan.recommend import RISING_LAW_REACH
+    longest = max(cfg.plan.budgets)
+    if longest >= 1 / RISING_LAW_REACH:
+        return None
+    budgets = [round(b / longest / RISING_LAW_REACH, 3) for b in sorted(set(cfg.plan.budgets))]
+    budget_list = proxies.budgets(budgets, cfg.train.max_steps, cfg.plan.decay_fraction)
+    return {"budgets": budgets, "fraction": proxy_fraction(cfg, budget_list),
+            "fraction_three_shares": proxy_fraction(cfg, budget_list, 3)}
+
+
+def proxy_fraction(cfg, budget_list: list, runs: float | None = None) -> float:
+    """The proxies' training steps over the target's: per share (or size, weighted by its parameters: `runs`),
+    the stable run to the longest budget and each other budget's cooldown branch."""
+    stable = budget_list[-1].steps
+    branches = sum(b.steps - b.decay_start for b in budget_list[:-1])
+    runs = len(cfg.plan.share_values) if runs is None else runs
+    return runs * (stable + branches) / cfg.train.max_steps
 
 
 def _fit_and_recommend(cfg, points: list[dict], base: dict) -> tuple[dict, dict]:
@@ -229,15 +254,11 @@ def compute(cfg, budget_list: list, points: list[dict]) -> dict:
     """The proxies' training steps against the target's (the same model and batch, so FLOPs in proportion:
     train/perf.py's count through `tokenmill estimate`), and both in time and money by its prices."""
     from tokenmill.estimate import estimate
-    stable = budget_list[-1].steps
-    branches = sum(b.steps - b.decay_start for b in budget_list[:-1])
+    runs = None
     if cfg.plan.sizes:  # smaller models: FLOPs in proportion to their parameters too
-        target_n = ladder.parameters(cfg, cfg.model)
-        runs = sum({p["size"]: p["params"] for p in points}.values()) / target_n
-    else:
-        runs = len(cfg.plan.share_values)
-    steps = round(runs * (stable + branches))
-    fraction = runs * (stable + branches) / cfg.train.max_steps
+        runs = sum({p["size"]: p["params"] for p in points}.values()) / ladder.parameters(cfg, cfg.model)
+    fraction = proxy_fraction(cfg, budget_list, runs)
+    steps = round(fraction * cfg.train.max_steps)
     target = estimate(cfg, cfg.plan.gpus, cfg.plan.price_per_gpu_hour)
     return {"proxy_steps": steps, "target_steps": cfg.train.max_steps, "fraction": fraction,
             "target_flops": target["flops_total"], "proxy_flops": target["flops_total"] * fraction,
@@ -277,6 +298,11 @@ def format_plan(result: dict, cfg) -> str:
         lines += [f"[plan] no recommendation: {why}" for why in rec.get("poor_fit", [])]
         if rec.get("infeasible"):
             lines.append(f"[plan] no recommendation: {rec['infeasible']}")
+        if rec.get("longer_proxies"):
+            more = rec["longer_proxies"]
+            lines.append(f"[plan] proxies that would tell: plan.budgets {more['budgets']} cost {more['fraction']:.2f}x "
+                         f"the target's compute with these {len(plan.share_values)} shares, "
+                         f"{more['fraction_three_shares']:.2f}x with three")
         return "\n".join(lines)
     start = result["base"][plan.constraint.set]
     if rec.get("left_out"):

@@ -108,15 +108,17 @@ def recommend(objective: SetFit, constraint: SetFit, constraint_values: np.ndarr
             found.append(f"{'the ' + fit.name + ' law' if found is poor else 'it'} does not carry in tokens: fitted "
                          f"without the largest proxy budget, it misses those points by up to {error:.1%} (limit "
                          f"{limit:.1%}); longer proxies (plan.budgets) would tell")
+    too_short = any("does not carry in tokens" in why for why in poor)
     beta = float(constraint.theta[laws.DCPT.params.index("beta")])
     if longest is not None and beta < 0 and target / longest > RISING_LAW_REACH:
+        too_short = True
         poor.append(f"the {constraint.name} law rises with tokens at every share (beta {beta:.2f}) and the target lies "
                     f"{target / longest:.0f}x beyond the longest proxy: continued pre-training's general loss often "
                     "rises, then recovers (the stability gap, arXiv 2406.14833), which proxies this short cannot see; "
                     f"proxies to at least 1/{RISING_LAW_REACH:g} of the target (plan.budgets) would tell")
     answer["objective_unreliable"] = unreliable
     if poor:
-        return {**answer, "share": None, "poor_fit": poor}
+        return {**answer, "share": None, "poor_fit": poor, "too_short": too_short}
     if not feasible.any():
         return {**answer, "share": None, "poor_fit": [], "infeasible": f"no share in [{lo}, {hi}] keeps "
                 f"{constraint.name} within {max_rise} bits/byte of the start ({base:.4f}); run the proxies with "
