@@ -130,3 +130,29 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_equals_an_uninterrupted_ru
     straight, resumed = steps_and_losses(tmp_path / "straight" / "metrics.jsonl"), steps_and_losses(metrics)
     assert [s for s, _ in resumed] == [s for s, _ in straight]
     assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-6)
+
+
+def test_a_stop_signal_during_the_last_evaluation_stops_the_command_once_the_run_is_whole(train_cli, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """Past the last step's check, a SIGTERM used to be recorded and dropped: `tokenmill plan` went on to its next
+    proxy and a pipeline to its next stage. Now the run finishes whole (its final export too), the command exits
+    143 as for any stop, and the same command then finds the run done without training a step again."""
+    import os
+    import signal
+
+    from tokenmill.train import loop
+    evaluate = loop.log_evaluation
+
+    def signalled_at_the_last_step(fn, model, sinks, state, *rest):
+        if state["step"] == 8:
+            os.kill(os.getpid(), signal.SIGTERM)  # what Slurm sends; the trainer's handler records it
+        return evaluate(fn, model, sinks, state, *rest)
+    monkeypatch.setattr(loop, "log_evaluation", signalled_at_the_last_step)
+    out = tmp_path / "stopped"
+    assert train_cli(out) == 143
+    assert "stopped by SIGTERM at step 8" in capsys.readouterr().err
+    assert (out / "final" / "config.json").is_file() and not (out / "manifest.json").exists()
+    monkeypatch.setattr(loop, "log_evaluation", evaluate)
+    rows = (out / "metrics.jsonl").read_text()
+    assert train_cli(out) == 0 and (out / "manifest.json").is_file()
+    assert (out / "metrics.jsonl").read_text() == rows  # nothing trained or evaluated twice

@@ -34,7 +34,7 @@ from tokenmill.plan.config import MIN_POINTS, PlanConfig
 from tokenmill.plan.recommend import fit_set, recommend
 
 __all__ = ["PlanConfig", "run", "target_mixture", "format_plan"]
-FIT_VERSION = 7  # part of plan.json's key: a changed law or fit refits the same points
+FIT_VERSION = 8  # part of plan.json's key: a changed law or fit refits the same points
 
 
 def run(cfg, run_dir: Path, force: bool = False, only: int | None = None) -> dict | None:

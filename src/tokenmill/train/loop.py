@@ -127,10 +127,14 @@ def train(model, optimizer, lr_at: Callable[[int], float], next_batch, evaluate,
         if _due(step, loop.eval_every) or last:
             log_evaluation(evaluate, model, sinks, state, loop.bytes_per_token)
             model.train()
-        if _due(step, loop.save_every) or last:
+        saved = _due(step, loop.save_every) or last
+        if saved:
             save(state)
-        elif stop is not None and stop.requested():
-            save(state)
+        # Checked on save steps too (save_every 1 would never check otherwise); a signal during the last step's
+        # evaluation or save is the trainer's to act on, once the run is whole.
+        if stop is not None and not last and stop.requested():
+            if not saved:
+                save(state)
             raise Preempted(step, stop.signum)
         window_start += time.perf_counter() - paused  # the window keeps its steps, so only the pause leaves it
     return state

@@ -30,7 +30,7 @@ from tokenmill.train.distributed import World, init_world, is_fsdp, local_device
 from tokenmill.train.loop import LoopSettings, LossGuard, train
 from tokenmill.train.metrics import ConsoleSink, JsonlSink, Sinks, TensorBoardSink, WandbSink
 from tokenmill.train.optim import build_optimizer
-from tokenmill.train.preemption import StopSignals
+from tokenmill.train.preemption import Preempted, StopSignals
 from tokenmill.train.schedule import SCHEDULES
 
 __all__ = ["RESUMABLE_CHANGES", "TrainConfig", "run"]
@@ -358,9 +358,12 @@ def run(model_cfg: ModelConfig, cfg: TrainConfig, shards_dir: Path | dict[str, P
                                           **(sampler.metrics() if datasets else {})}, world=world,
                           guard=LossGuard(cfg.spike_factor), before_step=rows if rows.active else None,
                           after_step=ema.update if ema else None, stop=stop)
-        full_precision = model_cfg.model_copy(update={"quantize": None})  # QLoRA merges into the unquantized base
-        save_final(model, lambda: build(full_precision, cfg, meta, extension), tokenizer, out_dir, world,
-                   bool(model_cfg.lora and model_cfg.embeddings.train != "none"))
+            full_precision = model_cfg.model_copy(update={"quantize": None})  # QLoRA merges into the unquantized base
+            save_final(model, lambda: build(full_precision, cfg, meta, extension), tokenizer, out_dir, world,
+                       bool(model_cfg.lora and model_cfg.embeddings.train != "none"))
+            if stop.requested():  # it came during the last evaluation or the final save: the run is whole, and the
+                # command (a plan's next proxy, a pipeline's next stage) stops as asked instead of going on
+                raise Preempted(state["step"], stop.signum)
     finally:
         sinks.close()
         shutdown(world)
