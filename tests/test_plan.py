@@ -275,7 +275,7 @@ def test_proxies_repeat_scarce_data_as_often_as_the_target_would(tmp_path, capsy
     (tmp_path / "d" / "train").mkdir(parents=True)
     (tmp_path / "d" / "train" / "meta.json").write_text(json.dumps({"n_tokens": 4_000}))
     assert repetition_subsample(cfg, {"domain": tmp_path / "d"}) == {"domain": 0.2}  # 3.2 passes: the largest budget
-    assert "pass over domain up to 3.2 times" in capsys.readouterr().out
+    assert "pass over domain up to 3.2 times: the proxies use 20.0% of it (800 tokens)" in capsys.readouterr().out
     (tmp_path / "d" / "train" / "meta.json").write_text(json.dumps({"n_tokens": 40_000}))
     assert repetition_subsample(cfg, {"domain": tmp_path / "d"}) == {}  # seen less than once: nothing to match
 
