@@ -10,6 +10,11 @@ share, its schedule, its evaluation), each beside what the plan's laws predicted
     .venv/bin/python bench/plan_cpt_demo_long.py --check 0.5 0.7 0.85 0.95 1.0 --recipe
     .venv/bin/python bench/plan_cpt_demo_long.py --budgets 0.1 0.175 0.25 --name plan_cpt_demo_quarter \
         --check 0.5 0.7 0.85 0.95 1.0                 # proxies to 1/4 of the target, beside the same full runs
+    .venv/bin/python bench/plan_cpt_demo_long.py --target 5000x4 --budgets 0.02 0.035 0.048 \
+        --name plan_cpt_demo_5000x4 --check 0.5 0.7 0.85   # a target of 5,000 steps of 4 x 256 tokens (0.295x)
+    .venv/bin/python bench/plan_cpt_demo_long.py --target 5000x4 --budgets 0.1 0.175 0.25 \
+        --name plan_cpt_demo_5000x4_quarter --check 0.5 0.7 0.85 0.62 0.82 --seeds 3   # its 1/4 proxies
+    (--read-all: the proxies read all of the Python set, plan.match_repetition=false)
 
 Writes bench/results/NAME.json after every step.
 """
@@ -74,6 +79,8 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.02, 0.03, 0.045], help="plan.budgets")
     parser.add_argument("--target", choices=sorted(TARGETS), default="1000", help="the target run: 1,000 steps of "
                         "16 x 256 tokens, or 5,000 of 4 x 256")
+    parser.add_argument("--read-all", action="store_true", help="plan.match_repetition=false: the proxies read all of "
+                        "the Python set instead of the share they repeat as often as the target")
     parser.add_argument("--name", default="plan_cpt_demo_long", help="the plan's folder under bench/.work and its "
                         "results file under bench/results (e.g. plan_cpt_demo_quarter with --budgets 0.1 0.175 0.25)")
     args = parser.parse_args()
@@ -83,7 +90,8 @@ def main() -> None:
     target_overrides, full_runs = TARGETS[args.target]
     FULL_RUNS = ROOT / "bench" / ".work" / full_runs
     overrides = target_overrides + ["--set", f"plan.budgets={args.budgets}"] + \
-        (["--set", f"plan.shares.domain={args.shares}"] if args.shares else [])
+        (["--set", f"plan.shares.domain={args.shares}"] if args.shares else []) + \
+        (["--set", "plan.match_repetition=false"] if args.read_all else [])
     WORK, RESULTS = ROOT / "bench" / ".work" / args.name, ROOT / "bench" / "results" / f"{args.name}.json"
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results.update(overrides=overrides)

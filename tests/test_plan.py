@@ -278,6 +278,10 @@ def test_proxies_repeat_scarce_data_as_often_as_the_target_would(tmp_path, capsy
     assert "pass over domain up to 3.2 times: the proxies use 20.0% of it (800 tokens)" in capsys.readouterr().out
     (tmp_path / "d" / "train" / "meta.json").write_text(json.dumps({"n_tokens": 40_000}))
     assert repetition_subsample(cfg, {"domain": tmp_path / "d"}) == {}  # seen less than once: nothing to match
+    (tmp_path / "d" / "train" / "meta.json").write_text(json.dumps({"n_tokens": 4_000}))
+    unmatched = validate(plan_config(tmp_path, match_repetition=False))
+    assert repetition_subsample(unmatched, {"domain": tmp_path / "d"}) == {}  # asked to read all of it
+    assert "plan.match_repetition is off: the proxies read all of it" in capsys.readouterr().out
 
 
 def test_a_share_the_target_could_not_read_that_often_is_refused_before_any_proxy(tmp_path):

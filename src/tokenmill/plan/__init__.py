@@ -225,6 +225,10 @@ def repetition_subsample(cfg, shards: dict[str, Path]) -> dict[str, float]:
     epochs = max(cfg.plan.share_values) * ladder.target_tokens(cfg) / tokens
     if epochs <= 1:
         return {}
+    if not cfg.plan.match_repetition:
+        print(f"[plan] the target would pass over {name} up to {epochs:.1f} times; plan.match_repetition is off: the "
+              "proxies read all of it")
+        return {}
     share = max(cfg.plan.budgets)
     # Said with its size: a subsample small beside the model is memorised, and the proxies' domain loss then
     # stalls where the target's keeps falling (docs/plan.md: 36 k tokens for a 1.3 M-parameter model, -34%).

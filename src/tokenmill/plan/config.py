@@ -43,6 +43,9 @@ class PlanConfig(StrictModel):
     budgets: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2],
                                  description="proxy lengths as fractions of the target's train.max_steps; one WSD run "
                                              "per share to the largest, cooldown branches for the others")
+    match_repetition: bool = Field(True, description="when the target would read the varied dataset more than once, "
+                                   "the proxies read only the share of it (their largest budget) that they repeat as "
+                                   "often; false: they read all of it (docs/plan.md measures both)")
     decay_fraction: float = Field(0.2, gt=0, lt=1, description="the proxies' WSD decay, a share of each one's steps")
     objective: PlanObjective | None = None
     constraint: PlanConstraint | None = None
