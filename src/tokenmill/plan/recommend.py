@@ -98,17 +98,19 @@ def recommend(objective: SetFit, constraint: SetFit, constraint_values: np.ndarr
                     f"allowed rise ({max_rise / 2:.4f})")
     if loo_objective > OBJECTIVE_LOO_LIMIT:
         unreliable.append(f"its leave-one-out error ({loo_objective:.1%}) exceeds {OBJECTIVE_LOO_LIMIT:.0%}")
-    # How far each law carries in tokens, the direction the target lies in: the same limits, relative.
+    # How far each law carries in tokens, the direction the target lies in: the same limits, relative. When the
+    # constraint law does not carry, longer proxies would tell (`too_short`: the plan says which, and their cost).
+    too_short = False
     for fit, limit, found in ((objective, OBJECTIVE_LOO_LIMIT, unreliable), (constraint, max_rise / 2 / base, poor)):
         if fit.holdout is None:
             continue
         answer[f"budget_holdout_{fit.name}"] = fit.holdout.tolist()
         error = float(np.abs(fit.holdout).max())
         if error > limit:
+            too_short = too_short or found is poor
             found.append(f"{'the ' + fit.name + ' law' if found is poor else 'it'} does not carry in tokens: fitted "
                          f"without the largest proxy budget, it misses those points by up to {error:.1%} (limit "
                          f"{limit:.1%}); longer proxies (plan.budgets) would tell")
-    too_short = any("does not carry in tokens" in why for why in poor)
     beta = float(constraint.theta[laws.DCPT.params.index("beta")])
     if longest is not None and beta < 0 and target / longest > RISING_LAW_REACH:
         too_short = True
