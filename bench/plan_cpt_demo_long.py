@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {  # --target: the target's overrides, and where its full runs are kept (they do not depend on the proxies)
     "1000": (["--set", "train.max_steps=1000", "--set", "mixture.max_epochs=6"], "plan_cpt_demo_long"),
     # Five times the steps at a quarter of the batch (5.1M tokens, Python read up to 6.9 times): a run as long in
-    # optimizer steps as continued pre-training runs are, on what this CPU affords (0.13 s a step).
+    # optimizer steps as continued pre-training runs are, on what this CPU affords (14 steps a second).
     "5000x4": (["--set", "train.max_steps=5000", "--set", "train.micro_batch_size=4", "--set", "mixture.max_epochs=8",
                 "--set", "train.eval_every=500"],
                "plan_cpt_demo_5000x4"),
@@ -49,17 +49,14 @@ def tokenmill(*args: str) -> tuple[int, float]:
     return code, round(time.time() - started, 1)
 
 
-FULL_RUNS = ROOT / "bench" / ".work" / "plan_cpt_demo_long"  # set by --target
-
-
-def full_run(cfg, run_dir: Path, share: float | None, seed: int = 0) -> dict:
+def full_run(cfg, run_dir: Path, full_runs: Path, share: float | None, seed: int = 0) -> dict:
     """The target's training at `share`, as `tokenmill run --plan` would train it (None: with the config's own
     mixture, the `cpt` recipe's): its bits per byte per set at its last evaluation in training (what the plan's
     check compares)."""
     from tokenmill import plan, train
     from tokenmill.pipeline import prepare_data
     shards = prepare_data(cfg, run_dir, False)  # the plan's own data stages: up to date
-    out = FULL_RUNS / ((f"full-share-{share:g}" if share is not None else "full-recipe") + (f"-seed-{seed}" if seed else ""))
+    out = full_runs / ((f"full-share-{share:g}" if share is not None else "full-recipe") + (f"-seed-{seed}" if seed else ""))
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
     if not (out / "manifest.json").is_file():
         started = time.time()
@@ -86,9 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (ROOT / "runs" / "demo" / "60_export" / "config.json").is_file():
         raise SystemExit("the base model is the demo's: run `make demo` first (runs/demo/60_export)")
-    global FULL_RUNS
     target_overrides, full_runs = TARGETS[args.target]
-    FULL_RUNS = ROOT / "bench" / ".work" / full_runs
+    full_runs = ROOT / "bench" / ".work" / full_runs
     overrides = target_overrides + ["--set", f"plan.budgets={args.budgets}"] + \
         (["--set", f"plan.shares.domain={args.shares}"] if args.shares else []) + \
         (["--set", "plan.match_repetition=false"] if args.read_all else [])
@@ -117,7 +113,7 @@ def main() -> None:
     grid = [round(g, 4) for g in rec["grid"]]
     results.setdefault("full_runs", {})
     for share in args.check:
-        measured = full_run(cfg, WORK, share)
+        measured = full_run(cfg, WORK, full_runs, share)
         at = grid.index(round(share, 4)) if round(share, 4) in grid else None
         predicted = {found["objective"]: rec["predicted_objective"][at], found["constraint"]: rec["predicted_constraint"][at]} \
             if at is not None else {}
@@ -131,7 +127,7 @@ def main() -> None:
     if rec["share"] is not None and args.seeds > 1:
         values = {name: [c["measured"]] for name, c in results["check"].items()}  # seed 0: the target
         for seed in range(1, args.seeds):
-            measured = full_run(cfg, WORK, rec["share"], seed)
+            measured = full_run(cfg, WORK, full_runs, rec["share"], seed)
             for name in values:
                 values[name].append(measured[name])
         results["seeds"] = {name: {"values": v, "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1))}
@@ -139,7 +135,7 @@ def main() -> None:
         RESULTS.write_text(json.dumps(results, indent=2))
         print(f"seeds at {rec['share']}: {results['seeds']}", flush=True)
     if args.recipe:
-        measured = full_run(cfg, WORK, None)
+        measured = full_run(cfg, WORK, full_runs, None)
         results["full_runs"]["recipe"] = {"measured": measured,
                                           "rise": measured[found["constraint"]] - found["base"][found["constraint"]]}
         RESULTS.write_text(json.dumps(results, indent=2))
